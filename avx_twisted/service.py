@@ -1,0 +1,86 @@
+"""The gateway as a Twisted service: listeners, probes and upstream clients, started and stopped
+together."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import Site
+
+from .config import GatewayConfig
+from .gateway import GatewayResource
+from .health import Probes
+from .runtime import Runtime
+
+
+class GatewaySite(Site):
+    """The HTTP factory of the gateway (Twisted's own per-request log line is off)."""
+
+    def log(self, request: Any) -> None:
+        """Access logging is done by the gateway's own logger, not Twisted's common log."""
+
+
+class GatewayService(MultiService):
+    """One gateway: binds its listeners on start, closes them and the upstream pool on stop."""
+
+    log = Logger()
+
+    def __init__(self, config: GatewayConfig, reactor: Any = None) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.reactor = reactor
+        self.config = config
+        self.runtime = Runtime(config, reactor)
+        self.probes = Probes(self)
+        health = config.health
+        internal = {
+            health.liveness_path.encode(): self.probes.liveness,
+            health.readiness_path.encode(): self.probes.readiness,
+            health.health_path.encode(): self.probes.health,
+        }
+        self.resource = GatewayResource(self.runtime, internal)
+        self.site = GatewaySite(self.resource)
+        self.ports: list[IListeningPort] = []
+
+    def startService(self) -> None:
+        """Bind every listener now; a bind error raises so twistd exits non-zero."""
+        super().startService()
+        for description in self.config.server.endpoints:
+            failures: list[Failure] = []
+            d = serverFromString(self.reactor, description).listen(self.site)
+            d.addCallbacks(self.ports.append, failures.append)
+            if failures:
+                self.log.critical(
+                    "cannot listen on {endpoint}: {why}",
+                    endpoint=description,
+                    why=failures[0].getErrorMessage(),
+                )
+                failures[0].raiseException()
+        for port in self.ports:
+            self.log.info("avx-gateway listening on {address}", address=port.getHost())
+        self.probes.ready = True
+
+    def stopService(self) -> Deferred[Any]:
+        """Stop accepting, then close pooled upstream connections."""
+        self.probes.ready = False
+        ports, self.ports = self.ports, []
+        waits = [d for d in (port.stopListening() for port in ports) if d is not None]
+        waits.append(self.runtime.clients.close())
+        parent = super().stopService()
+        if parent is not None:
+            waits.append(parent)
+        return DeferredList(waits, consumeErrors=True)
+
+    @property
+    def port(self) -> int:
+        """The first listener's port number (handy with ``port = 0``)."""
+        return self.ports[0].getHost().port  # type: ignore[no-any-return]

@@ -1,0 +1,125 @@
+"""Upstream targets of a route and the choice of one target per request."""
+
+from __future__ import annotations
+
+import random
+from typing import Collection, Sequence
+from urllib.parse import quote, urlsplit
+
+from avx_twisted.balancing import IBalancer, balancer_for
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+# RFC 3986 pchar plus "/" and "%": kept as-is in the base path, anything else is %-encoded.
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+
+
+class Target:
+    """One upstream server of a route: its parsed URL and per-target live state."""
+
+    def __init__(self, url: str, weight: int = 1) -> None:
+        if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
+            raise ValueError(f"weight {weight!r} is not a positive integer")
+        scheme, host, port, path = _parse_url(url)
+        self.url = url
+        self.scheme = scheme.encode("ascii")
+        self.host = host
+        self.port = port
+        self.base_path = quote(path.rstrip("/"), safe=_PATH_SAFE).encode("ascii")
+        netloc = f"[{host}]" if ":" in host else host
+        if port != _DEFAULT_PORTS[scheme]:
+            netloc = f"{netloc}:{port}"
+        self.netloc = netloc.encode("ascii")
+        self.base_uri = self.scheme + b"://" + self.netloc + self.base_path
+        self.weight = weight
+        self.in_flight = 0
+        self.healthy = True
+
+    @property
+    def available(self) -> bool:
+        """Whether requests may be sent to this target now."""
+        return self.healthy
+
+    def acquire(self) -> None:
+        """Count one more request in flight to this target."""
+        self.in_flight += 1
+
+    def release(self) -> None:
+        """Count one request to this target as finished (never below zero)."""
+        if self.in_flight > 0:
+            self.in_flight -= 1
+
+    def __repr__(self) -> str:
+        return f"<Target {self.url} weight={self.weight} in_flight={self.in_flight}>"
+
+
+def _parse_url(url: str) -> tuple[str, str, int, str]:
+    """Validate an upstream URL and return (scheme, host, port, path)."""
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        raise ValueError("URL contains whitespace or control characters")
+    try:
+        parts = urlsplit(url)
+    except ValueError as e:
+        raise ValueError(f"malformed URL: {e}")
+    if not parts.scheme:
+        raise ValueError("missing scheme (expected http:// or https://)")
+    if parts.scheme not in _DEFAULT_PORTS:
+        raise ValueError(f"scheme {parts.scheme!r} is not http or https")
+    if "@" in parts.netloc:
+        raise ValueError("userinfo (user@host) is not allowed")
+    if "#" in url:
+        raise ValueError("fragment ('#...') is not allowed")
+    if "?" in url:
+        raise ValueError("query string ('?...') is not allowed")
+    host = parts.hostname
+    if not host:
+        raise ValueError("missing host")
+    if not host.isascii():
+        raise ValueError(f"host {host!r} is not ASCII (use its punycode form)")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ValueError(f"invalid port in {parts.netloc!r} (expected 1-65535)")
+    if port is None:
+        port = _DEFAULT_PORTS[parts.scheme]
+    return parts.scheme, host, port, parts.path
+
+
+class Upstream:
+    """The targets of one route and the strategy that picks among them."""
+
+    def __init__(self, targets: Sequence[Target], balancer: IBalancer) -> None:
+        if not targets:
+            raise ValueError("an upstream needs at least one target")
+        self.targets: tuple[Target, ...] = tuple(targets)
+        self.balancer = balancer
+
+    def pick(self, exclude: Collection[Target] = ()) -> Target | None:
+        """An available target not in `exclude` (used by retries to try *other* targets),
+        or None when none is left."""
+        targets = self.targets
+        for target in targets:
+            if not target.available or target in exclude:
+                break
+        else:
+            # Fast path: every target is usable, so no candidate list is built.
+            return self.balancer.pick(targets)
+        candidates = [t for t in targets if t.available and t not in exclude]
+        return self.balancer.pick(candidates)
+
+    @classmethod
+    def from_urls(
+        cls,
+        urls: Sequence[str],
+        strategy: str = "round_robin",
+        weights: Sequence[int] | None = None,
+        rng: random.Random | None = None,
+    ) -> Upstream:
+        """Build an upstream from target URLs, optional per-target weights and a strategy."""
+        if weights is None:
+            weights = [1] * len(urls)
+        elif len(weights) != len(urls):
+            raise ValueError(f"{len(weights)} weights given for {len(urls)} targets")
+        targets = [Target(url, weight) for url, weight in zip(urls, weights)]
+        return cls(targets, balancer_for(strategy, rng))
