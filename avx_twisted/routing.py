@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Dict, FrozenSet, Iterator, List, Optional, Sequence, Set, Tuple, Union
+from typing import Dict, FrozenSet, List, Optional, Sequence, Set, Tuple, Union
 
 
 class PatternError(ValueError):
@@ -151,12 +151,13 @@ class _Compiled:
     def __init__(self, rule: RouteRule, order: int) -> None:
         segments, wildcard = _parse(rule.pattern)
         self.rule = rule
+        self.order = order
         self.wildcard = wildcard
         self.width = len(segments)  # fixed segments; also what strip_path removes
         # Shape = where the literals are; rules of one shape are found by a dict lookup.
         self.positions = tuple(i for i, (lit, _) in enumerate(segments) if lit is not None)
         self.literals = tuple(lit for lit, _ in segments if lit is not None)
-        self.params = tuple((i, name) for i, (_, name) in enumerate(segments) if name)
+        self.params = tuple((i, name) for i, (_, name) in enumerate(segments) if name is not None)
         rank = tuple(0 if lit is not None else 1 for lit, _ in segments)
         if wildcard:  # longer fixed prefix first, then literals before params
             self.precedence: tuple = (2, -self.width, rank, order)
@@ -181,30 +182,34 @@ class _Compiled:
         return params
 
 
-_Bucket = Tuple[bool, int, Tuple[int, ...], Dict[Tuple[str, ...], List[_Compiled]]]
+# (wildcard, width, literal positions, literal prefix length or -1, literals -> rules)
+_Bucket = Tuple[bool, int, Tuple[int, ...], int, Dict[Tuple[str, ...], List[_Compiled]]]
 
 
 class _Group:
     """Rules sharing a host condition, bucketed by shape for dict lookups."""
 
     def __init__(self, rules: Sequence[_Compiled]) -> None:
-        self.rules = sorted(rules, key=lambda r: r.precedence[-1])
+        self.rules = sorted(rules, key=lambda r: r.order)
         index: Dict[Tuple[bool, int, Tuple[int, ...]], Dict[Tuple[str, ...], List[_Compiled]]]
         index = {}
         for r in self.rules:
             shape = (r.wildcard, r.width, r.positions)
             index.setdefault(shape, {}).setdefault(r.literals, []).append(r)
-        self.buckets: List[_Bucket] = [(*shape, by_lit) for shape, by_lit in index.items()]
+        self.buckets: List[_Bucket] = []
+        for (wildcard, width, positions), by_literals in index.items():
+            prefix = len(positions) if positions == tuple(range(len(positions))) else -1
+            self.buckets.append((wildcard, width, positions, prefix, by_literals))
 
     def matches(self, segs: Tuple[str, ...]) -> List[Tuple[_Compiled, Dict[str, str]]]:
         """Return (rule, params) for every rule matching ``segs``, most specific first."""
         n = len(segs)
         found: List[_Compiled] = []
-        for wildcard, width, positions, by_literals in self.buckets:
+        for wildcard, width, positions, prefix, by_literals in self.buckets:
             if width > n or (width < n and not wildcard):
                 continue
-            if positions == tuple(range(len(positions))):  # literal prefix: a cheap slice
-                key = segs[: len(positions)]
+            if prefix >= 0:  # literals form a prefix (the usual case): a cheap slice
+                key = segs[:prefix]
             else:
                 key = tuple([segs[i] for i in positions])
             found.extend(by_literals.get(key, ()))
