@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.internet.ssl import Certificate, optionsForClientTLS, platformTrust
+from twisted.web._newclient import HTTP11ClientProtocol
 from twisted.web.client import (
     Agent,
     BrowserLikePolicyForHTTPS,
@@ -16,10 +18,33 @@ from twisted.web.iweb import IAgent, IPolicyForHTTPS
 from zope.interface import implementer
 
 
+class _ClientProtocol(HTTP11ClientProtocol):
+    """Twisted's HTTP/1.1 client, also handing the response's connection headers to the caller.
+
+    Twisted's parser files ``Connection`` (and ``Content-Length``) under connection headers it
+    keeps to itself; the forwarder needs the ``Connection`` tokens to drop the headers they name.
+    """
+
+    def request(self, request: Any) -> Deferred[Any]:
+        d = super().request(request)
+        parser = getattr(self, "_parser", None)
+        if parser is not None:
+
+            def attach(response: Any) -> Any:
+                response.connection_headers = parser.connHeaders
+                return response
+
+            d.addCallback(attach)
+        return d
+
+
 class _QuietClientFactory(_HTTP11ClientFactory):
-    """The pool's per-connection factory, without a log line for every upstream connection."""
+    """The pool's per-connection factory: our protocol, no log line for every connection."""
 
     noisy = False
+
+    def buildProtocol(self, addr: Any) -> HTTP11ClientProtocol:
+        return _ClientProtocol(self._quiescentCallback)
 
 
 @implementer(IPolicyForHTTPS)
@@ -48,9 +73,9 @@ class UpstreamClients:
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = max_persistent_per_host
         self.pool.cachedConnectionTimeout = 60
-        self.pool.retryAutomatically = (
-            False  # retries are the forwarder's decision, never Twisted's
-        )
+        self.pool._factory = _QuietClientFactory
+        # Retries are the forwarder's decision (idempotent methods only), never Twisted's.
+        self.pool.retryAutomatically = False
         self._agents: dict[str | None, IAgent] = {}
 
     def agent(self, ca_file: str | None = None) -> IAgent:

@@ -13,7 +13,7 @@ import math
 import os
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
 if sys.version_info >= (3, 11):
@@ -268,7 +268,7 @@ class GatewayConfig:
                 data = tomllib.load(f)
         except OSError as e:
             raise ConfigError([f"cannot read file: {e.strerror or e}"], source=path)
-        except tomllib.TOMLDecodeError as e:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError([f"not valid TOML: {e}"], source=path)
         return cls.from_dict(data, source=path, base_dir=os.path.dirname(os.path.abspath(path)))
 
@@ -675,7 +675,9 @@ class _Parser:
                 return "mixes HMAC (HS*) and public-key algorithms, which allows key confusion"
             return None
 
+        errors_before = len(self.errors)
         algs = t.get("algorithms", "list[str]", d.algorithms, alg_check)
+        algs_ok = len(self.errors) == errors_before
         secret = t.get("secret", "str", None)
         secret_env = t.get("secret_env", "str", None)
         key_file = t.get("public_key_file", "str", None)
@@ -686,10 +688,11 @@ class _Parser:
             key_file = self.file(key_file)
             if not os.path.isfile(key_file):
                 self.error(t.key("public_key_file"), f"{key_file!r} does not exist")
-        if any(a in HMAC_ALGORITHMS for a in algs):
+        # Key material is checked against the algorithms only once those are valid.
+        if algs_ok and any(a in HMAC_ALGORITHMS for a in algs):
             if secret is None and secret_env is None:
                 self.error(t.key("secret"), "HS* algorithms need 'secret' or 'secret_env'")
-        elif key_file is None and jwks_url is None:
+        elif algs_ok and key_file is None and jwks_url is None:
             self.error(
                 t.key("public_key_file"),
                 "public-key algorithms need 'public_key_file' or 'jwks_url'",
@@ -735,7 +738,7 @@ class _Parser:
                     self.error(k.key(required), "is required")
             name = k.get("name", "str", "", lambda n: None if n else "must not be empty")
             digest = k.get("sha256", "str", "", _hex64)
-            if name in names:
+            if name and name in names:
                 self.error(k.key("name"), f"{name!r} is used by another key")
             names.add(name)
             if name and digest:
@@ -803,11 +806,29 @@ class _Parser:
         if not isinstance(raw, list):
             self.error("routes", "must be an array of tables ([[routes]])")
             return ()
+        # Names derived from paths are made unique ("root", "root_2"): only names written in the
+        # config can be duplicates (reported by cross_checks).
+        explicit = {
+            item["name"]
+            for item in raw
+            if isinstance(item, Mapping) and isinstance(item.get("name"), str)
+        }
+        used: set[str] = set()
         routes = []
         for i, item in enumerate(raw):
-            route = self.route(_Table(self, f"routes[{i}]", item, _ROUTE_KEYS), server, rate, auth)
-            if route is not None:
-                routes.append(route)
+            t = _Table(self, f"routes[{i}]", item, _ROUTE_KEYS)
+            if not isinstance(item, Mapping):
+                continue
+            route = self.route(t, server, rate, auth)
+            if route is None:
+                continue
+            if not item.get("name"):
+                name, n = route.name, 2
+                while name in explicit or name in used:
+                    name, n = f"{route.name}_{n}", n + 1
+                route = replace(route, name=name)
+            used.add(route.name)
+            routes.append(route)
         return tuple(routes)
 
     def route(
@@ -878,7 +899,9 @@ class _Parser:
             return None
 
         urls = t.get("urls", "list[str]", (), urls_check)
+        errors_before = len(self.errors)
         strategy = t.get("strategy", "str", "round_robin", _one_of(STRATEGIES))
+        strategy_ok = len(self.errors) == errors_before
         weights = t.get("weights", "list[int]", None, _each(_at_least(1)))
         if strategy == "weighted" and weights is None:
             self.error(t.key("weights"), "is required with strategy = 'weighted'")
@@ -887,7 +910,7 @@ class _Parser:
                 t.key("weights"),
                 f"has {len(weights)} entries but urls has {len(urls)}; give one weight per URL",
             )
-        if weights is not None and strategy != "weighted":
+        if weights is not None and strategy != "weighted" and strategy_ok:
             self.error(
                 t.key("weights"), f"is only used with strategy = 'weighted', not {strategy!r}"
             )

@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import FileBodyProducer, ResponseDone, ResponseNeverReceived
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer, IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
 from twisted.web.server import Request
 from zope.interface import implementer
 
@@ -56,6 +56,7 @@ _REQUEST_OWN = HOP_BY_HOP | {
 }
 #: Response headers Twisted frames itself (length and chunking are re-derived per hop).
 _RESPONSE_SKIP = HOP_BY_HOP
+_NO_BODY_CODES = frozenset([204, 304])
 _SMALL_BODY = 64 * 1024
 _CONNECT_ERRORS = (
     ierror.ConnectError,
@@ -202,12 +203,18 @@ class Exchange:
         request = self.request
         request.setResponseCode(response.code, response.phrase)
         out = request.responseHeaders
-        dropped = _connection_tokens(response.headers)
+        connection = getattr(response, "connection_headers", None)
+        dropped = _connection_tokens(connection) if connection is not None else frozenset()
         for name, values in response.headers.getAllRawHeaders():
             lower = name.lower()
             if lower in _RESPONSE_SKIP or lower in dropped:
                 continue
             out.setRawHeaders(name, values)
+        # Twisted keeps Content-Length to itself (except for HEAD, where it is in the headers).
+        length = response.length
+        if length is not UNKNOWN_LENGTH and response.code not in _NO_BODY_CODES:
+            if request.method != b"HEAD":
+                out.setRawHeaders(b"Content-Length", [b"%d" % length])
         response.deliverBody(_ResponseRelay(self))
 
     def no_response(self, failure: Failure) -> None:

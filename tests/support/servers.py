@@ -61,7 +61,10 @@ class FnResource(Resource):
         self.seen: list[dict[str, Any]] = []
 
     def render(self, request: Request) -> Any:
-        body = request.content.read() if request.content is not None else b""
+        body = b""
+        if request.content is not None:
+            body = request.content.read()
+            request.content.seek(0)
         self.seen.append(
             {
                 "method": request.method,
