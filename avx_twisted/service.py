@@ -3,6 +3,7 @@ together."""
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -72,6 +73,10 @@ class GatewayService(MultiService):
     def stopService(self) -> Deferred[Any]:
         """Stop accepting, then close pooled upstream connections."""
         self.probes.ready = False
+        # A SIGTERM/SIGINT stop is the normal, orderly way out: exit 0 rather than twistd's
+        # default of re-raising the signal (which systemd and Kubernetes would log as a failure).
+        if getattr(self.reactor, "_exitSignal", None) in (signal.SIGTERM, signal.SIGINT):
+            self.reactor._exitSignal = None
         ports, self.ports = self.ports, []
         waits = [d for d in (port.stopListening() for port in ports) if d is not None]
         waits.append(self.runtime.clients.close())

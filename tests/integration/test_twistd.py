@@ -1,0 +1,108 @@
+"""End to end through the real ``twistd -n avx-gateway`` process."""
+
+from __future__ import annotations
+
+import subprocess
+import textwrap
+
+import pytest_twisted
+import treq
+from twisted.internet import reactor
+from twisted.web.client import HTTPConnectionPool
+
+from tests.support.process import REPO, TWISTD, GatewayProcess, free_port, rss_bytes, twistd
+from tests.support.servers import BigBody, echo_json, upstream
+
+ensure = pytest_twisted.ensureDeferred
+
+
+def write_config(tmp_path, body: str) -> tuple:
+    port = free_port()
+    path = tmp_path / "gateway.toml"
+    path.write_text(f"[server]\nhost = \"127.0.0.1\"\nport = {port}\n" + textwrap.dedent(body))
+    return path, port
+
+
+def test_twistd_lists_the_plugin():
+    out = subprocess.run([TWISTD, "--help"], cwd=REPO, capture_output=True, timeout=60)
+    assert b"avx-gateway" in out.stdout
+
+
+def test_the_briefs_config_passes_check():
+    out = subprocess.run(
+        [TWISTD, "avx-gateway", "--config", "config/gateway.toml", "--check"],
+        cwd=REPO, capture_output=True, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert b"OK" in out.stdout
+
+
+def test_bad_config_exits_non_zero_naming_every_key_before_listening(tmp_path):
+    path, port = write_config(tmp_path, """
+        workrs = 2
+        [[routes]]
+        path = "/a/*"
+        [routes.upstream]
+        urls = ["http://127.0.0.1:1"]
+        strategy = "round-robin"
+    """)
+    proc = twistd("avx-gateway", "--config", str(path))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert b"server.workrs: unknown key; did you mean 'workers'?" in err
+    assert (
+        b"routes[0].upstream.strategy: 'round-robin' is not one of round_robin, random, "
+        b"least_connections, weighted" in err
+    )
+    assert b"Traceback" not in err + out
+
+
+@ensure
+async def test_twistd_gateway_proxies_and_exits_zero_on_sigterm(tmp_path, closer):
+    up = closer.add(upstream())
+    path, port = write_config(tmp_path, f"""
+        [[routes]]
+        path = "/api/*"
+        strip_path = true
+        [routes.upstream]
+        urls = ["{up.url}"]
+    """)
+    gw = await GatewayProcess(path, port).start()
+    try:
+        response = await treq.get(gw.url("/api/hello?x=1"),
+                                  pool=HTTPConnectionPool(reactor, persistent=False))
+        assert response.code == 200
+        assert echo_json(await response.content())["uri"] == "/hello?x=1"
+    finally:
+        assert await gw.stop() == 0
+
+
+@ensure
+async def test_200_mb_response_streams_in_bounded_memory(tmp_path, closer):
+    size = 200 * 1024 * 1024
+    up = closer.add(upstream(BigBody(size)))
+    path, port = write_config(tmp_path, f"""
+        [[routes]]
+        path = "/*"
+        [routes.upstream]
+        urls = ["{up.url}"]
+    """)
+    gw = await GatewayProcess(path, port).start()
+    try:
+        before = rss_bytes(gw.pid)
+        peak = before
+        received = 0
+
+        def count(data: bytes) -> None:
+            nonlocal received, peak
+            received += len(data)
+            if received % (8 * 1024 * 1024) < len(data):
+                peak = max(peak, rss_bytes(gw.pid))
+
+        response = await treq.get(gw.url("/big"), pool=HTTPConnectionPool(reactor, False))
+        await treq.collect(response, count)
+        peak = max(peak, rss_bytes(gw.pid))
+        assert received == size
+        assert peak - before < 16 * 1024 * 1024, (before, peak)
+    finally:
+        assert await gw.stop() == 0
