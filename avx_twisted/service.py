@@ -16,7 +16,7 @@ from twisted.web.server import Site
 
 from .config import GatewayConfig
 from .gateway import GatewayResource
-from .health import Probes
+from .probes import Probes
 from .runtime import Runtime
 
 
