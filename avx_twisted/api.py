@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any, Sequence
 
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 
 from .config import GatewayConfig
 
@@ -22,6 +22,7 @@ class Gateway:
         self._reactor = reactor
         self._service: Any = None
         self._stopped: Deferred[None] | None = None
+        self._shutdown_trigger: Any = None
 
     @staticmethod
     def builder() -> GatewayBuilder:
@@ -48,21 +49,37 @@ class Gateway:
         return self.service.port  # type: ignore[no-any-return]
 
     def serve(self) -> Deferred[None]:
-        """Start listening; the Deferred fires when :meth:`stop` is called or the reactor stops."""
+        """Start listening; the Deferred fires when :meth:`stop` is called or the reactor stops.
+
+        A listener that cannot bind fails the Deferred (nothing is left running).
+        """
         if self._stopped is not None:
             return self._stopped
         service = self.service
-        reactor = service.reactor
+        try:
+            service.startService()
+        except Exception:
+            failed: Deferred[None] = fail()
+            if service.running:
+                return maybeDeferred(service.stopService).addCallback(lambda _: failed)
+            return failed
         self._stopped = Deferred()
-        service.startService()
-        self._shutdown_trigger = reactor.addSystemEventTrigger("before", "shutdown", self.stop)
+        self._shutdown_trigger = service.reactor.addSystemEventTrigger(
+            "before", "shutdown", self.stop
+        )
         return self._stopped
 
     def stop(self) -> Deferred[None]:
-        """Stop listening and close upstream connections."""
+        """Stop listening and close upstream connections; fires the Deferred of :meth:`serve`."""
         service = self._service
         if service is None or not service.running:
             return succeed(None)
+        trigger, self._shutdown_trigger = self._shutdown_trigger, None
+        if trigger is not None:
+            try:
+                service.reactor.removeSystemEventTrigger(trigger)
+            except (ValueError, KeyError):
+                pass  # already fired: we are being called by it
         d = maybeDeferred(service.stopService)
 
         def stopped(_: object) -> None:
