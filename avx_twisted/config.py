@@ -516,6 +516,8 @@ class _Parser:
         self.source = source
         self.base_dir = base_dir
         self.errors: list[str] = []
+        # Index in the file's [[routes]] of each built route (invalid ones are left out).
+        self.route_index: list[int] = []
 
     def error(self, path: str, message: str) -> None:
         self.errors.append(f"{path}: {message}")
@@ -690,9 +692,9 @@ class _Parser:
                 self.error(t.key("public_key_file"), f"{key_file!r} does not exist")
         # Key material is checked against the algorithms only once those are valid.
         if algs_ok and any(a in HMAC_ALGORITHMS for a in algs):
-            if secret is None and secret_env is None:
+            if not t.has("secret") and not t.has("secret_env"):
                 self.error(t.key("secret"), "HS* algorithms need 'secret' or 'secret_env'")
-        elif algs_ok and key_file is None and jwks_url is None:
+        elif algs_ok and not t.has("public_key_file") and not t.has("jwks_url"):
             self.error(
                 t.key("public_key_file"),
                 "public-key algorithms need 'public_key_file' or 'jwks_url'",
@@ -829,6 +831,7 @@ class _Parser:
                 route = replace(route, name=name)
             used.add(route.name)
             routes.append(route)
+            self.route_index.append(i)
         return tuple(routes)
 
     def route(
@@ -903,7 +906,7 @@ class _Parser:
         strategy = t.get("strategy", "str", "round_robin", _one_of(STRATEGIES))
         strategy_ok = len(self.errors) == errors_before
         weights = t.get("weights", "list[int]", None, _each(_at_least(1)))
-        if strategy == "weighted" and weights is None:
+        if strategy == "weighted" and not t.has("weights"):
             self.error(t.key("weights"), "is required with strategy = 'weighted'")
         if weights is not None and urls and len(weights) != len(urls):
             self.error(
@@ -964,7 +967,7 @@ class _Parser:
         from .routing import PatternError, RouteRule, RouteTable
 
         seen: dict[str, int] = {}
-        for i, route in enumerate(config.routes):
+        for i, route in zip(self.route_index, config.routes):
             if route.name in seen:
                 self.error(
                     f"routes[{i}].name",
@@ -978,7 +981,7 @@ class _Parser:
             if path in by_path:
                 self.error(key, f"{path!r} is already used by {by_path[path]}")
             by_path.setdefault(path, key)
-        for i, route in enumerate(config.routes):
+        for i, route in zip(self.route_index, config.routes):
             if route.path.endswith("*"):
                 # A wildcard only collides when its own prefix is reserved ("/metrics/*");
                 # a broader one ("/*") simply does not see the reserved paths.

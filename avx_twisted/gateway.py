@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
@@ -12,6 +14,48 @@ from .routing import BadPath, MethodNotAllowed
 from .runtime import Runtime
 
 InternalHandler = Callable[[Request], bytes]
+
+
+class InFlight:
+    """Counts proxied requests not yet finished, so a drain can wait for them."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.draining = False
+        self._idle: list[Deferred[None]] = []
+
+    def track(self, request: Request) -> None:
+        self.count += 1
+        if self.draining:
+            # Finish this one, then close the connection: no new requests on it during a drain.
+            request.channel.persistent = False
+            request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+        request.notifyFinish().addBoth(self._done)
+
+    def _done(self, _: object) -> None:
+        self.count -= 1
+        if self.count == 0 and self._idle:
+            waiting, self._idle = self._idle, []
+            for d in waiting:
+                d.callback(None)
+
+    def wait_idle(self, timeout_s: float, clock: IReactorTime) -> Deferred[bool]:
+        """Fires True once nothing is in flight, or False when ``timeout_s`` passes first."""
+        if self.count == 0:
+            return succeed(True)
+        d: Deferred[None] = Deferred()
+        self._idle.append(d)
+        result: Deferred[bool] = Deferred()
+        timer = clock.callLater(timeout_s, lambda: result.called or result.callback(False))
+
+        def idle(_: object) -> None:
+            if timer.active():
+                timer.cancel()
+            if not result.called:
+                result.callback(True)
+
+        d.addCallback(idle)
+        return result
 
 
 class GatewayResource(Resource):
@@ -26,6 +70,7 @@ class GatewayResource(Resource):
         super().__init__()
         self.runtime = runtime
         self.internal = internal or {}
+        self.in_flight = InFlight()
 
     def render(self, request: Request) -> bytes | int:
         handler = self.internal.get(request.path)
@@ -49,6 +94,7 @@ class GatewayResource(Resource):
         length = request.requestHeaders.getRawHeaders(b"content-length")
         if length and _too_big(length[-1], route.max_body_bytes):
             return write_error(request, 413, "request body too large")
+        self.in_flight.track(request)
         runtime.forwarder.forward(request, route, match.upstream_target)
         return NOT_DONE_YET
 

@@ -56,6 +56,7 @@ class Probes:
                 {
                     "url": t.url,
                     "healthy": t.healthy,
+                    "circuit": t.breaker.state.value if t.breaker is not None else "closed",
                     "available": t.available,
                     "in_flight": t.in_flight,
                 }

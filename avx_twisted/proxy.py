@@ -9,10 +9,11 @@ client connection, so a truncated answer never looks complete.
 from __future__ import annotations
 
 from io import BytesIO
+from math import ceil
 from typing import IO, TYPE_CHECKING, Any
 
 from twisted.internet import error as ierror
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -58,6 +59,16 @@ _REQUEST_OWN = HOP_BY_HOP | {
 _RESPONSE_SKIP = HOP_BY_HOP
 _NO_BODY_CODES = frozenset([204, 304])
 _SMALL_BODY = 64 * 1024
+#: Methods that may be sent again to another target (RFC 9110 9.2.2).
+IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"])
+_RETRYABLE_STATUS = frozenset([502, 503, 504])
+_RETRYABLE_ERRORS = (
+    ierror.ConnectError,
+    ierror.DNSLookupError,
+    ierror.TimeoutError,
+    ierror.ConnectingCancelledError,
+    ResponseNeverReceived,
+)
 _CONNECT_ERRORS = (
     ierror.ConnectError,
     ierror.DNSLookupError,
@@ -161,28 +172,62 @@ class _ResponseRelay(Protocol):
         self.exchange.relay_done(reason)
 
 
+class _Discard(Protocol):
+    """Reads and drops a response body we will not relay (a retried 5xx)."""
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        pass
+
+
 class Exchange:
-    """One client request on its way through one upstream target and back."""
+    """One client request on its way to an upstream target (or several, with retries) and back.
+
+    The route's ``timeout_ms`` bounds the whole exchange, body included: on expiry a pending
+    upstream request is cancelled (its connection aborted, never pooled) and the client gets 504,
+    or, once the response has started, the client connection is aborted.
+    """
 
     def __init__(self, forwarder: Forwarder, request: Request, route: RuntimeRoute, path: bytes):
         self.forwarder = forwarder
         self.request = request
         self.route = route
         self.path = path
+        self.tried: list[Target] = []
+        self.retries_left = route.retries if request.method in IDEMPOTENT else 0
         self.target: Target | None = None
+        self.held: Target | None = None
         self.pending: Deferred[Any] | None = None
         self.body_transport: Any = None
+        self.deadline: Any = None
         self.client_gone = False
-        self.done = False
+        self.expired = False
+        self.finished = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
         self.request.notifyFinish().addErrback(self.client_lost)
-        target = self.route.upstream.pick()
+        self.deadline = self.forwarder.clock.callLater(self.route.timeout_s, self.timed_out)
+        self.attempt()
+
+    def attempt(self) -> None:
+        upstream = self.route.upstream
+        target = upstream.pick(self.tried)
         if target is None:
-            self.fail(503, "no upstream target available")
+            retry_after = upstream.retry_after()
+            if retry_after is not None:
+                self.fail(
+                    503, "upstream circuit open", [(b"Retry-After", b"%d" % ceil(retry_after))]
+                )
+            else:
+                self.fail(503, "no upstream target available")
             return
-        self.target = target
+        self.tried.append(target)
+        self.target = self.held = target
         target.acquire()
+        breaker = target.breaker
+        if breaker is not None:
+            breaker.on_request()
         request = self.request
         d = self.route.agent.request(
             request.method,
@@ -190,15 +235,48 @@ class Exchange:
             upstream_request_headers(request, target, self.forwarder.preserve_host),
             request_body(request),
         )
-        d.addTimeout(self.route.timeout_s, self.forwarder.clock)
         self.pending = d
         d.addCallbacks(self.got_response, self.no_response)
 
+    def can_retry(self) -> bool:
+        """Another try is allowed: retries left, nothing sent, time left, another target up."""
+        return (
+            self.retries_left > 0
+            and not self.expired
+            and not self.client_gone
+            and not self.request.startedWriting
+            and self.route.upstream.any_available(self.tried)
+        )
+
+    def retry(self) -> None:
+        self.retries_left -= 1
+        log.info(
+            "retrying {method} for route {route} on another target after {url} failed",
+            method=self.request.method,
+            route=self.route.name,
+            url=self.target.url if self.target else None,
+        )
+        self.attempt()
+
+    # -- upstream answers --------------------------------------------------------------------
+
     def got_response(self, response: IResponse) -> None:
         self.pending = None
+        target = self.target
+        assert target is not None
+        if target.breaker is not None:
+            if response.code >= 500:
+                target.breaker.record_failure()
+            else:
+                target.breaker.record_success()
         if self.client_gone:
-            response.deliverBody(Protocol())  # drain and drop; the pool decides on reuse
-            self.release()
+            response.deliverBody(_Discard())
+            self.end_attempt()
+            return
+        if response.code in _RETRYABLE_STATUS and self.can_retry():
+            response.deliverBody(_Discard())
+            self.end_attempt()
+            self.retry()
             return
         request = self.request
         request.setResponseCode(response.code, response.phrase)
@@ -219,14 +297,20 @@ class Exchange:
 
     def no_response(self, failure: Failure) -> None:
         self.pending = None
+        target = self.target
+        self.end_attempt()
         if self.client_gone:
-            self.release()
+            if target is not None and target.breaker is not None:
+                target.breaker.release_trial()
             return
-        if failure.check(CancelledError, ierror.TimeoutError) and not failure.check(
-            ierror.ConnectingCancelledError
-        ):
-            status, message = 504, "upstream timed out"
-        elif failure.check(ierror.ConnectingCancelledError):
+        if self.expired:
+            if target is not None and target.breaker is not None:
+                target.breaker.record_failure()
+            self.fail(504, "upstream timed out")
+            return
+        if target is not None and target.breaker is not None:
+            target.breaker.record_failure()
+        if failure.check(ierror.TimeoutError, ierror.ConnectingCancelledError):
             status, message = 504, "upstream connect timed out"
         elif failure.check(*_CONNECT_ERRORS):
             status, message = 502, "upstream unavailable"
@@ -234,12 +318,16 @@ class Exchange:
             status, message = 502, "bad upstream response"
         log.warn(
             "upstream {url} failed for route {route}: {why}",
-            url=self.target.url if self.target else None,
+            url=target.url if target else None,
             route=self.route.name,
             why=failure.getErrorMessage(),
         )
-        self.release()
+        if failure.check(*_RETRYABLE_ERRORS) and self.can_retry():
+            self.retry()
+            return
         self.fail(status, message)
+
+    # -- the response body -------------------------------------------------------------------
 
     def relay_started(self, transport: Any) -> None:
         self.body_transport = transport
@@ -248,24 +336,37 @@ class Exchange:
 
     def relay_done(self, reason: Failure) -> None:
         self.body_transport = None
-        self.release()
+        self.end_attempt()
         if self.client_gone:
             return
         request = self.request
         request.unregisterProducer()
-        if reason.check(ResponseDone, PotentialDataLoss):
+        if reason.check(ResponseDone, PotentialDataLoss) and not self.expired:
+            self.finish()
             request.finish()
             return
         log.warn(
             "upstream {url} broke off the response body for route {route}: {why}",
             url=self.target.url if self.target else None,
             route=self.route.name,
-            why=reason.getErrorMessage(),
+            why="timed out" if self.expired else reason.getErrorMessage(),
         )
+        self.finish()
         self.abort_client()
+
+    # -- endings -----------------------------------------------------------------------------
+
+    def timed_out(self) -> None:
+        self.deadline = None
+        self.expired = True
+        if self.pending is not None:
+            self.pending.cancel()
+        elif self.body_transport is not None:
+            self.body_transport.stopProducing()
 
     def client_lost(self, failure: Failure) -> None:
         self.client_gone = True
+        self.finish()
         if self.pending is not None:
             self.pending.cancel()
         if self.body_transport is not None:
@@ -276,17 +377,28 @@ class Exchange:
         if transport is not None:
             transport.abortConnection()
 
-    def fail(self, status: int, message: str) -> None:
+    def fail(
+        self, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        self.finish()
         if self.request.startedWriting:
             self.abort_client()
         else:
-            send_error(self.request, status, message)
+            send_error(self.request, status, message, headers or ())
 
-    def release(self) -> None:
-        if not self.done:
-            self.done = True
-            if self.target is not None:
-                self.target.release()
+    def end_attempt(self) -> None:
+        """The current target is done with this request (success or not)."""
+        held, self.held = self.held, None
+        if held is not None:
+            held.release()
+
+    def finish(self) -> None:
+        """The exchange is over: no more timers."""
+        if not self.finished:
+            self.finished = True
+            if self.deadline is not None and self.deadline.active():
+                self.deadline.cancel()
+            self.deadline = None
 
 
 class Forwarder:

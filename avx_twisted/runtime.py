@@ -6,8 +6,10 @@ from typing import Any
 
 from twisted.web.iweb import IAgent
 
+from .breaker import CircuitBreaker
 from .client import UpstreamClients
 from .config import GatewayConfig, RouteConfig
+from .health import HealthChecker
 from .proxy import Forwarder
 from .routing import RouteRule, RouteTable
 from .upstream import Upstream
@@ -23,6 +25,7 @@ class RuntimeRoute:
         self.agent = agent
         self.timeout_s = config.timeout_ms / 1000.0
         self.max_body_bytes = config.max_body_bytes
+        self.retries = config.retries
 
     def __repr__(self) -> str:
         return f"<RuntimeRoute {self.name} {self.config.path}>"
@@ -39,6 +42,7 @@ class Runtime:
         self.clients = clients or UpstreamClients(
             reactor, config.server.connect_timeout_ms / 1000.0
         )
+        self.health_checkers: list[HealthChecker] = []
         self.routes = tuple(self._build_route(r) for r in config.routes)
         self.table = RouteTable(
             [
@@ -57,4 +61,13 @@ class Runtime:
     def _build_route(self, route: RouteConfig) -> RuntimeRoute:
         up = route.upstream
         upstream = Upstream.from_urls(up.urls, strategy=up.strategy, weights=up.weights)
-        return RuntimeRoute(route, upstream, self.clients.agent(up.ca_file))
+        agent = self.clients.agent(up.ca_file)
+        for target in upstream.targets:
+            target.breaker = CircuitBreaker(
+                up.circuit_breaker, self.reactor, name=f"{route.name} {target.url}"
+            )
+            if up.health_check is not None:
+                self.health_checkers.append(
+                    HealthChecker(target, up.health_check, agent, self.reactor, route=route.name)
+                )
+        return RuntimeRoute(route, upstream, agent)

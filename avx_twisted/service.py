@@ -53,7 +53,8 @@ class GatewayService(MultiService):
         self.ports: list[IListeningPort] = []
 
     def startService(self) -> None:
-        """Bind every listener now; a bind error raises so twistd exits non-zero."""
+        """Bind every listener now (a bind error raises so twistd exits non-zero), then start
+        the active health checks."""
         super().startService()
         for description in self.config.server.endpoints:
             failures: list[Failure] = []
@@ -65,24 +66,52 @@ class GatewayService(MultiService):
                     endpoint=description,
                     why=failures[0].getErrorMessage(),
                 )
+                self._close_ports()
+                self.running = False
                 failures[0].raiseException()
         for port in self.ports:
             self.log.info("avx-gateway listening on {address}", address=port.getHost())
+        for checker in self.runtime.health_checkers:
+            checker.start()
         self.probes.ready = True
 
     def stopService(self) -> Deferred[Any]:
-        """Stop accepting, then close pooled upstream connections."""
+        """Drain: not ready, stop accepting, let in-flight requests finish (up to
+        ``drain_timeout_ms``), then stop health checks and close pooled upstream connections."""
         self.probes.ready = False
         # A SIGTERM/SIGINT stop is the normal, orderly way out: exit 0 rather than twistd's
         # default of re-raising the signal (which systemd and Kubernetes would log as a failure).
         if getattr(self.reactor, "_exitSignal", None) in (signal.SIGTERM, signal.SIGINT):
             self.reactor._exitSignal = None
+        in_flight = self.resource.in_flight
+        in_flight.draining = True
+        self.log.info(
+            "draining: {count} requests in flight, waiting up to {timeout} ms",
+            count=in_flight.count,
+            timeout=self.config.server.drain_timeout_ms,
+        )
+        closing = self._close_ports()
+        for checker in self.runtime.health_checkers:
+            checker.stop()
+        drained = in_flight.wait_idle(self.config.server.drain_timeout_ms / 1000.0, self.reactor)
+
+        def after_drain(idle: bool) -> Deferred[Any]:
+            if not idle:
+                self.log.warn(
+                    "drain timeout: {count} requests still in flight are cut off",
+                    count=in_flight.count,
+                )
+            waits = [closing, self.runtime.clients.close()]
+            parent = super(GatewayService, self).stopService()
+            if parent is not None:
+                waits.append(parent)
+            return DeferredList(waits, consumeErrors=True)
+
+        return drained.addCallback(after_drain)
+
+    def _close_ports(self) -> Deferred[Any]:
         ports, self.ports = self.ports, []
         waits = [d for d in (port.stopListening() for port in ports) if d is not None]
-        waits.append(self.runtime.clients.close())
-        parent = super().stopService()
-        if parent is not None:
-            waits.append(parent)
         return DeferredList(waits, consumeErrors=True)
 
     @property

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import random
-from typing import Collection, Sequence
+from typing import TYPE_CHECKING, Collection, Sequence
 from urllib.parse import quote, urlsplit
 
 from avx_twisted.balancing import IBalancer, balancer_for
+
+if TYPE_CHECKING:
+    from avx_twisted.breaker import CircuitBreaker
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # RFC 3986 pchar plus "/" and "%": kept as-is in the base path, anything else is %-encoded.
@@ -33,11 +36,13 @@ class Target:
         self.weight = weight
         self.in_flight = 0
         self.healthy = True
+        self.breaker: CircuitBreaker | None = None
 
     @property
     def available(self) -> bool:
-        """Whether requests may be sent to this target now."""
-        return self.healthy
+        """Whether requests may be sent to this target now: healthy and its circuit lets them."""
+        breaker = self.breaker
+        return self.healthy and (breaker is None or breaker.available())
 
     def acquire(self) -> None:
         """Count one more request in flight to this target."""
@@ -107,6 +112,21 @@ class Upstream:
             return self.balancer.pick(targets)
         candidates = [t for t in targets if t.available and t not in exclude]
         return self.balancer.pick(candidates)
+
+    def any_available(self, exclude: Collection[Target] = ()) -> bool:
+        """Whether :meth:`pick` would find a target (without moving the balancer)."""
+        return any(t.available and t not in exclude for t in self.targets)
+
+    def retry_after(self) -> float | None:
+        """Seconds until the first open circuit lets a trial through, when every target is
+        unavailable only because its circuit is open; None otherwise."""
+        waits = []
+        for target in self.targets:
+            breaker = target.breaker
+            if not target.healthy or breaker is None or breaker.retry_after() <= 0:
+                return None
+            waits.append(breaker.retry_after())
+        return min(waits) if waits else None
 
     @classmethod
     def from_urls(
