@@ -79,10 +79,7 @@ class GatewayService(MultiService):
         """Drain: not ready, stop accepting, let in-flight requests finish (up to
         ``drain_timeout_ms``), then stop health checks and close pooled upstream connections."""
         self.probes.ready = False
-        # A SIGTERM/SIGINT stop is the normal, orderly way out: exit 0 rather than twistd's
-        # default of re-raising the signal (which systemd and Kubernetes would log as a failure).
-        if getattr(self.reactor, "_exitSignal", None) in (signal.SIGTERM, signal.SIGINT):
-            self.reactor._exitSignal = None
+        self._exit_cleanly()
         in_flight = self.resource.in_flight
         in_flight.draining = True
         self.log.info(
@@ -96,6 +93,7 @@ class GatewayService(MultiService):
         drained = in_flight.wait_idle(self.config.server.drain_timeout_ms / 1000.0, self.reactor)
 
         def after_drain(idle: bool) -> Deferred[Any]:
+            self._exit_cleanly()  # a second SIGTERM may have come during the drain
             if not idle:
                 self.log.warn(
                     "drain timeout: {count} requests still in flight are cut off",
@@ -108,6 +106,12 @@ class GatewayService(MultiService):
             return DeferredList(waits, consumeErrors=True)
 
         return drained.addCallback(after_drain)
+
+    def _exit_cleanly(self) -> None:
+        """A SIGTERM/SIGINT stop is the normal, orderly way out: exit 0 rather than twistd's
+        default of re-raising the signal (which systemd and Kubernetes would log as a failure)."""
+        if getattr(self.reactor, "_exitSignal", None) in (signal.SIGTERM, signal.SIGINT):
+            self.reactor._exitSignal = None
 
     def _close_ports(self) -> Deferred[Any]:
         ports, self.ports = self.ports, []

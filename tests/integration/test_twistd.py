@@ -106,3 +106,47 @@ async def test_200_mb_response_streams_in_bounded_memory(tmp_path, closer):
         assert peak - before < 16 * 1024 * 1024, (before, peak)
     finally:
         assert await gw.stop() == 0
+
+
+@ensure
+async def test_sigterm_lets_the_request_in_flight_finish_then_exits_zero(tmp_path, closer):
+    from twisted.internet.task import deferLater
+    from twisted.web.server import NOT_DONE_YET
+
+    from tests.support.servers import FnResource
+
+    def slow(request):
+        def answer():
+            request.write(b"x" * 100_000)
+            request.finish()
+
+        reactor.callLater(0.8, answer)
+        return NOT_DONE_YET
+
+    up = closer.add(upstream(FnResource(slow)))
+    path, port = write_config(tmp_path, f"""
+        drain_timeout_ms = 5000
+        [[routes]]
+        path = "/*"
+        [routes.upstream]
+        urls = ["{up.url}"]
+    """)
+    gw = await GatewayProcess(path, port).start()
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    in_flight = treq.get(gw.url("/slow"), pool=pool)
+    await deferLater(reactor, 0.3, lambda: None)
+    gw.proc.send_signal(15)
+    await deferLater(reactor, 0.2, lambda: None)
+    refused = False
+    try:  # draining: the listener is closed, the request in flight goes on
+        await treq.get(gw.url("/healthz"), pool=HTTPConnectionPool(reactor, persistent=False))
+    except ConnectionRefusedError:
+        refused = True
+    except Exception as e:
+        refused = "refused" in str(e).lower()
+    assert refused
+    response = await in_flight
+    body = await response.content()
+    assert response.code == 200
+    assert body == b"x" * 100_000
+    assert await gw.wait() == 0

@@ -79,11 +79,15 @@ class GatewayProcess:
 
     async def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM and wait for exit without blocking the reactor; returns the exit code."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return await self.wait(timeout)
+
+    async def wait(self, timeout: float = 15.0) -> int:
+        """Wait for the process to exit by itself (killing it after ``timeout``)."""
         proc = self.proc
         if proc is None:
             return 0
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while proc.poll() is None and time.monotonic() < deadline:
             await deferLater(reactor, 0.05, lambda: None)
