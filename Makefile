@@ -23,7 +23,7 @@ run: $(STAMP)
 	$(VENV)/bin/twistd --pidfile= -n avx-gateway --config config/demo.toml --demo
 
 test: $(STAMP)
-	$(PY) -m ruff check avx_twisted tests examples bench twisted
+	$(PY) -m ruff check .
 	$(PY) -m pytest
 
 unit: $(STAMP)

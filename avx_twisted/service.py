@@ -71,6 +71,12 @@ class GatewayService(MultiService):
                 failures[0].raiseException()
         for port in self.ports:
             self.log.info("avx-gateway listening on {address}", address=port.getHost())
+        if self.config.server.workers > 1:
+            self.log.warn(
+                "server.workers = {workers}: worker processes are not implemented yet; "
+                "serving from this one process",
+                workers=self.config.server.workers,
+            )
         for checker in self.runtime.health_checkers:
             checker.start()
         self.probes.ready = True
