@@ -1,0 +1,790 @@
+"""Validation of a raw config mapping into :mod:`avx_twisted.config` objects.
+
+One pass over the mapping builds the typed, frozen objects and collects every problem with its
+key path, the bad value and what is allowed; :class:`Parser` raises one ConfigError for all.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import math
+import os
+import re
+from dataclasses import replace
+from typing import Any, Callable, Mapping, Sequence
+
+from .config import (
+    AUTH_METHODS,
+    HMAC_ALGORITHMS,
+    LOG_LEVELS,
+    PUBLIC_KEY_ALGORITHMS,
+    RATE_LIMIT_KEYS,
+    STRATEGIES,
+    AdminConfig,
+    ApiKey,
+    ApiKeyConfig,
+    AuthConfig,
+    CircuitBreakerConfig,
+    ConfigError,
+    CorsConfig,
+    GatewayConfig,
+    HealthCheckConfig,
+    HealthConfig,
+    JwtConfig,
+    LoggingConfig,
+    MetricsConfig,
+    MiddlewareConfig,
+    RateLimitConfig,
+    RouteConfig,
+    ServerConfig,
+    UpstreamConfig,
+)
+
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+_MISSING = object()
+
+
+def _show(value: Any) -> str:
+    return repr(value) if not isinstance(value, bool) else str(value).lower()
+
+
+class _Table:
+    """Reads the keys of one TOML table, recording errors under its key path."""
+
+    def __init__(self, parser: Parser, path: str, data: Any, known: Sequence[str]) -> None:
+        self.parser = parser
+        self.path = path
+        self.data = data if isinstance(data, Mapping) else {}
+        if not isinstance(data, Mapping):
+            parser.error(path, f"must be a table, not {_show(data)}")
+        for key in self.data:
+            if key not in known:
+                hint = difflib.get_close_matches(key, known, n=1)
+                extra = f"; did you mean '{hint[0]}'?" if hint else ""
+                allowed = ", ".join(known)
+                parser.error(self.key(key), f"unknown key{extra} (known keys: {allowed})")
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def has(self, name: str) -> bool:
+        return name in self.data
+
+    def get(
+        self, name: str, kind: str, default: Any, check: Callable[[Any], str | None] | None = None
+    ) -> Any:
+        """The value of ``name`` checked against ``kind`` (and ``check``), or ``default``."""
+        value = self.data.get(name, _MISSING)
+        if value is _MISSING:
+            return default
+        problem = _type_problem(value, kind)
+        if problem is None and check is not None:
+            problem = check(value)
+        if problem is not None:
+            self.parser.error(self.key(name), f"{_show(value)} {problem}")
+            return default
+        if kind == "float":
+            return float(value)
+        if kind.startswith("list"):
+            return tuple(value)
+        return value
+
+    def table(self, name: str, known: Sequence[str]) -> _Table | None:
+        if name not in self.data:
+            return None
+        return _Table(self.parser, self.key(name), self.data[name], known)
+
+
+def _type_problem(value: Any, kind: str) -> str | None:
+    if kind == "str":
+        ok = isinstance(value, str)
+        want = "a string"
+    elif kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        want = "an integer"
+    elif kind == "float":
+        ok = (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        )
+        want = "a number"
+    elif kind == "bool":
+        ok = isinstance(value, bool)
+        want = "true or false"
+    elif kind == "list[str]":
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        want = "a list of strings"
+    elif kind == "list[int]":
+        ok = isinstance(value, list) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        )
+        want = "a list of integers"
+    else:  # pragma: no cover - programming error
+        raise AssertionError(kind)
+    return None if ok else f"is not {want}"
+
+
+def _one_of(choices: Sequence[str]) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value in choices else f"is not one of {', '.join(choices)}"
+
+    return check
+
+
+def _at_least(low: float) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value >= low else f"must be at least {low:g}"
+
+    return check
+
+
+def _positive(value: Any) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _url_path(value: str) -> str | None:
+    if not value.startswith("/") or any(c in value for c in "?# "):
+        return "must be a path starting with '/' (no query, fragment or spaces)"
+    return None
+
+
+def _each(check: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
+    def check_all(values: Sequence[Any]) -> str | None:
+        for v in values:
+            problem = check(v)
+            if problem:
+                return f"has an item {_show(v)} that {problem}"
+        return None
+
+    return check_all
+
+
+def _token(value: str) -> str | None:
+    return None if _TOKEN.match(value) else "is not a valid HTTP token"
+
+
+def _hex64(value: str) -> str | None:
+    return None if _HEX64.match(value) else "is not a SHA-256 hex digest (64 hex characters)"
+
+
+_TOP_KEYS = (
+    "server",
+    "routes",
+    "middleware",
+    "rate_limiting",
+    "cors",
+    "auth",
+    "metrics",
+    "health",
+    "logging",
+    "admin",
+)
+_SERVER_KEYS = (
+    "host",
+    "port",
+    "workers",
+    "timeout_ms",
+    "connect_timeout_ms",
+    "listen",
+    "trusted_proxies",
+    "preserve_host",
+    "max_body_bytes",
+    "drain_timeout_ms",
+)
+_ROUTE_KEYS = (
+    "name",
+    "path",
+    "host",
+    "strip_path",
+    "methods",
+    "timeout_ms",
+    "max_body_bytes",
+    "retries",
+    "auth",
+    "scopes",
+    "cors",
+    "rate_limit",
+    "upstream",
+)
+_UPSTREAM_KEYS = ("urls", "strategy", "weights", "ca_file", "health_check", "circuit_breaker")
+_HEALTH_CHECK_KEYS = (
+    "path",
+    "interval_ms",
+    "timeout_ms",
+    "healthy_threshold",
+    "unhealthy_threshold",
+    "expected_status",
+)
+_BREAKER_KEYS = ("failure_threshold", "recovery_timeout_ms", "half_open_requests")
+_RATE_KEYS = (
+    "requests_per_second",
+    "burst_size",
+    "key",
+    "backend",
+    "redis_url",
+    "on_backend_error",
+)
+_ROUTE_RATE_KEYS = ("requests_per_second", "burst_size", "key")
+_CORS_KEYS = (
+    "allowed_origins",
+    "allowed_methods",
+    "allowed_headers",
+    "expose_headers",
+    "allow_credentials",
+    "max_age_s",
+)
+_JWT_KEYS = (
+    "algorithms",
+    "secret",
+    "secret_env",
+    "public_key_file",
+    "jwks_url",
+    "issuer",
+    "audience",
+    "leeway_s",
+    "forward_claims",
+)
+_API_KEY_KEYS = ("header", "query_param", "keys")
+
+
+class Parser:
+    """Walks the raw mapping once, building typed objects and collecting every error."""
+
+    def __init__(self, source: str, base_dir: str) -> None:
+        self.source = source
+        self.base_dir = base_dir
+        self.errors: list[str] = []
+        # Index in the file's [[routes]] of each built route (invalid ones are left out).
+        self.route_index: list[int] = []
+
+    def error(self, path: str, message: str) -> None:
+        self.errors.append(f"{path}: {message}")
+
+    def file(self, path: str) -> str:
+        return path if os.path.isabs(path) else os.path.join(self.base_dir, path)
+
+    def parse(self, data: Mapping[str, Any]) -> GatewayConfig:
+        top = _Table(self, "", data, _TOP_KEYS)
+        server = self.server(top.table("server", _SERVER_KEYS))
+        middleware = self.middleware(
+            top.table(
+                "middleware",
+                ("enable_cors", "enable_rate_limiting", "enable_logging", "enable_metrics"),
+            )
+        )
+        rate = self.rate_limit(top.table("rate_limiting", _RATE_KEYS), RateLimitConfig())
+        cors = self.cors(top.table("cors", _CORS_KEYS))
+        auth = self.auth(top.table("auth", ("jwt", "api_key")))
+        metrics_t = top.table("metrics", ("path",))
+        metrics = MetricsConfig(
+            path=metrics_t.get("path", "str", "/metrics", _url_path) if metrics_t else "/metrics"
+        )
+        health = self.health(
+            top.table("health", ("health_path", "liveness_path", "readiness_path"))
+        )
+        logging = self.logging(top.table("logging", ("format", "access_log", "level")))
+        admin = self.admin(top.table("admin", ("listen", "token_sha256")))
+        routes = self.routes(top, server, rate, auth)
+        config = GatewayConfig(
+            server=server,
+            routes=routes,
+            middleware=middleware,
+            rate_limiting=rate,
+            cors=cors,
+            auth=auth,
+            metrics=metrics,
+            health=health,
+            logging=logging,
+            admin=admin,
+            source=self.source,
+        )
+        self.cross_checks(config)
+        if self.errors:
+            raise ConfigError(self.errors, source=self.source)
+        return config
+
+    # -- sections --------------------------------------------------------------------------
+
+    def server(self, t: _Table | None) -> ServerConfig:
+        d = ServerConfig()
+        if t is None:
+            return d
+        listen = t.get("listen", "list[str]", (), self.endpoint_list)
+        proxies = t.get("trusted_proxies", "list[str]", (), _each(_network))
+        port_ok = lambda p: None if 0 <= p <= 65535 else "is not a port (0-65535)"  # noqa: E731
+        return ServerConfig(
+            host=t.get("host", "str", d.host, lambda h: None if h else "must not be empty"),
+            port=t.get("port", "int", d.port, port_ok),
+            workers=t.get("workers", "int", d.workers, _at_least(1)),
+            timeout_ms=t.get("timeout_ms", "int", d.timeout_ms, _positive),
+            connect_timeout_ms=t.get("connect_timeout_ms", "int", d.connect_timeout_ms, _positive),
+            listen=listen,
+            trusted_proxies=proxies,
+            preserve_host=t.get("preserve_host", "bool", d.preserve_host),
+            max_body_bytes=t.get("max_body_bytes", "int", d.max_body_bytes, _at_least(0)),
+            drain_timeout_ms=t.get("drain_timeout_ms", "int", d.drain_timeout_ms, _at_least(0)),
+        )
+
+    def endpoint_list(self, values: Sequence[str]) -> str | None:
+        if not values:
+            return "must list at least one endpoint (or leave listen out to use host/port)"
+        for v in values:
+            problem = _endpoint(v)
+            if problem:
+                return problem
+        return None
+
+    def middleware(self, t: _Table | None) -> MiddlewareConfig:
+        d = MiddlewareConfig()
+        if t is None:
+            return d
+        return MiddlewareConfig(
+            enable_cors=t.get("enable_cors", "bool", d.enable_cors),
+            enable_rate_limiting=t.get("enable_rate_limiting", "bool", d.enable_rate_limiting),
+            enable_logging=t.get("enable_logging", "bool", d.enable_logging),
+            enable_metrics=t.get("enable_metrics", "bool", d.enable_metrics),
+        )
+
+    def rate_limit(self, t: _Table | None, base: RateLimitConfig) -> RateLimitConfig:
+        if t is None:
+            return base
+        rps = t.get("requests_per_second", "float", base.requests_per_second, _positive)
+        default_burst = base.burst_size
+        if t.has("requests_per_second") and not t.has("burst_size"):
+            default_burst = max(1, math.ceil(rps))
+        return RateLimitConfig(
+            requests_per_second=rps,
+            burst_size=t.get("burst_size", "int", default_burst, _at_least(1)),
+            key=t.get("key", "str", base.key, _one_of(RATE_LIMIT_KEYS)),
+            backend=t.get("backend", "str", base.backend, _one_of(("memory", "redis"))),
+            redis_url=t.get("redis_url", "str", base.redis_url, _redis_url),
+            on_backend_error=t.get(
+                "on_backend_error", "str", base.on_backend_error, _one_of(("allow", "deny"))
+            ),
+        )
+
+    def cors(self, t: _Table | None) -> CorsConfig:
+        d = CorsConfig()
+        if t is None:
+            return d
+        origins = t.get("allowed_origins", "list[str]", d.allowed_origins, _each(_origin))
+        creds = t.get("allow_credentials", "bool", d.allow_credentials)
+        if creds and "*" in origins:
+            self.error(
+                t.key("allowed_origins"),
+                "'*' is not allowed together with cors.allow_credentials = true "
+                "(browsers refuse it); list the origins explicitly",
+            )
+        return CorsConfig(
+            allowed_origins=origins,
+            allowed_methods=tuple(
+                m.upper()
+                for m in t.get("allowed_methods", "list[str]", d.allowed_methods, _each(_token))
+            ),
+            allowed_headers=t.get("allowed_headers", "list[str]", d.allowed_headers, _each(_token)),
+            expose_headers=t.get("expose_headers", "list[str]", d.expose_headers, _each(_token)),
+            allow_credentials=creds,
+            max_age_s=t.get("max_age_s", "int", d.max_age_s, _at_least(0)),
+        )
+
+    def auth(self, t: _Table | None) -> AuthConfig:
+        if t is None:
+            return AuthConfig()
+        jwt_t = t.table("jwt", _JWT_KEYS)
+        api_t = t.table("api_key", _API_KEY_KEYS)
+        return AuthConfig(
+            jwt=self.jwt(jwt_t) if jwt_t is not None else None,
+            api_key=self.api_key(api_t) if api_t is not None else None,
+        )
+
+    def jwt(self, t: _Table) -> JwtConfig:
+        d = JwtConfig()
+        known = HMAC_ALGORITHMS + PUBLIC_KEY_ALGORITHMS
+
+        def alg_check(values: Sequence[str]) -> str | None:
+            if not values:
+                return "must list at least one algorithm"
+            for v in values:
+                if v.lower() == "none":
+                    return "must not contain 'none' (unsigned tokens are never accepted)"
+                if v not in known:
+                    return f"has {v!r}, which is not one of {', '.join(known)}"
+            if any(v in HMAC_ALGORITHMS for v in values) and any(
+                v in PUBLIC_KEY_ALGORITHMS for v in values
+            ):
+                return "mixes HMAC (HS*) and public-key algorithms, which allows key confusion"
+            return None
+
+        errors_before = len(self.errors)
+        algs = t.get("algorithms", "list[str]", d.algorithms, alg_check)
+        algs_ok = len(self.errors) == errors_before
+        secret = t.get("secret", "str", None)
+        secret_env = t.get("secret_env", "str", None)
+        key_file = t.get("public_key_file", "str", None)
+        jwks_url = t.get("jwks_url", "str", None, _http_url)
+        if secret_env is not None and secret is None and not os.environ.get(secret_env):
+            self.error(t.key("secret_env"), f"environment variable {secret_env!r} is not set")
+        if key_file is not None:
+            key_file = self.file(key_file)
+            if not os.path.isfile(key_file):
+                self.error(t.key("public_key_file"), f"{key_file!r} does not exist")
+        # Key material is checked against the algorithms only once those are valid.
+        if algs_ok and any(a in HMAC_ALGORITHMS for a in algs):
+            if not t.has("secret") and not t.has("secret_env"):
+                self.error(t.key("secret"), "HS* algorithms need 'secret' or 'secret_env'")
+        elif algs_ok and not t.has("public_key_file") and not t.has("jwks_url"):
+            self.error(
+                t.key("public_key_file"),
+                "public-key algorithms need 'public_key_file' or 'jwks_url'",
+            )
+        claims_raw = t.data.get("forward_claims", {})
+        claims: list[tuple[str, str]] = []
+        if not isinstance(claims_raw, Mapping):
+            self.error(t.key("forward_claims"), 'must be a table of claim = "Header-Name"')
+        else:
+            for claim, header in claims_raw.items():
+                if not isinstance(header, str) or not _TOKEN.match(header):
+                    self.error(
+                        t.key(f"forward_claims.{claim}"), f"{_show(header)} is not a header name"
+                    )
+                else:
+                    claims.append((claim, header))
+        return JwtConfig(
+            algorithms=algs,
+            secret=secret,
+            secret_env=secret_env,
+            public_key_file=key_file,
+            jwks_url=jwks_url,
+            issuer=t.get("issuer", "str", None),
+            audience=t.get("audience", "str", None),
+            leeway_s=t.get("leeway_s", "int", d.leeway_s, _at_least(0)),
+            forward_claims=tuple(claims),
+        )
+
+    def api_key(self, t: _Table) -> ApiKeyConfig:
+        d = ApiKeyConfig()
+        keys: list[ApiKey] = []
+        raw = t.data.get("keys", [])
+        if not isinstance(raw, list):
+            self.error(t.key("keys"), "must be a list of { name = ..., sha256 = ... } tables")
+            raw = []
+        names: set[str] = set()
+        for i, item in enumerate(raw):
+            k = _Table(self, f"{t.key('keys')}[{i}]", item, ("name", "sha256"))
+            if not isinstance(item, Mapping):
+                continue
+            for required in ("name", "sha256"):
+                if required not in item:
+                    self.error(k.key(required), "is required")
+            name = k.get("name", "str", "", lambda n: None if n else "must not be empty")
+            digest = k.get("sha256", "str", "", _hex64)
+            if name and name in names:
+                self.error(k.key("name"), f"{name!r} is used by another key")
+            names.add(name)
+            if name and digest:
+                keys.append(ApiKey(name=name, sha256=digest.lower()))
+        return ApiKeyConfig(
+            header=t.get("header", "str", d.header, _token),
+            query_param=t.get("query_param", "str", d.query_param),
+            keys=tuple(keys),
+        )
+
+    def health(self, t: _Table | None) -> HealthConfig:
+        d = HealthConfig()
+        if t is None:
+            return d
+        return HealthConfig(
+            health_path=t.get("health_path", "str", d.health_path, _url_path),
+            liveness_path=t.get("liveness_path", "str", d.liveness_path, _url_path),
+            readiness_path=t.get("readiness_path", "str", d.readiness_path, _url_path),
+        )
+
+    def logging(self, t: _Table | None) -> LoggingConfig:
+        d = LoggingConfig()
+        if t is None:
+            return d
+
+        def log_target(value: str) -> str | None:
+            if value == "-":
+                return None
+            parent = os.path.dirname(self.file(value)) or "."
+            return (
+                None
+                if os.path.isdir(parent)
+                else f"is in a directory that does not exist ({parent})"
+            )
+
+        access_log = t.get("access_log", "str", d.access_log, log_target)
+        if access_log != "-":
+            access_log = self.file(access_log)
+        return LoggingConfig(
+            format=t.get("format", "str", d.format, _one_of(("json", "text"))),
+            access_log=access_log,
+            level=t.get("level", "str", d.level, _one_of(LOG_LEVELS)),
+        )
+
+    def admin(self, t: _Table | None) -> AdminConfig | None:
+        if t is None:
+            return None
+        d = AdminConfig()
+        if not t.has("token_sha256"):
+            self.error(t.key("token_sha256"), "is required (the SHA-256 of the admin bearer token)")
+        return AdminConfig(
+            listen=t.get("listen", "str", d.listen, _endpoint),
+            token_sha256=t.get("token_sha256", "str", d.token_sha256, _hex64).lower(),
+        )
+
+    # -- routes ------------------------------------------------------------------------------
+
+    def routes(
+        self, top: _Table, server: ServerConfig, rate: RateLimitConfig, auth: AuthConfig
+    ) -> tuple[RouteConfig, ...]:
+        raw = top.data.get("routes", _MISSING)
+        if raw is _MISSING or raw == []:
+            self.error("routes", "at least one [[routes]] entry is required")
+            return ()
+        if not isinstance(raw, list):
+            self.error("routes", "must be an array of tables ([[routes]])")
+            return ()
+        # Names derived from paths are made unique ("root", "root_2"): only names written in the
+        # config can be duplicates (reported by cross_checks).
+        explicit = {
+            item["name"]
+            for item in raw
+            if isinstance(item, Mapping) and isinstance(item.get("name"), str)
+        }
+        used: set[str] = set()
+        routes = []
+        for i, item in enumerate(raw):
+            t = _Table(self, f"routes[{i}]", item, _ROUTE_KEYS)
+            if not isinstance(item, Mapping):
+                continue
+            route = self.route(t, server, rate, auth)
+            if route is None:
+                continue
+            if not item.get("name"):
+                name, n = route.name, 2
+                while name in explicit or name in used:
+                    name, n = f"{route.name}_{n}", n + 1
+                route = replace(route, name=name)
+            used.add(route.name)
+            routes.append(route)
+            self.route_index.append(i)
+        return tuple(routes)
+
+    def route(
+        self, t: _Table, server: ServerConfig, rate: RateLimitConfig, auth: AuthConfig
+    ) -> RouteConfig | None:
+        from .routing import PatternError, parse_pattern
+
+        def pattern_check(value: str) -> str | None:
+            try:
+                parse_pattern(value)
+            except PatternError as e:
+                return f"is not a valid route path: {e}"
+            return None
+
+        if not t.has("path"):
+            self.error(t.key("path"), "is required")
+        path = t.get("path", "str", None, pattern_check)
+        name = t.get("name", "str", None, lambda n: None if n else "must not be empty")
+        methods = t.get("methods", "list[str]", None, _each(_token))
+        if methods is not None:
+            if not methods:
+                self.error(t.key("methods"), "must list at least one method (leave it out for all)")
+            methods = tuple(dict.fromkeys(m.upper() for m in methods))
+        auth_list = t.get("auth", "list[str]", (), _each(_one_of(AUTH_METHODS)))
+        for method in auth_list:
+            if getattr(auth, method, None) is None:
+                self.error(t.key("auth"), f"uses {method!r} but [auth.{method}] is not configured")
+        scopes = t.get("scopes", "list[str]", ())
+        if scopes and "jwt" not in auth_list:
+            self.error(t.key("scopes"), "needs 'jwt' in auth (scopes come from the JWT)")
+        rate_t = t.table("rate_limit", _ROUTE_RATE_KEYS)
+        upstream = self.upstream(t.table("upstream", _UPSTREAM_KEYS), t.key("upstream"))
+        if path is None or upstream is None:
+            return None
+        return RouteConfig(
+            name=name or _route_name(path),
+            path=path,
+            upstream=upstream,
+            host=t.get("host", "str", None, _host),
+            strip_path=t.get("strip_path", "bool", False),
+            methods=methods,
+            timeout_ms=t.get("timeout_ms", "int", server.timeout_ms, _positive),
+            max_body_bytes=t.get("max_body_bytes", "int", server.max_body_bytes, _at_least(0)),
+            retries=t.get("retries", "int", 0, _at_least(0)),
+            auth=auth_list,
+            scopes=scopes,
+            cors=t.get("cors", "bool", True),
+            rate_limit=self.rate_limit(rate_t, rate) if rate_t is not None else None,
+        )
+
+    def upstream(self, t: _Table | None, path: str) -> UpstreamConfig | None:
+        from .upstream import Target
+
+        if t is None:
+            self.error(path, "is required: [routes.upstream] with urls = [...]")
+            return None
+        if not t.has("urls"):
+            self.error(t.key("urls"), "is required (a list of http:// or https:// URLs)")
+
+        def urls_check(urls: Sequence[str]) -> str | None:
+            if not urls:
+                return "must list at least one URL"
+            for url in urls:
+                try:
+                    Target(url)
+                except ValueError as e:
+                    return f"has {url!r}: {e}"
+            return None
+
+        urls = t.get("urls", "list[str]", (), urls_check)
+        errors_before = len(self.errors)
+        strategy = t.get("strategy", "str", "round_robin", _one_of(STRATEGIES))
+        strategy_ok = len(self.errors) == errors_before
+        weights = t.get("weights", "list[int]", None, _each(_at_least(1)))
+        if strategy == "weighted" and not t.has("weights"):
+            self.error(t.key("weights"), "is required with strategy = 'weighted'")
+        if weights is not None and urls and len(weights) != len(urls):
+            self.error(
+                t.key("weights"),
+                f"has {len(weights)} entries but urls has {len(urls)}; give one weight per URL",
+            )
+        if weights is not None and strategy != "weighted" and strategy_ok:
+            self.error(
+                t.key("weights"), f"is only used with strategy = 'weighted', not {strategy!r}"
+            )
+        ca_file = t.get("ca_file", "str", None)
+        if ca_file is not None:
+            ca_file = self.file(ca_file)
+            if not os.path.isfile(ca_file):
+                self.error(t.key("ca_file"), f"{ca_file!r} does not exist")
+        hc_t = t.table("health_check", _HEALTH_CHECK_KEYS)
+        cb_t = t.table("circuit_breaker", _BREAKER_KEYS)
+        if not urls:
+            return None
+        return UpstreamConfig(
+            urls=urls,
+            strategy=strategy,
+            weights=weights,
+            ca_file=ca_file,
+            health_check=self.health_check(hc_t) if hc_t is not None else None,
+            circuit_breaker=self.breaker(cb_t) if cb_t is not None else CircuitBreakerConfig(),
+        )
+
+    def health_check(self, t: _Table) -> HealthCheckConfig:
+        d = HealthCheckConfig()
+        status_ok = _each(lambda s: None if 100 <= s <= 599 else "is not an HTTP status")
+        return HealthCheckConfig(
+            path=t.get("path", "str", d.path, _url_path),
+            interval_ms=t.get("interval_ms", "int", d.interval_ms, _positive),
+            timeout_ms=t.get("timeout_ms", "int", d.timeout_ms, _positive),
+            healthy_threshold=t.get("healthy_threshold", "int", d.healthy_threshold, _at_least(1)),
+            unhealthy_threshold=t.get(
+                "unhealthy_threshold", "int", d.unhealthy_threshold, _at_least(1)
+            ),
+            expected_status=t.get("expected_status", "list[int]", d.expected_status, status_ok),
+        )
+
+    def breaker(self, t: _Table) -> CircuitBreakerConfig:
+        d = CircuitBreakerConfig()
+        return CircuitBreakerConfig(
+            failure_threshold=t.get("failure_threshold", "int", d.failure_threshold, _at_least(1)),
+            recovery_timeout_ms=t.get(
+                "recovery_timeout_ms", "int", d.recovery_timeout_ms, _positive
+            ),
+            half_open_requests=t.get(
+                "half_open_requests", "int", d.half_open_requests, _at_least(1)
+            ),
+        )
+
+    # -- whole-config checks -------------------------------------------------------------------
+
+    def cross_checks(self, config: GatewayConfig) -> None:
+        from .routing import PatternError, RouteRule, RouteTable
+
+        seen: dict[str, int] = {}
+        for i, route in zip(self.route_index, config.routes):
+            if route.name in seen:
+                self.error(
+                    f"routes[{i}].name",
+                    f"{route.name!r} is already used by routes[{seen[route.name]}]; "
+                    "route names label metrics and must be unique",
+                )
+            seen.setdefault(route.name, i)
+        internal = config.internal_paths()
+        by_path: dict[str, str] = {}
+        for key, path in internal.items():
+            if path in by_path:
+                self.error(key, f"{path!r} is already used by {by_path[path]}")
+            by_path.setdefault(path, key)
+        for i, route in zip(self.route_index, config.routes):
+            if route.path.endswith("*"):
+                # A wildcard only collides when its own prefix is reserved ("/metrics/*");
+                # a broader one ("/*") simply does not see the reserved paths.
+                prefix = route.path[:-2] or "/"
+                for key, path in internal.items():
+                    if path == prefix:
+                        self.error(
+                            f"routes[{i}].path",
+                            f"{route.path!r} collides with {key} = {path!r}, which the gateway "
+                            "answers itself; change one of them",
+                        )
+                continue
+            try:
+                table = RouteTable([RouteRule(pattern=route.path, value=i)])
+            except PatternError:  # pragma: no cover - reported already
+                continue
+            for key, path in internal.items():
+                if table.match(None, path.encode(), b"GET") is not None:
+                    self.error(
+                        f"routes[{i}].path",
+                        f"{route.path!r} collides with {key} = {path!r}, which the gateway "
+                        "answers itself; change one of them",
+                    )
+
+
+def _route_name(path: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9_]+", "_", path.replace("*", "")).strip("_")
+    return name or "root"
+
+
+def _network(value: str) -> str | None:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return "is not an IP address or CIDR network"
+    return None
+
+
+def _origin(value: str) -> str | None:
+    if value == "*" or re.match(r"^https?://[^/\s]+$", value):
+        return None
+    return "is not an origin like 'https://app.example.com' (scheme://host[:port], no path) or '*'"
+
+
+def _host(value: str) -> str | None:
+    return None if re.match(r"^(\*\.)?[A-Za-z0-9.-]+$", value) else "is not a host name"
+
+
+def _http_url(value: str) -> str | None:
+    return None if re.match(r"^https?://[^/\s]+", value) else "is not an http:// or https:// URL"
+
+
+def _redis_url(value: str) -> str | None:
+    ok = re.match(r"^(redis|rediss|unix)://", value)
+    return None if ok else "is not a redis:// , rediss:// or unix:// URL"
+
+
+def _endpoint(value: str) -> str | None:
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    try:
+        serverFromString(MemoryReactor(), value)
+    except Exception as e:  # endpoint parsers raise many kinds of errors
+        return f"is not a valid Twisted endpoint string: {e}"
+    return None
