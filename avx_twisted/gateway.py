@@ -7,9 +7,11 @@ from typing import Callable
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import Request
 
+from .context import RequestContext
 from .errors import write_error
+from .filters import run_filters
 from .routing import BadPath, MethodNotAllowed
 from .runtime import Runtime
 
@@ -91,16 +93,19 @@ class GatewayResource(Resource):
             allow = ", ".join(match.allowed).encode("ascii")
             return write_error(request, 405, "method not allowed", [(b"Allow", allow)])
         route = match.value
-        length = request.requestHeaders.getRawHeaders(b"content-length")
-        if length and _too_big(length[-1], route.max_body_bytes):
-            return write_error(request, 413, "request body too large")
+        peer = getattr(request.getClientAddress(), "host", "") or ""
+        addresses = runtime.addresses
+        if addresses.networks:
+            forwarded = request.requestHeaders.getRawHeaders(b"x-forwarded-for")
+            ctx = RequestContext(
+                addresses.client_ip(peer, forwarded), peer, addresses.is_trusted(peer)
+            )
+        else:
+            ctx = RequestContext(peer, peer, False)
         self.in_flight.track(request)
-        runtime.forwarder.forward(request, route, match.upstream_target)
-        return NOT_DONE_YET
+        target = match.upstream_target
 
+        def forward() -> None:
+            runtime.forwarder.forward(request, route, target, ctx)
 
-def _too_big(value: bytes, limit: int) -> bool:
-    try:
-        return int(value) > limit
-    except ValueError:
-        return False
+        return run_filters(route.filters, request, ctx, forward)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from io import BytesIO
 from math import ceil
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Sequence
 
 from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred, succeed
@@ -28,6 +28,7 @@ from zope.interface import implementer
 from .errors import send_error
 
 if TYPE_CHECKING:
+    from .context import RequestContext
     from .runtime import RuntimeRoute
     from .upstream import Target
 
@@ -87,27 +88,50 @@ def _connection_tokens(headers: Headers) -> frozenset[bytes]:
     )
 
 
-def upstream_request_headers(request: Request, target: Target, preserve_host: bool) -> Headers:
-    """The headers sent upstream for ``request``: end-to-end headers plus ``X-Forwarded-*``."""
+def upstream_request_headers(
+    request: Request,
+    target: Target,
+    preserve_host: bool,
+    ctx: RequestContext | None = None,
+    strip: frozenset[bytes] = frozenset(),
+    extra: Sequence[tuple[bytes, bytes]] = (),
+) -> Headers:
+    """The headers sent upstream for ``request``: end-to-end headers plus ``X-Forwarded-*``.
+
+    ``X-Forwarded-*`` from a trusted proxy are kept (``-For`` is appended to); from anyone else
+    they are replaced, so an upstream never believes what a client wrote there. ``strip`` names
+    headers the route removes (credentials, client copies of forwarded claims); ``extra`` adds
+    the route's own (verified claims).
+    """
     incoming = request.requestHeaders
     dropped = _connection_tokens(incoming)
     out = Headers()
     set_raw = out.setRawHeaders
     for name, values in incoming.getAllRawHeaders():
         lower = name.lower()
-        if lower in _REQUEST_OWN or lower in dropped:
+        if lower in _REQUEST_OWN or lower in dropped or lower in strip:
             continue
         set_raw(name, values)
+    for name, value in extra:
+        set_raw(name, [value])
 
+    trusted = ctx is not None and ctx.peer_trusted
     client_host = incoming.getRawHeaders(b"host")
     host = client_host[0] if client_host else None
     set_raw(b"Host", [host if (preserve_host and host) else target.netloc])
-    if host is not None:
+    forwarded_host = incoming.getRawHeaders(b"x-forwarded-host") if trusted else None
+    if forwarded_host:
+        set_raw(b"X-Forwarded-Host", forwarded_host[-1:])
+    elif host is not None:
         set_raw(b"X-Forwarded-Host", [host])
-    set_raw(b"X-Forwarded-Proto", [b"https" if request.isSecure() else b"http"])
+    forwarded_proto = incoming.getRawHeaders(b"x-forwarded-proto") if trusted else None
+    if forwarded_proto:
+        set_raw(b"X-Forwarded-Proto", forwarded_proto[-1:])
+    else:
+        set_raw(b"X-Forwarded-Proto", [b"https" if request.isSecure() else b"http"])
 
-    peer = getattr(request.getClientAddress(), "host", None)
-    previous = incoming.getRawHeaders(b"x-forwarded-for")
+    peer = ctx.peer if ctx is not None else getattr(request.getClientAddress(), "host", None)
+    previous = incoming.getRawHeaders(b"x-forwarded-for") if trusted else None
     chain = [b", ".join(previous)] if previous else []
     if peer:
         chain.append(peer.encode("ascii"))
@@ -187,9 +211,17 @@ class Exchange:
     or, once the response has started, the client connection is aborted.
     """
 
-    def __init__(self, forwarder: Forwarder, request: Request, route: RuntimeRoute, path: bytes):
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        request: Request,
+        route: RuntimeRoute,
+        path: bytes,
+        ctx: RequestContext | None = None,
+    ) -> None:
         self.forwarder = forwarder
         self.request = request
+        self.ctx = ctx
         self.route = route
         self.path = path
         self.tried: list[Target] = []
@@ -232,7 +264,14 @@ class Exchange:
         d = self.route.agent.request(
             request.method,
             target.base_uri + self.path,
-            upstream_request_headers(request, target, self.forwarder.preserve_host),
+            upstream_request_headers(
+                request,
+                target,
+                self.forwarder.preserve_host,
+                self.ctx,
+                self.route.strip_headers,
+                self.route.extra_headers(self.ctx),
+            ),
             request_body(request),
         )
         self.pending = d
@@ -408,7 +447,13 @@ class Forwarder:
         self.clock = clock
         self.preserve_host = preserve_host
 
-    def forward(self, request: Request, route: RuntimeRoute, path: bytes) -> None:
+    def forward(
+        self,
+        request: Request,
+        route: RuntimeRoute,
+        path: bytes,
+        ctx: RequestContext | None = None,
+    ) -> None:
         """Start forwarding ``request`` to ``route`` as ``path`` (raw path and query)."""
         request.defaultContentType = None
-        Exchange(self, request, route, path).start()
+        Exchange(self, request, route, path, ctx).start()

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.web.iweb import IAgent
 
 from .breaker import CircuitBreaker
 from .client import UpstreamClients
 from .config import GatewayConfig, RouteConfig
+from .context import ClientAddresses
+from .filters import BodyLimit
 from .health import HealthChecker
 from .proxy import Forwarder
 from .routing import RouteRule, RouteTable
 from .upstream import Upstream
+
+if TYPE_CHECKING:
+    from .auth import Identity
+    from .context import RequestContext
+    from .filters import Filter
 
 
 class RuntimeRoute:
@@ -26,6 +33,17 @@ class RuntimeRoute:
         self.timeout_s = config.timeout_ms / 1000.0
         self.max_body_bytes = config.max_body_bytes
         self.retries = config.retries
+        #: The route's filter chain (see filters.py), in order; set by the Runtime.
+        self.filters: list[Filter] = []
+        #: Request headers never forwarded on this route (credentials, client copies of claims).
+        self.strip_headers: frozenset[bytes] = frozenset()
+        self.claim_headers: Callable[[Identity], list[tuple[bytes, bytes]]] | None = None
+
+    def extra_headers(self, ctx: RequestContext | None) -> list[tuple[bytes, bytes]]:
+        """Headers this route adds upstream for a request (verified JWT claims)."""
+        if self.claim_headers is None or ctx is None or ctx.identity is None:
+            return []
+        return self.claim_headers(ctx.identity)
 
     def __repr__(self) -> str:
         return f"<RuntimeRoute {self.name} {self.config.path}>"
@@ -42,6 +60,7 @@ class Runtime:
         self.clients = clients or UpstreamClients(
             reactor, config.server.connect_timeout_ms / 1000.0
         )
+        self.addresses = ClientAddresses(config.server.trusted_proxies)
         self.health_checkers: list[HealthChecker] = []
         self.routes = tuple(self._build_route(r) for r in config.routes)
         self.table = RouteTable(
@@ -70,4 +89,6 @@ class Runtime:
                 self.health_checkers.append(
                     HealthChecker(target, up.health_check, agent, self.reactor, route=route.name)
                 )
-        return RuntimeRoute(route, upstream, agent)
+        runtime_route = RuntimeRoute(route, upstream, agent)
+        runtime_route.filters.append(BodyLimit(route.max_body_bytes))
+        return runtime_route

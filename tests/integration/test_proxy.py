@@ -138,10 +138,28 @@ async def test_hop_by_hop_request_headers_are_dropped_and_forwarded_headers_set(
     # "close" must not be what reached the upstream.
     assert headers.getRawHeaders(b"connection", [b""]) != [b"close, X-Secret-Hop"]
     assert headers.getRawHeaders(b"x-end-to-end") == [b"yes"]
-    assert headers.getRawHeaders(b"x-forwarded-for") == [b"203.0.113.9, 127.0.0.1"]
+    # The peer is not a trusted proxy: what the client wrote in X-Forwarded-For is replaced.
+    assert headers.getRawHeaders(b"x-forwarded-for") == [b"127.0.0.1"]
     assert headers.getRawHeaders(b"x-forwarded-proto") == [b"http"]
     assert headers.getRawHeaders(b"x-forwarded-host") == [b"api.example.com"]
     assert headers.getRawHeaders(b"host") == [b"api.example.com"]
+
+
+@ensure
+async def test_forwarded_headers_from_a_trusted_proxy_are_kept_and_appended(closer):
+    seen = FnResource(lambda r: b"ok")
+    up = closer.add(upstream(seen))
+    gw = closer.add(gateway_for(up.url, server={"trusted_proxies": ["127.0.0.0/8"]}))
+    await raw_request(
+        gw.port,
+        b"GET /x HTTP/1.1\r\nHost: internal:8080\r\nConnection: close\r\n"
+        b"X-Forwarded-For: 203.0.113.9, 10.1.1.1\r\nX-Forwarded-Proto: https\r\n"
+        b"X-Forwarded-Host: api.example.com\r\n\r\n",
+    )
+    headers = seen.seen[0]["headers"]
+    assert headers.getRawHeaders(b"x-forwarded-for") == [b"203.0.113.9, 10.1.1.1, 127.0.0.1"]
+    assert headers.getRawHeaders(b"x-forwarded-proto") == [b"https"]
+    assert headers.getRawHeaders(b"x-forwarded-host") == [b"api.example.com"]
 
 
 @ensure

@@ -63,12 +63,17 @@ class Route:
         self.agent = agent
         self.retries = retries
         self.timeout_s = timeout_s
+        self.strip_headers = frozenset()
         if threshold is not None:
             for target in self.upstream.targets:
                 target.breaker = CircuitBreaker(
                     CircuitBreakerConfig(failure_threshold=threshold, recovery_timeout_ms=1000),
                     clock,
                 )
+
+
+    def extra_headers(self, ctx):
+        return []
 
 
 def make_request(method: bytes = b"GET") -> Request:

@@ -1,0 +1,69 @@
+"""Who is asking: the client address (behind trusted proxies) and what auth learned, per request."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    from .auth import Identity
+
+_Network = Any  # ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ClientAddresses:
+    """Resolves the client IP of a request from its socket peer and ``X-Forwarded-For``.
+
+    The peer is the client unless it is in ``server.trusted_proxies``; then the right-most
+    ``X-Forwarded-For`` entry that is not itself a trusted proxy is (everything left of it was
+    written by the client and proves nothing). So a client cannot pick its own address, and with
+    it its rate-limit bucket, by sending ``X-Forwarded-For``.
+    """
+
+    def __init__(self, trusted_proxies: Sequence[str]) -> None:
+        self.networks: tuple[_Network, ...] = tuple(
+            ipaddress.ip_network(n, strict=False) for n in trusted_proxies
+        )
+        self._trusted: dict[str, bool] = {}
+
+    def is_trusted(self, ip: str) -> bool:
+        """Whether ``ip`` is one of the trusted proxies (cached; the set of peers is small)."""
+        if not self.networks:
+            return False
+        known = self._trusted.get(ip)
+        if known is None:
+            try:
+                address = ipaddress.ip_address(ip.split("%", 1)[0])
+            except ValueError:
+                known = False
+            else:
+                if getattr(address, "ipv4_mapped", None) is not None:
+                    address = address.ipv4_mapped  # type: ignore[union-attr]
+                known = any(address in network for network in self.networks)
+            if len(self._trusted) > 4096:
+                self._trusted.clear()
+            self._trusted[ip] = known
+        return known
+
+    def client_ip(self, peer: str, forwarded_for: list[bytes] | None) -> str:
+        """The client address for a request from ``peer`` carrying ``forwarded_for`` values."""
+        if not forwarded_for or not self.is_trusted(peer):
+            return peer
+        entries = [e.strip() for v in forwarded_for for e in v.decode("latin-1").split(",")]
+        for entry in reversed(entries):
+            if entry and not self.is_trusted(entry):
+                return entry
+        first = entries[0] if entries else ""
+        return first or peer
+
+
+class RequestContext:
+    """What the gateway learns about one request on its way through the filters."""
+
+    __slots__ = ("client_ip", "peer", "peer_trusted", "identity")
+
+    def __init__(self, client_ip: str, peer: str, peer_trusted: bool) -> None:
+        self.client_ip = client_ip
+        self.peer = peer
+        self.peer_trusted = peer_trusted
+        self.identity: Identity | None = None
