@@ -12,7 +12,7 @@ from twisted.web.server import Request
 from .context import RequestContext
 from .errors import write_error
 from .filters import run_filters
-from .routing import BadPath, MethodNotAllowed
+from .routing import BadPath, MethodNotAllowed, RouteMatch
 from .runtime import Runtime
 
 InternalHandler = Callable[[Request], bytes]
@@ -90,18 +90,13 @@ class GatewayResource(Resource):
         if match is None:
             return write_error(request, 404, "no route matches this path")
         if isinstance(match, MethodNotAllowed):
+            preflight = self._preflight(request)
+            if preflight is not None:
+                return preflight
             allow = ", ".join(match.allowed).encode("ascii")
             return write_error(request, 405, "method not allowed", [(b"Allow", allow)])
         route = match.value
-        peer = getattr(request.getClientAddress(), "host", "") or ""
-        addresses = runtime.addresses
-        if addresses.networks:
-            forwarded = request.requestHeaders.getRawHeaders(b"x-forwarded-for")
-            ctx = RequestContext(
-                addresses.client_ip(peer, forwarded), peer, addresses.is_trusted(peer)
-            )
-        else:
-            ctx = RequestContext(peer, peer, False)
+        ctx = self._context(request)
         self.in_flight.track(request)
         target = match.upstream_target
 
@@ -109,3 +104,27 @@ class GatewayResource(Resource):
             runtime.forwarder.forward(request, route, target, ctx)
 
         return run_filters(route.filters, request, ctx, forward)
+
+    def _context(self, request: Request) -> RequestContext:
+        peer = getattr(request.getClientAddress(), "host", "") or ""
+        addresses = self.runtime.addresses
+        if not addresses.networks:
+            return RequestContext(peer, peer, False)
+        forwarded = request.requestHeaders.getRawHeaders(b"x-forwarded-for")
+        return RequestContext(
+            addresses.client_ip(peer, forwarded), peer, addresses.is_trusted(peer)
+        )
+
+    def _preflight(self, request: Request) -> bytes | None:
+        """A CORS preflight for a route whose ``methods`` leave out OPTIONS: the route is the one
+        the browser asks about (Access-Control-Request-Method), and its CORS policy answers."""
+        if request.method != b"OPTIONS":
+            return None
+        wanted = request.requestHeaders.getRawHeaders(b"access-control-request-method")
+        if not wanted:
+            return None
+        host = request.requestHeaders.getRawHeaders(b"host", [None])[-1]
+        match = self.runtime.table.match(host, request.uri, wanted[-1])
+        if not isinstance(match, RouteMatch) or match.value.cors is None:
+            return None
+        return match.value.cors(request, self._context(request))

@@ -25,6 +25,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from .cors import vary_value
 from .errors import send_error
 
 if TYPE_CHECKING:
@@ -322,10 +323,15 @@ class Exchange:
         out = request.responseHeaders
         connection = getattr(response, "connection_headers", None)
         dropped = _connection_tokens(connection) if connection is not None else frozenset()
+        owned = self.route.owned_response_headers
         for name, values in response.headers.getAllRawHeaders():
             lower = name.lower()
-            if lower in _RESPONSE_SKIP or lower in dropped:
+            if lower in _RESPONSE_SKIP or lower in dropped or lower in owned:
                 continue
+            if lower == b"vary":
+                ours = out.getRawHeaders(b"vary")
+                if ours:
+                    values = vary_value(values, b", ".join(ours))
             out.setRawHeaders(name, values)
         # Twisted keeps Content-Length to itself (except for HEAD, where it is in the headers).
         length = response.length

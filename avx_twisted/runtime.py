@@ -10,9 +10,11 @@ from .breaker import CircuitBreaker
 from .client import UpstreamClients
 from .config import GatewayConfig, RouteConfig
 from .context import ClientAddresses
+from .cors import OWNED_RESPONSE_HEADERS, CorsFilter, CorsPolicy
 from .filters import BodyLimit
 from .health import HealthChecker
 from .proxy import Forwarder
+from .ratelimit import IRateLimitStore, MemoryStore, RateLimitFilter
 from .routing import RouteRule, RouteTable
 from .upstream import Upstream
 
@@ -38,6 +40,10 @@ class RuntimeRoute:
         #: Request headers never forwarded on this route (credentials, client copies of claims).
         self.strip_headers: frozenset[bytes] = frozenset()
         self.claim_headers: Callable[[Identity], list[tuple[bytes, bytes]]] | None = None
+        #: Upstream response headers the gateway owns on this route (CORS when it answers CORS).
+        self.owned_response_headers: frozenset[bytes] = frozenset()
+        #: The CORS filter when this route answers CORS (preflights for any method reach it).
+        self.cors: CorsFilter | None = None
 
     def extra_headers(self, ctx: RequestContext | None) -> list[tuple[bytes, bytes]]:
         """Headers this route adds upstream for a request (verified JWT claims)."""
@@ -62,6 +68,10 @@ class Runtime:
         )
         self.addresses = ClientAddresses(config.server.trusted_proxies)
         self.health_checkers: list[HealthChecker] = []
+        self.cors = CorsFilter(CorsPolicy(config.cors)) if config.middleware.enable_cors else None
+        self.rate_store: IRateLimitStore | None = None
+        if config.middleware.enable_rate_limiting:
+            self.rate_store = MemoryStore(reactor)
         self.routes = tuple(self._build_route(r) for r in config.routes)
         self.table = RouteTable(
             [
@@ -90,5 +100,14 @@ class Runtime:
                     HealthChecker(target, up.health_check, agent, self.reactor, route=route.name)
                 )
         runtime_route = RuntimeRoute(route, upstream, agent)
-        runtime_route.filters.append(BodyLimit(route.max_body_bytes))
+        filters = runtime_route.filters
+        if self.cors is not None and route.cors:
+            runtime_route.cors = self.cors
+            runtime_route.owned_response_headers = OWNED_RESPONSE_HEADERS
+            filters.append(self.cors)
+        if self.rate_store is not None:
+            limit = route.rate_limit or self.config.rate_limiting
+            name = "global" if route.rate_limit is None and limit.key == "global" else route.name
+            filters.append(RateLimitFilter(self.rate_store, limit, name))
+        filters.append(BodyLimit(route.max_body_bytes))
         return runtime_route

@@ -64,6 +64,7 @@ class Route:
         self.retries = retries
         self.timeout_s = timeout_s
         self.strip_headers = frozenset()
+        self.owned_response_headers = frozenset()
         if threshold is not None:
             for target in self.upstream.targets:
                 target.breaker = CircuitBreaker(
