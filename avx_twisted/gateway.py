@@ -99,6 +99,8 @@ class GatewayResource(Resource):
         ctx = self._context(request)
         self.in_flight.track(request)
         target = match.upstream_target
+        if route.rewrite_target is not None:
+            target = route.rewrite_target(target)
 
         def forward() -> None:
             runtime.forwarder.forward(request, route, target, ctx)

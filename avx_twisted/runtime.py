@@ -6,6 +6,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.web.iweb import IAgent
 
+from .auth.api_key import ApiKeyAuthenticator
+from .auth.filter import AuthFilter
+from .auth.jwt import JwtAuthenticator
 from .breaker import CircuitBreaker
 from .client import UpstreamClients
 from .config import GatewayConfig, RouteConfig
@@ -42,6 +45,8 @@ class RuntimeRoute:
         self.claim_headers: Callable[[Identity], list[tuple[bytes, bytes]]] | None = None
         #: Upstream response headers the gateway owns on this route (CORS when it answers CORS).
         self.owned_response_headers: frozenset[bytes] = frozenset()
+        #: Rewrites the upstream target (drops an API key sent in the query), or None.
+        self.rewrite_target: Callable[[bytes], bytes] | None = None
         #: The CORS filter when this route answers CORS (preflights for any method reach it).
         self.cors: CorsFilter | None = None
 
@@ -69,6 +74,11 @@ class Runtime:
         self.addresses = ClientAddresses(config.server.trusted_proxies)
         self.health_checkers: list[HealthChecker] = []
         self.cors = CorsFilter(CorsPolicy(config.cors)) if config.middleware.enable_cors else None
+        auth = config.auth
+        self.jwt = JwtAuthenticator(auth.jwt, reactor, self.clients.agent()) if auth.jwt else None
+        self.api_key = ApiKeyAuthenticator(auth.api_key) if auth.api_key else None
+        # Client copies of forwarded-claim headers are removed on every route, not only JWT ones.
+        self.always_stripped = self.jwt.stripped_headers if self.jwt else frozenset()
         self.rate_store: IRateLimitStore | None = None
         if config.middleware.enable_rate_limiting:
             self.rate_store = MemoryStore(reactor)
@@ -86,6 +96,20 @@ class Runtime:
             ]
         )
         self.forwarder = Forwarder(reactor, preserve_host=config.server.preserve_host)
+
+    def start(self) -> None:
+        """Start what runs in the background: health checks, JWKS refresh."""
+        for checker in self.health_checkers:
+            checker.start()
+        if self.jwt is not None and self.config.auth.jwt and self.config.auth.jwt.jwks_url:
+            self.jwt.start()
+
+    def stop(self) -> None:
+        """Stop every background timer of this runtime."""
+        for checker in self.health_checkers:
+            checker.stop()
+        if self.jwt is not None:
+            self.jwt.stop()
 
     def _build_route(self, route: RouteConfig) -> RuntimeRoute:
         up = route.upstream
@@ -105,9 +129,39 @@ class Runtime:
             runtime_route.cors = self.cors
             runtime_route.owned_response_headers = OWNED_RESPONSE_HEADERS
             filters.append(self.cors)
+        runtime_route.strip_headers = self.always_stripped
+        route_uses_query_keys = bool(
+            self.config.auth.api_key and self.config.auth.api_key.query_param
+        )
+        if route.auth:
+            authenticators: list[Any] = []
+            for method in route.auth:
+                if method == "jwt" and self.jwt is not None:
+                    authenticators.append(self.jwt)
+                    runtime_route.claim_headers = self.jwt.claim_headers
+                elif method == "api_key" and self.api_key is not None:
+                    api_key = self.api_key
+                    authenticators.append(api_key)
+                    runtime_route.strip_headers |= {api_key.credential_header}
+                    if route_uses_query_keys:
+                        runtime_route.rewrite_target = _query_stripper(api_key)
+            filters.append(AuthFilter(authenticators, route.scopes, route.name))
         if self.rate_store is not None:
             limit = route.rate_limit or self.config.rate_limiting
             name = "global" if route.rate_limit is None and limit.key == "global" else route.name
             filters.append(RateLimitFilter(self.rate_store, limit, name))
         filters.append(BodyLimit(route.max_body_bytes))
         return runtime_route
+
+
+def _query_stripper(api_key: ApiKeyAuthenticator) -> Callable[[bytes], bytes]:
+    """Removes the API key query parameter from an upstream target, keeping the rest as sent."""
+
+    def rewrite(target: bytes) -> bytes:
+        path, sep, query = target.partition(b"?")
+        if not sep:
+            return target
+        stripped = api_key.strip_query(query)
+        return path + b"?" + stripped if stripped else path
+
+    return rewrite

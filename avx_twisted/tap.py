@@ -45,7 +45,11 @@ def makeService(options: dict[str, Any]) -> IService:
     """Build the gateway service (and the demo upstream with ``--demo``); nothing binds yet."""
     from .service import GatewayService
 
-    gateway = GatewayService(options["gateway_config"])
+    try:
+        gateway = GatewayService(options["gateway_config"])
+    except ConfigError as e:  # problems only found when building (e.g. an unreadable key file)
+        sys.stderr.write(f"avx-gateway: invalid configuration\n{e}\n")
+        sys.exit(2)
     if not options["demo"]:
         return gateway
     from .demo import echo_service

@@ -204,3 +204,152 @@ async def test_rate_limiting_off_sends_no_headers(closer):
     gw = closer.add(gateway(config(up.url)))
     response, _ = await call(gw, "GET", "/api/x")
     assert not response.headers.hasHeader(b"ratelimit-limit")
+
+
+# -- authentication ------------------------------------------------------------------------------
+
+SECRET = "integration-secret-of-enough-length-for-hs256"
+KEY = "demo-key-123"
+
+
+def _token(sub="alice", scope="users:read", exp_in=300, **claims):
+    import time
+
+    import jwt
+
+    now = int(time.time())
+    payload = {"sub": sub, "scope": scope, "exp": now + exp_in, "iat": now, **claims}
+    return jwt.encode(payload, SECRET, algorithm="HS256")
+
+
+def auth_config(up_url, auth, scopes=None, query_param="", rate=None):
+    import hashlib
+
+    route = {"auth": auth}
+    if scopes:
+        route["scopes"] = scopes
+    data = config(up_url, route, auth={
+        "jwt": {"algorithms": ["HS256"], "secret": SECRET, "forward_claims": {"sub": "X-User-Id"}},
+        "api_key": {"header": "X-API-Key", "query_param": query_param, "keys": [
+            {"name": "ci", "sha256": hashlib.sha256(KEY.encode()).hexdigest()},
+            {"name": "other", "sha256": hashlib.sha256(b"other-key").hexdigest()},
+        ]},
+    })
+    if rate:
+        data["middleware"] = {"enable_rate_limiting": True}
+        data["rate_limiting"] = rate
+    return data
+
+
+@ensure
+async def test_jwt_route_refuses_missing_and_bad_tokens_with_401(closer):
+    seen = FnResource(lambda r: b"ok")
+    up = closer.add(upstream(seen))
+    gw = closer.add(gateway(auth_config(up.url, ["jwt"])))
+    response, body = await call(gw, "GET", "/api/x")
+    assert response.code == 401
+    assert response.headers.getRawHeaders(b"www-authenticate") == [b'Bearer realm="avx-gateway"']
+    assert json.loads(body)["status"] == 401
+    for token in ("garbage", _token(exp_in=-60)):
+        response, _ = await call(gw, "GET", "/api/x", headers={"Authorization": f"Bearer {token}"})
+        assert response.code == 401
+        assert b'error="invalid_token"' in response.headers.getRawHeaders(b"www-authenticate")[0]
+    assert seen.seen == []
+
+
+@ensure
+async def test_valid_jwt_forwards_verified_claims_and_strips_forged_ones(closer):
+    seen = FnResource(lambda r: b"ok")
+    up = closer.add(upstream(seen))
+    gw = closer.add(gateway(auth_config(up.url, ["jwt"])))
+    response, _ = await call(gw, "GET", "/api/x", headers={
+        "Authorization": f"Bearer {_token()}", "X-User-Id": "mallory"})
+    assert response.code == 200
+    assert seen.seen[0]["headers"].getRawHeaders(b"x-user-id") == [b"alice"]
+
+
+@ensure
+async def test_forged_claim_header_is_stripped_on_routes_without_auth_too(closer):
+    seen = FnResource(lambda r: b"ok")
+    up = closer.add(upstream(seen))
+    gw = closer.add(gateway(auth_config(up.url, [])))
+    await call(gw, "GET", "/api/x", headers={"X-User-Id": "mallory"})
+    assert not seen.seen[0]["headers"].hasHeader(b"x-user-id")
+
+
+@ensure
+async def test_missing_scope_is_403(closer):
+    seen = FnResource(lambda r: b"ok")
+    up = closer.add(upstream(seen))
+    gw = closer.add(gateway(auth_config(up.url, ["jwt"], scopes=["users:write"])))
+    response, body = await call(gw, "GET", "/api/x", headers={
+        "Authorization": f"Bearer {_token(scope='users:read')}"})
+    assert response.code == 403
+    assert b"insufficient_scope" in response.headers.getRawHeaders(b"www-authenticate")[0]
+    assert seen.seen == []
+
+
+@ensure
+async def test_api_key_passes_and_is_not_forwarded(closer):
+    seen = FnResource(lambda r: b"ok")
+    up = closer.add(upstream(seen))
+    gw = closer.add(gateway(auth_config(up.url, ["api_key"])))
+    response, _ = await call(gw, "GET", "/api/x", headers={"X-API-Key": KEY})
+    assert response.code == 200
+    assert not seen.seen[0]["headers"].hasHeader(b"x-api-key")
+    response, _ = await call(gw, "GET", "/api/x", headers={"X-API-Key": "wrong"})
+    assert response.code == 401
+    assert response.headers.getRawHeaders(b"www-authenticate") == [b'ApiKey header="X-API-Key"']
+
+
+@ensure
+async def test_api_key_in_query_only_when_configured_and_stripped_upstream(closer):
+    seen = FnResource(lambda r: b"ok")
+    up = closer.add(upstream(seen))
+    off = closer.add(gateway(auth_config(up.url, ["api_key"])))
+    assert (await call(off, "GET", f"/api/x?api_key={KEY}"))[0].code == 401
+    on = closer.add(gateway(auth_config(up.url, ["api_key"], query_param="api_key")))
+    response, _ = await call(on, "GET", f"/api/x?a=1&api_key={KEY}&b=%20")
+    assert response.code == 200
+    assert seen.seen[-1]["uri"] == b"/api/x?a=1&b=%20"
+
+
+@ensure
+async def test_either_method_passes_and_both_challenges_are_sent(closer):
+    up = closer.add(upstream(FnResource(lambda r: b"ok")))
+    gw = closer.add(gateway(auth_config(up.url, ["jwt", "api_key"])))
+    assert (await call(gw, "GET", "/api/x", headers={"X-API-Key": KEY}))[0].code == 200
+    headers = {"Authorization": f"Bearer {_token()}"}
+    assert (await call(gw, "GET", "/api/x", headers=headers))[0].code == 200
+    response, _ = await call(gw, "GET", "/api/x")
+    assert response.code == 401
+    assert sorted(response.headers.getRawHeaders(b"www-authenticate")) == [
+        b'ApiKey header="X-API-Key"', b'Bearer realm="avx-gateway"']
+
+
+@ensure
+async def test_rate_limit_by_api_key_gives_each_key_its_bucket(closer):
+    up = closer.add(upstream(FnResource(lambda r: b"ok")))
+    gw = closer.add(gateway(auth_config(
+        up.url, ["api_key"],
+        rate={"requests_per_second": 0.1, "burst_size": 1, "key": "api_key"})))
+    assert (await call(gw, "GET", "/api/x", headers={"X-API-Key": KEY}))[0].code == 200
+    assert (await call(gw, "GET", "/api/x", headers={"X-API-Key": KEY}))[0].code == 429
+    assert (await call(gw, "GET", "/api/x", headers={"X-API-Key": "other-key"}))[0].code == 200
+
+
+@ensure
+async def test_preflight_needs_no_credentials_and_401_carries_cors_headers(closer):
+    up = closer.add(upstream(FnResource(lambda r: b"ok")))
+    data = auth_config(up.url, ["jwt"])
+    data["middleware"] = {"enable_cors": True}
+    data["cors"] = {"allowed_origins": [ORIGIN]}
+    gw = closer.add(gateway(data))
+    response, _ = await call(gw, "OPTIONS", "/api/x", headers={
+        "Origin": ORIGIN, "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization"})
+    assert response.code == 204
+    assert response.headers.getRawHeaders(b"access-control-allow-origin") == [ORIGIN.encode()]
+    response, _ = await call(gw, "GET", "/api/x", headers={"Origin": ORIGIN})
+    assert response.code == 401
+    assert response.headers.getRawHeaders(b"access-control-allow-origin") == [ORIGIN.encode()]
