@@ -58,12 +58,35 @@ class ClientAddresses:
 
 
 class RequestContext:
-    """What the gateway learns about one request on its way through the filters."""
+    """What the gateway learns about one request on its way through: who asked, where it went,
+    how long it took. The access log and the metrics are written from it when it finishes."""
 
-    __slots__ = ("client_ip", "peer", "peer_trusted", "identity")
+    __slots__ = (
+        "client_ip",
+        "peer",
+        "peer_trusted",
+        "identity",
+        "request_id",
+        "started",
+        "route",
+        "upstream",
+        "upstream_duration",
+    )
 
-    def __init__(self, client_ip: str, peer: str, peer_trusted: bool) -> None:
+    def __init__(
+        self,
+        client_ip: str,
+        peer: str,
+        peer_trusted: bool,
+        request_id: bytes = b"",
+        started: float = 0.0,
+    ) -> None:
         self.client_ip = client_ip
         self.peer = peer
         self.peer_trusted = peer_trusted
         self.identity: Identity | None = None
+        self.request_id = request_id
+        self.started = started
+        self.route: str = "unmatched"
+        self.upstream: str | None = None
+        self.upstream_duration: float | None = None

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Callable
+import time
+from typing import TYPE_CHECKING, Callable
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from .context import RequestContext
 from .errors import write_error
 from .filters import run_filters
+from .logs import request_id
 from .routing import BadPath, MethodNotAllowed, RouteMatch
 from .runtime import Runtime
+
+if TYPE_CHECKING:
+    from .metrics import GatewayMetrics
 
 InternalHandler = Callable[[Request], bytes]
 
@@ -68,17 +75,28 @@ class GatewayResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, runtime: Runtime, internal: dict[bytes, InternalHandler] | None = None):
+    def __init__(
+        self,
+        runtime: Runtime,
+        internal: dict[bytes, InternalHandler] | None = None,
+        metrics: GatewayMetrics | None = None,
+        access_log: Logger | None = None,
+    ) -> None:
         super().__init__()
         self.runtime = runtime
         self.internal = internal or {}
         self.in_flight = InFlight()
+        self.metrics = metrics
+        self.access_log = access_log
 
     def render(self, request: Request) -> bytes | int:
         handler = self.internal.get(request.path)
         if handler is not None:
             return handler(request)
         runtime = self.runtime
+        ctx = self._context(request)
+        self.in_flight.track(request)
+        request.notifyFinish().addBoth(self._finished, request, ctx, runtime)
         try:
             match = runtime.table.match(
                 request.requestHeaders.getRawHeaders(b"host", [None])[-1],
@@ -90,14 +108,13 @@ class GatewayResource(Resource):
         if match is None:
             return write_error(request, 404, "no route matches this path")
         if isinstance(match, MethodNotAllowed):
-            preflight = self._preflight(request)
+            preflight = self._preflight(request, ctx)
             if preflight is not None:
                 return preflight
             allow = ", ".join(match.allowed).encode("ascii")
             return write_error(request, 405, "method not allowed", [(b"Allow", allow)])
         route = match.value
-        ctx = self._context(request)
-        self.in_flight.track(request)
+        ctx.route = route.name
         target = match.upstream_target
         if route.rewrite_target is not None:
             target = route.rewrite_target(target)
@@ -108,16 +125,64 @@ class GatewayResource(Resource):
         return run_filters(route.filters, request, ctx, forward)
 
     def _context(self, request: Request) -> RequestContext:
+        """Who asked (behind trusted proxies) and the request's ID, which goes both ways."""
+        headers = request.requestHeaders
+        rid = request_id(headers.getRawHeaders(b"x-request-id"))
+        headers.setRawHeaders(b"X-Request-ID", [rid])
+        request.responseHeaders.setRawHeaders(b"X-Request-ID", [rid])
         peer = getattr(request.getClientAddress(), "host", "") or ""
         addresses = self.runtime.addresses
+        started = self.runtime.reactor.seconds()
         if not addresses.networks:
-            return RequestContext(peer, peer, False)
-        forwarded = request.requestHeaders.getRawHeaders(b"x-forwarded-for")
+            return RequestContext(peer, peer, False, rid, started)
+        forwarded = headers.getRawHeaders(b"x-forwarded-for")
         return RequestContext(
-            addresses.client_ip(peer, forwarded), peer, addresses.is_trusted(peer)
+            addresses.client_ip(peer, forwarded), peer, addresses.is_trusted(peer), rid, started
         )
 
-    def _preflight(self, request: Request) -> bytes | None:
+    def _finished(
+        self, result: object, request: Request, ctx: RequestContext, runtime: Runtime
+    ) -> None:
+        """Count the request and write its access-log event (once, whatever happened)."""
+        duration = runtime.reactor.seconds() - ctx.started
+        # 499 (nginx's convention): the client went away before the answer was complete.
+        status = request.code if not isinstance(result, Failure) else 499
+        sent = request.sentLength
+        received = _body_size(request)
+        metrics = self.metrics
+        if metrics is not None:
+            route = metrics.route(ctx.route)
+            route.request(request.method, status).inc()
+            route.duration.observe(duration)
+            route.request_bytes.inc(received)
+            route.response_bytes.inc(sent)
+        access_log = self.access_log
+        if access_log is not None:
+            identity = ctx.identity
+            headers = request.requestHeaders
+            access_log.info(
+                "access",
+                time=time.time(),
+                request_id=ctx.request_id.decode("latin-1"),
+                client_ip=ctx.client_ip,
+                method=request.method.decode("latin-1"),
+                path=request.path.decode("latin-1"),
+                protocol=request.clientproto.decode("latin-1"),
+                route=ctx.route,
+                upstream=ctx.upstream,
+                status=status,
+                request_bytes=received,
+                response_bytes=sent,
+                duration_ms=round(duration * 1000.0, 3),
+                upstream_duration_ms=None
+                if ctx.upstream_duration is None
+                else round(ctx.upstream_duration * 1000.0, 3),
+                user=identity.name if identity is not None else None,
+                referer=_last(headers.getRawHeaders(b"referer")),
+                user_agent=_last(headers.getRawHeaders(b"user-agent")),
+            )
+
+    def _preflight(self, request: Request, ctx: RequestContext) -> bytes | None:
         """A CORS preflight for a route whose ``methods`` leave out OPTIONS: the route is the one
         the browser asks about (Access-Control-Request-Method), and its CORS policy answers."""
         if request.method != b"OPTIONS":
@@ -129,4 +194,25 @@ class GatewayResource(Resource):
         match = self.runtime.table.match(host, request.uri, wanted[-1])
         if not isinstance(match, RouteMatch) or match.value.cors is None:
             return None
-        return match.value.cors(request, self._context(request))
+        ctx.route = match.value.name
+        return match.value.cors(request, ctx)
+
+
+def _body_size(request: Request) -> int:
+    declared = request.requestHeaders.getRawHeaders(b"content-length")
+    if declared:
+        try:
+            return int(declared[-1])
+        except ValueError:
+            return 0
+    content = request.content
+    if content is None or not request.requestHeaders.hasHeader(b"transfer-encoding"):
+        return 0
+    position = content.tell()
+    size = content.seek(0, 2)
+    content.seek(position)
+    return size  # type: ignore[no-any-return]
+
+
+def _last(values: list[bytes] | None) -> str | None:
+    return values[-1].decode("latin-1") if values else None

@@ -232,9 +232,14 @@ class Exchange:
         self.pending: Deferred[Any] | None = None
         self.body_transport: Any = None
         self.deadline: Any = None
+        self.attempt_started = 0.0
         self.client_gone = False
         self.expired = False
         self.finished = False
+
+    @property
+    def request_id(self) -> str | None:
+        return self.ctx.request_id.decode("latin-1") if self.ctx is not None else None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -275,6 +280,9 @@ class Exchange:
             ),
             request_body(request),
         )
+        self.attempt_started = self.forwarder.clock.seconds()
+        if self.ctx is not None:
+            self.ctx.upstream = target.url
         self.pending = d
         d.addCallbacks(self.got_response, self.no_response)
 
@@ -292,6 +300,7 @@ class Exchange:
         self.retries_left -= 1
         log.info(
             "retrying {method} for route {route} on another target after {url} failed",
+            request_id=self.request_id,
             method=self.request.method,
             route=self.route.name,
             url=self.target.url if self.target else None,
@@ -300,10 +309,21 @@ class Exchange:
 
     # -- upstream answers --------------------------------------------------------------------
 
+    def observe(self, target: Target, status: int) -> None:
+        """Upstream metrics and the context's upstream timing for one attempt."""
+        took = self.forwarder.clock.seconds() - self.attempt_started
+        if self.ctx is not None:
+            self.ctx.upstream_duration = took
+        metrics = self.route.metrics
+        if metrics is not None:
+            metrics.upstream_request(target.url, status).inc()
+            metrics.upstream_duration(target.url).observe(took)
+
     def got_response(self, response: IResponse) -> None:
         self.pending = None
         target = self.target
         assert target is not None
+        self.observe(target, response.code)
         if target.breaker is not None:
             if response.code >= 500:
                 target.breaker.record_failure()
@@ -343,6 +363,8 @@ class Exchange:
     def no_response(self, failure: Failure) -> None:
         self.pending = None
         target = self.target
+        if target is not None:
+            self.observe(target, 0)
         self.end_attempt()
         if self.client_gone:
             if target is not None and target.breaker is not None:
@@ -363,6 +385,7 @@ class Exchange:
             status, message = 502, "bad upstream response"
         log.warn(
             "upstream {url} failed for route {route}: {why}",
+            request_id=self.request_id,
             url=target.url if target else None,
             route=self.route.name,
             why=failure.getErrorMessage(),
@@ -392,6 +415,7 @@ class Exchange:
             return
         log.warn(
             "upstream {url} broke off the response body for route {route}: {why}",
+            request_id=self.request_id,
             url=self.target.url if self.target else None,
             route=self.route.name,
             why="timed out" if self.expired else reason.getErrorMessage(),

@@ -225,6 +225,8 @@ class RateLimitFilter:
         self.rate = config.requests_per_second
         self.burst = config.burst_size
         self.identity_method = {"api_key": "api_key", "jwt_sub": "jwt"}.get(config.key)
+        #: A counter incremented for every refusal (metrics), or None.
+        self.refused: Any = None
 
     def __call__(self, request: Any, ctx: Any) -> bytes | None | Deferred[bytes | None]:
         identity = None
@@ -246,7 +248,12 @@ class RateLimitFilter:
             out.setRawHeaders(name, [value])
         if decision.allowed:
             return None
+        if self.refused is not None:
+            self.refused.inc()
         self.log.info(
-            "rate limited {client} on route {route}", client=ctx.client_ip, route=self.route
+            "rate limited {client} on route {route}",
+            client=ctx.client_ip,
+            route=self.route,
+            request_id=getattr(ctx, "request_id", b"").decode("latin-1"),
         )
         return write_error(request, 429, "rate limit exceeded")

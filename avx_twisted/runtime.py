@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .auth import Identity
     from .context import RequestContext
     from .filters import Filter
+    from .metrics import GatewayMetrics, RouteMetrics
 
 
 class RuntimeRoute:
@@ -47,6 +48,8 @@ class RuntimeRoute:
         self.owned_response_headers: frozenset[bytes] = frozenset()
         #: Rewrites the upstream target (drops an API key sent in the query), or None.
         self.rewrite_target: Callable[[bytes], bytes] | None = None
+        #: This route's bound metric children, or None when metrics are off.
+        self.metrics: RouteMetrics | None = None
         #: The CORS filter when this route answers CORS (preflights for any method reach it).
         self.cors: CorsFilter | None = None
 
@@ -64,9 +67,14 @@ class Runtime:
     """The routes, upstreams and forwarder built from one config (reload swaps a whole Runtime)."""
 
     def __init__(
-        self, config: GatewayConfig, reactor: Any, clients: UpstreamClients | None = None
+        self,
+        config: GatewayConfig,
+        reactor: Any,
+        clients: UpstreamClients | None = None,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics
         self.reactor = reactor
         self.clients = clients or UpstreamClients(
             reactor, config.server.connect_timeout_ms / 1000.0
@@ -124,6 +132,10 @@ class Runtime:
                     HealthChecker(target, up.health_check, agent, self.reactor, route=route.name)
                 )
         runtime_route = RuntimeRoute(route, upstream, agent)
+        metrics = self.metrics.route(route.name) if self.metrics is not None else None
+        if self.metrics is not None:
+            self.metrics.watch_targets(route.name, upstream.targets)
+        runtime_route.metrics = metrics
         filters = runtime_route.filters
         if self.cors is not None and route.cors:
             runtime_route.cors = self.cors
@@ -145,11 +157,17 @@ class Runtime:
                     runtime_route.strip_headers |= {api_key.credential_header}
                     if route_uses_query_keys:
                         runtime_route.rewrite_target = _query_stripper(api_key)
-            filters.append(AuthFilter(authenticators, route.scopes, route.name))
+            auth_filter = AuthFilter(authenticators, route.scopes, route.name)
+            if metrics is not None:
+                auth_filter.on_refused = lambda _route, reason, m=metrics: m.auth_failure(reason)
+            filters.append(auth_filter)
         if self.rate_store is not None:
             limit = route.rate_limit or self.config.rate_limiting
             name = "global" if route.rate_limit is None and limit.key == "global" else route.name
-            filters.append(RateLimitFilter(self.rate_store, limit, name))
+            rate_filter = RateLimitFilter(self.rate_store, limit, name)
+            if metrics is not None:
+                rate_filter.refused = metrics.rate_limited
+            filters.append(rate_filter)
         filters.append(BodyLimit(route.max_body_bytes))
         return runtime_route
 

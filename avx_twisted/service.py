@@ -10,21 +10,16 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
 from twisted.python.failure import Failure
-from twisted.web.server import Site
 
 from .config import GatewayConfig
 from .gateway import GatewayResource
+from .logs import AccessLogWriter, access_logger, apply_level
+from .metrics import GatewayMetrics
 from .probes import Probes
 from .runtime import Runtime
-
-
-class GatewaySite(Site):
-    """The HTTP factory of the gateway (Twisted's own per-request log line is off)."""
-
-    def log(self, request: Any) -> None:
-        """Access logging is done by the gateway's own logger, not Twisted's common log."""
+from .site import GatewaySite
 
 
 class GatewayService(MultiService):
@@ -40,7 +35,9 @@ class GatewayService(MultiService):
             reactor = default_reactor
         self.reactor = reactor
         self.config = config
-        self.runtime = Runtime(config, reactor)
+        middleware = config.middleware
+        self.metrics = GatewayMetrics() if middleware.enable_metrics else None
+        self.runtime = Runtime(config, reactor, metrics=self.metrics)
         self.probes = Probes(self)
         health = config.health
         internal = {
@@ -48,14 +45,31 @@ class GatewayService(MultiService):
             health.readiness_path.encode(): self.probes.readiness,
             health.health_path.encode(): self.probes.health,
         }
-        self.resource = GatewayResource(self.runtime, internal)
-        self.site = GatewaySite(self.resource)
+        if self.metrics is not None:
+            internal[config.metrics.path.encode()] = self.metrics.render
+        self.access_writer: AccessLogWriter | None = None
+        access_log = None
+        if middleware.enable_logging:
+            self.access_writer = AccessLogWriter(config.logging.access_log, config.logging.format)
+            access_log = access_logger(self.access_writer)
+        self.resource = GatewayResource(self.runtime, internal, self.metrics, access_log)
+        # The site refuses bodies over the largest route limit while reading them; each route
+        # checks its own limit again before forwarding.
+        max_body_bytes = max(
+            (route.max_body_bytes for route in config.routes),
+            default=config.server.max_body_bytes,
+        )
+        self.site = GatewaySite(self.resource, reactor=reactor, max_body_bytes=max_body_bytes)
         self.ports: list[IListeningPort] = []
 
     def startService(self) -> None:
         """Bind every listener now (a bind error raises so twistd exits non-zero), then start
         the active health checks."""
         super().startService()
+        if self.config.logging.level != "info":
+            apply_level(globalLogPublisher, self.config.logging.level)
+        if self.access_writer is not None:
+            self.access_writer.start()
         for description in self.config.server.endpoints:
             failures: list[Failure] = []
             d = serverFromString(self.reactor, description).listen(self.site)
@@ -77,8 +91,7 @@ class GatewayService(MultiService):
                 "serving from this one process",
                 workers=self.config.server.workers,
             )
-        for checker in self.runtime.health_checkers:
-            checker.start()
+        self.runtime.start()
         self.probes.ready = True
 
     def stopService(self) -> Deferred[Any]:
@@ -94,8 +107,7 @@ class GatewayService(MultiService):
             timeout=self.config.server.drain_timeout_ms,
         )
         closing = self._close_ports()
-        for checker in self.runtime.health_checkers:
-            checker.stop()
+        self.runtime.stop()
         drained = in_flight.wait_idle(self.config.server.drain_timeout_ms / 1000.0, self.reactor)
 
         def after_drain(idle: bool) -> Deferred[Any]:
@@ -105,6 +117,8 @@ class GatewayService(MultiService):
                     "drain timeout: {count} requests still in flight are cut off",
                     count=in_flight.count,
                 )
+            if self.access_writer is not None:
+                self.access_writer.stop()
             waits = [closing, self.runtime.clients.close()]
             parent = super(GatewayService, self).stopService()
             if parent is not None:

@@ -50,6 +50,7 @@ class AuthFilter:
             route=self.route,
             client=ctx.client_ip,
             reason=worst.reason,
+            request_id=getattr(ctx, "request_id", b"").decode("latin-1"),
         )
         if self.on_refused is not None:
             self.on_refused(self.route, worst.reason)

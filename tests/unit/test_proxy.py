@@ -65,6 +65,7 @@ class Route:
         self.timeout_s = timeout_s
         self.strip_headers = frozenset()
         self.owned_response_headers = frozenset()
+        self.metrics = None
         if threshold is not None:
             for target in self.upstream.targets:
                 target.breaker = CircuitBreaker(

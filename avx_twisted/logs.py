@@ -1,0 +1,191 @@
+"""Access logs and request IDs, through ``twisted.logger``.
+
+One event per request goes to a dedicated ``Logger`` whose only observer is the access log: a
+bounded queue drained by one writer thread, so a slow disk or a blocked stdout never stalls the
+reactor and a flood never grows memory without bound (lines over the bound are dropped and
+counted). ``json`` writes one object per line; ``text`` a combined-log-style line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import sys
+import threading
+import time
+from typing import IO, Any, Iterable
+
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    LogPublisher,
+)
+from zope.interface import implementer
+
+#: A client's X-Request-ID is kept when it is this sane; otherwise one is made.
+_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:@/+=-]{1,128}$")
+#: The fields of an access event, in the order JSON lines show them.
+FIELDS = (
+    "time",
+    "request_id",
+    "client_ip",
+    "method",
+    "path",
+    "route",
+    "upstream",
+    "status",
+    "request_bytes",
+    "response_bytes",
+    "duration_ms",
+    "upstream_duration_ms",
+    "user",
+)
+_LEVELS = {
+    "debug": LogLevel.debug,
+    "info": LogLevel.info,
+    "warn": LogLevel.warn,
+    "error": LogLevel.error,
+    "critical": LogLevel.critical,
+}
+
+
+def request_id(incoming: list[bytes] | None) -> bytes:
+    """The request's ID: the client's ``X-Request-ID`` when sane, else 32 random hex digits."""
+    if incoming:
+        candidate = incoming[-1]
+        if _REQUEST_ID.match(candidate):
+            return candidate
+    return os.urandom(16).hex().encode("ascii")
+
+
+def _format_json(event: dict[str, Any]) -> str:
+    return json.dumps({k: event.get(k) for k in FIELDS}, separators=(",", ":"))
+
+
+def _format_text(event: dict[str, Any]) -> str:
+    when = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(event["time"]))
+    return (
+        '{client_ip} - {user} [{when}] "{method} {path} {protocol}" {status} {response_bytes} '
+        '"{referer}" "{agent}" rt={rt} urt={urt} route={route} upstream={upstream} '
+        "rid={request_id}".format(
+            client_ip=event["client_ip"],
+            user=event.get("user") or "-",
+            when=when,
+            method=event["method"],
+            path=event["path"],
+            protocol=event.get("protocol", "HTTP/1.1"),
+            status=event["status"],
+            response_bytes=event["response_bytes"],
+            referer=event.get("referer") or "-",
+            agent=event.get("user_agent") or "-",
+            rt="%.3f" % (event["duration_ms"] / 1000.0),
+            urt="-"
+            if event.get("upstream_duration_ms") is None
+            else "%.3f" % (event["upstream_duration_ms"] / 1000.0),
+            route=event["route"],
+            upstream=event.get("upstream") or "-",
+            request_id=event["request_id"],
+        )
+    )
+
+
+@implementer(ILogObserver)
+class AccessLogWriter:
+    """An ``ILogObserver`` writing access events as lines from a thread, via a bounded queue."""
+
+    def __init__(self, target: str, fmt: str = "json", max_queue: int = 10_000) -> None:
+        self.target = target
+        self.format = _format_json if fmt == "json" else _format_text
+        self.queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=max_queue)
+        self.dropped = 0
+        self._thread: threading.Thread | None = None
+        self._file: IO[str] | None = None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        try:
+            self.queue.put_nowait(event)
+        except queue.Full:
+            self.dropped += 1
+
+    def start(self) -> None:
+        """Open the target and start the writer thread."""
+        if self._thread is not None:
+            return
+        if self.target == "-":
+            self._file = sys.stdout
+        else:
+            self._file = open(self.target, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+        self._thread = threading.Thread(target=self._run, name="avx-access-log", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Write what is queued, then stop the thread and close a file target."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        try:
+            self.queue.put(None, timeout=timeout)
+        except queue.Full:
+            pass
+        thread.join(timeout)
+        if self._file is not None and self._file is not sys.stdout:
+            self._file.close()
+        self._file = None
+
+    def _run(self) -> None:
+        out = self._file
+        assert out is not None
+        while True:
+            event = self.queue.get()
+            if event is None:
+                out.flush()
+                return
+            lines = [self.format(event)]
+            while len(lines) < 256:  # batch what is already there into one write
+                try:
+                    nxt = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    out.write("\n".join(lines) + "\n")
+                    out.flush()
+                    return
+                lines.append(self.format(nxt))
+            try:
+                out.write("\n".join(lines) + "\n")
+                out.flush()
+            except (OSError, ValueError):
+                self.dropped += len(lines)
+
+
+def access_logger(writer: ILogObserver) -> Logger:
+    """The Logger whose events are the access log (and nothing else sees them)."""
+    return Logger(namespace="avx_twisted.access", observer=writer)
+
+
+def apply_level(publisher: LogPublisher, level: str) -> bool:
+    """Filter the observers already on ``publisher`` to events at ``level`` and above.
+
+    twistd installs its observer before the service starts; wrapping what is there is how
+    ``logging.level`` reaches it. Returns False when the publisher cannot be adjusted.
+    """
+    observers: Iterable[Any] | None = getattr(publisher, "_observers", None)
+    if observers is None:
+        return False
+    predicate = LogLevelFilterPredicate(defaultLogLevel=_LEVELS[level])
+    wrapped = []
+    for observer in list(observers):
+        if isinstance(observer, FilteringLogObserver):
+            wrapped.append(observer)
+            continue
+        publisher.removeObserver(observer)
+        wrapped.append(FilteringLogObserver(observer, [predicate]))
+    for observer in wrapped:
+        if observer not in list(getattr(publisher, "_observers", [])):
+            publisher.addObserver(observer)
+    return True

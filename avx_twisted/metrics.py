@@ -1,0 +1,189 @@
+"""Prometheus metrics on the gateway's own registry, with label children bound at start-up.
+
+Labels come from the configuration (route names, upstream URLs) and from small fixed sets
+(methods, status codes), never from raw request paths, so the number of series is bounded.
+Requests that match no route are counted under ``route="unmatched"``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from twisted.web.server import Request
+
+UNMATCHED = "unmatched"
+#: From 0.5 ms to 30 s.
+DURATION_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+_METHODS = frozenset([b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS"])
+_CIRCUIT_GAUGE = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class RouteMetrics:
+    """The children of one route, bound once; per-request work is a dict lookup and an inc."""
+
+    def __init__(self, metrics: GatewayMetrics, route: str) -> None:
+        self._metrics = metrics
+        self.route = route
+        self.duration = metrics.request_duration.labels(route)
+        self.request_bytes = metrics.request_bytes.labels(route)
+        self.response_bytes = metrics.response_bytes.labels(route)
+        self.rate_limited = metrics.rate_limited.labels(route)
+        self._requests: dict[tuple[bytes, int], Any] = {}
+        self._upstreams: dict[str, Any] = {}
+        self._upstream_status: dict[tuple[str, int], Any] = {}
+
+    def request(self, method: bytes, status: int) -> Any:
+        """The ``avx_requests_total`` child for this method and status (bound on first use)."""
+        key = (method if method in _METHODS else b"OTHER", status)
+        child = self._requests.get(key)
+        if child is None:
+            child = self._metrics.requests.labels(self.route, key[0].decode(), str(status))
+            self._requests[key] = child
+        return child
+
+    def upstream_request(self, upstream: str, status: int) -> Any:
+        """The ``avx_upstream_requests_total`` child (status 0: no response)."""
+        key = (upstream, status)
+        child = self._upstream_status.get(key)
+        if child is None:
+            child = self._metrics.upstream_requests.labels(self.route, upstream, str(status))
+            self._upstream_status[key] = child
+        return child
+
+    def upstream_duration(self, upstream: str) -> Any:
+        """The ``avx_upstream_duration_seconds`` child of one target."""
+        child = self._upstreams.get(upstream)
+        if child is None:
+            child = self._metrics.upstream_duration.labels(self.route, upstream)
+            self._upstreams[upstream] = child
+        return child
+
+    def auth_failure(self, reason: str) -> None:
+        """Count one refused credential (reasons are a small fixed set)."""
+        self._metrics.auth_failures.labels(self.route, reason).inc()
+
+
+class GatewayMetrics:
+    """Every metric of one gateway process, on its own registry (not the global default)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, process: bool = True) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "avx_requests_total",
+            "Requests answered, by route, method and status.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "avx_request_duration_seconds",
+            "Time from request to the end of the response.",
+            ["route"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.upstream_requests = Counter(
+            "avx_upstream_requests_total",
+            "Requests sent to upstream targets, by the upstream's status (0: no response).",
+            ["route", "upstream", "status"],
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "avx_upstream_duration_seconds",
+            "Time until the upstream's response headers.",
+            ["route", "upstream"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge("avx_requests_in_flight", "Requests being answered now.", registry=r)
+        self.open_connections = Gauge(
+            "avx_open_connections", "Client connections open now.", registry=r
+        )
+        self.request_bytes = Counter(
+            "avx_request_bytes_total", "Request body bytes received.", ["route"], registry=r
+        )
+        self.response_bytes = Counter(
+            "avx_response_bytes_total", "Response body bytes sent.", ["route"], registry=r
+        )
+        self.upstream_healthy = Gauge(
+            "avx_upstream_healthy",
+            "1 when the target passes its health checks.",
+            ["route", "upstream"],
+            registry=r,
+        )
+        self.circuit_state = Gauge(
+            "avx_circuit_state",
+            "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+            ["route", "upstream"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "avx_rate_limited_total", "Requests refused by a rate limit.", ["route"], registry=r
+        )
+        self.auth_failures = Counter(
+            "avx_auth_failures_total",
+            "Requests refused by authentication, by reason.",
+            ["route", "reason"],
+            registry=r,
+        )
+        if process:
+            ProcessCollector(registry=r)
+        self._targets: list[tuple[Any, Any, Any]] = []
+        self.routes: dict[str, RouteMetrics] = {}
+        self.unmatched = self.route(UNMATCHED)
+
+    def route(self, name: str) -> RouteMetrics:
+        """The bound children of route ``name`` (created once)."""
+        metrics = self.routes.get(name)
+        if metrics is None:
+            metrics = self.routes[name] = RouteMetrics(self, name)
+        return metrics
+
+    def watch_targets(self, route: str, targets: Iterable[Any]) -> None:
+        """Export each target's health and circuit state (read afresh at every scrape)."""
+        for target in targets:
+            self._targets.append(
+                (
+                    target,
+                    self.upstream_healthy.labels(route, target.url),
+                    self.circuit_state.labels(route, target.url),
+                )
+            )
+
+    def _refresh_targets(self) -> None:
+        for target, healthy, circuit in self._targets:
+            healthy.set(1 if target.healthy else 0)
+            breaker = target.breaker
+            circuit.set(_CIRCUIT_GAUGE[breaker.state.value] if breaker is not None else 0)
+
+    def render(self, request: Request) -> bytes:
+        """The text exposition format, for ``GET /metrics``."""
+        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
+        request.setHeader(b"Cache-Control", b"no-store")
+        self._refresh_targets()
+        return generate_latest(self.registry)
