@@ -13,6 +13,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger, globalLogPublisher
 from twisted.python.failure import Failure
 
+from . import __version__
 from .config import GatewayConfig
 from .gateway import GatewayResource
 from .logs import AccessLogWriter, access_logger, apply_level
@@ -85,6 +86,20 @@ class GatewayService(MultiService):
                 failures[0].raiseException()
         for port in self.ports:
             self.log.info("avx-gateway listening on {address}", address=port.getHost())
+        config = self.config
+        self.log.info(
+            "avx-gateway {version}: {routes} routes from {source}",
+            version=__version__,
+            routes=len(config.routes),
+            source=config.source,
+        )
+        if config.middleware.enable_rate_limiting and config.rate_limiting.backend == "redis":
+            self.log.warn(
+                "rate_limiting.backend = 'redis' is not implemented yet; "
+                "limits are kept in this process"
+            )
+        if config.admin is not None:
+            self.log.warn("[admin] is not implemented yet; no admin listener is opened")
         if self.config.server.workers > 1:
             self.log.warn(
                 "server.workers = {workers}: worker processes are not implemented yet; "

@@ -49,6 +49,15 @@ _MESSAGES = {
     431: "request header fields too large",
 }
 
+#: The framing fields, as Twisted hands them over: canonical since 24.10, lower case before.
+_CONTENT_LENGTH, _TRANSFER_ENCODING = 1, 2
+_FRAMING_FIELDS = {
+    b"Content-Length": _CONTENT_LENGTH,
+    b"content-length": _CONTENT_LENGTH,
+    b"Transfer-Encoding": _TRANSFER_ENCODING,
+    b"transfer-encoding": _TRANSFER_ENCODING,
+}
+
 #: A chunk size must fit in 64 bits, as it does for every other parser a request may meet.
 _MAX_CHUNK_SIZE = (1 << 64) - 1
 #: Content-Length values with more significant digits than this are over any sane limit.
@@ -188,6 +197,10 @@ class GatewayChannel(HTTPChannel):
                 # RFC 9112 5.2 obs-fold (or whitespace before the first field): reject.
                 self._refuse(400, "obsolete line folding")
                 return
+            if b"\n" in line or b"\r" in line or b"\x00" in line:
+                # RFC 9110 5.5; Twisted itself only refuses all three since 26.x.
+                self._refuse(400, "bare CR, LF or NUL in a header field")
+                return
             self._head_fields += 1
             self._head_bytes += len(line)
             if self._head_fields > limits.max_header_fields:
@@ -208,11 +221,12 @@ class GatewayChannel(HTTPChannel):
     def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
         """Pick the body decoder from ``Content-Length``/``Transfer-Encoding``, refusing every
         ambiguous combination (replaces Twisted's, which accepts ``identity``)."""
-        if header == b"Content-Length":
+        kind = _FRAMING_FIELDS.get(header)
+        if kind is None:
+            return True
+        if kind == _CONTENT_LENGTH:
             return self._choose_length(data)
-        if header == b"Transfer-Encoding":
-            return self._choose_chunked(data)
-        return True
+        return self._choose_chunked(data)
 
     def _choose_length(self, data: bytes) -> bool:
         if not data.isdigit():  # "+5", "-5", "5, 6", "0x5", ""
