@@ -192,6 +192,9 @@ _SERVER_KEYS = (
     "preserve_host",
     "max_body_bytes",
     "drain_timeout_ms",
+    "client_header_timeout_ms",
+    "client_body_timeout_ms",
+    "keepalive_timeout_ms",
 )
 _ROUTE_KEYS = (
     "name",
@@ -325,6 +328,15 @@ class Parser:
             preserve_host=t.get("preserve_host", "bool", d.preserve_host),
             max_body_bytes=t.get("max_body_bytes", "int", d.max_body_bytes, _at_least(0)),
             drain_timeout_ms=t.get("drain_timeout_ms", "int", d.drain_timeout_ms, _at_least(0)),
+            client_header_timeout_ms=t.get(
+                "client_header_timeout_ms", "int", d.client_header_timeout_ms, _positive
+            ),
+            client_body_timeout_ms=t.get(
+                "client_body_timeout_ms", "int", d.client_body_timeout_ms, _positive
+            ),
+            keepalive_timeout_ms=t.get(
+                "keepalive_timeout_ms", "int", d.keepalive_timeout_ms, _positive
+            ),
         )
 
     def endpoint_list(self, values: Sequence[str]) -> str | None:

@@ -69,6 +69,9 @@ class ServerConfig:
     preserve_host: bool = True
     max_body_bytes: int = 10 * 1024 * 1024
     drain_timeout_ms: int = 10000
+    client_header_timeout_ms: int = 10000
+    client_body_timeout_ms: int = 60000
+    keepalive_timeout_ms: int = 60000
 
     @property
     def endpoints(self) -> tuple[str, ...]:

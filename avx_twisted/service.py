@@ -60,7 +60,17 @@ class GatewayService(MultiService):
             (route.max_body_bytes for route in config.routes),
             default=config.server.max_body_bytes,
         )
-        self.site = GatewaySite(self.resource, reactor=reactor, max_body_bytes=max_body_bytes)
+        server = config.server
+        self.site = GatewaySite(
+            self.resource,
+            reactor=reactor,
+            max_body_bytes=max_body_bytes,
+            header_timeout_s=server.client_header_timeout_ms / 1000.0,
+            body_timeout_s=server.client_body_timeout_ms / 1000.0,
+            idle_timeout_s=server.keepalive_timeout_ms / 1000.0,
+        )
+        if self.metrics is not None:
+            self.site.open_connections = self.metrics.open_connections
         self.ports: list[IListeningPort] = []
 
     def startService(self) -> None:

@@ -12,6 +12,7 @@ that the client sees the answer instead of a reset.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -29,6 +30,9 @@ from twisted.web.server import Request, Site
 from .errors import error_body
 
 log = Logger()
+
+#: Twisted 25.5+ can skip parsing form bodies into ``request.args`` (costly, and unused here).
+_HAS_FORM_OPTION = "parsePOSTFormSubmission" in inspect.signature(Site.__init__).parameters
 
 #: Phases of one request on a channel.
 _REQUEST_LINE, _HEADERS, _BODY, _HANDLING = range(4)
@@ -162,6 +166,9 @@ class GatewayChannel(HTTPChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        gauge = getattr(self.site, "open_connections", None)
+        if gauge is not None:
+            gauge.inc()
         self._head_timer = self.callLater(self.limits.header_timeout_s, self._head_timed_out)
 
     def dataReceived(self, data: bytes) -> None:
@@ -172,6 +179,9 @@ class GatewayChannel(HTTPChannel):
         super().dataReceived(data)
 
     def connectionLost(self, reason: Any) -> None:
+        gauge = getattr(self.site, "open_connections", None)
+        if gauge is not None:
+            gauge.dec()
         self._cancel_timers()
         if self._linger_timer is not None and self._linger_timer.active():
             self._linger_timer.cancel()
@@ -369,9 +379,13 @@ class GatewaySite(Site):
     ``max_body_bytes`` is the largest body any route takes (routes check their own, smaller
     limits again before forwarding). ``idle_timeout_s`` is Twisted's ``timeout``.
 
-    Form bodies are not parsed into ``request.args`` (the gateway forwards bodies untouched),
-    and Twisted's per-request access log line is off (the gateway logs requests itself).
+    Form bodies are not parsed into ``request.args`` (the gateway forwards bodies untouched;
+    Twisted 25.5 and later), and Twisted's per-request access log line is off (the gateway logs
+    requests itself).
     """
+
+    #: A gauge of open client connections (set by the service when metrics are on), or None.
+    open_connections: Any = None
 
     def __init__(
         self,
@@ -386,9 +400,10 @@ class GatewaySite(Site):
         body_timeout_s: float = HttpLimits.body_timeout_s,
         idle_timeout_s: float = HttpLimits.idle_timeout_s,
     ) -> None:
-        super().__init__(
-            resource, reactor=reactor, timeout=idle_timeout_s, parsePOSTFormSubmission=False
-        )
+        options: dict[str, Any] = {"reactor": reactor, "timeout": idle_timeout_s}
+        if _HAS_FORM_OPTION:
+            options["parsePOSTFormSubmission"] = False
+        super().__init__(resource, **options)
         self.limits = HttpLimits(
             max_body_bytes=max_body_bytes,
             max_request_line_bytes=max_request_line_bytes,

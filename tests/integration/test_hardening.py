@@ -1,6 +1,68 @@
 """Request hardening at the HTTP layer: limits, timeouts and unambiguous framing, end to end.
 
-TABLE-PLACEHOLDER
+Every case below was run over a raw socket against a plain Twisted ``Site`` (Twisted 26.10.0,
+the version in the venv, and 24.7.0, the minimum ``setup.cfg`` allows) before ``site.py`` existed;
+"Twisted" is what that plain site does, "since" the release that brought it, "gateway" what
+``avx_twisted/site.py`` answers now. Twisted's own refusal is a bare ``HTTP/1.1 400 Bad Request``
+with no body and no log line naming the client; every gateway refusal is the JSON error with
+``Connection: close``, logged with the client address and the reason, then a half-close.
+
+| case | Twisted | since | gateway |
+| --- | --- | --- | --- |
+| Content-Length and Transfer-Encoding, either order | 400 | 20.3.0, CVE-2020-10109 | 400 |
+| two Content-Length fields, differing or equal [1] | 400 | 20.3.0, CVE-2020-10108 | 400 |
+| Content-Length ``5, 6``, ``+5``, ``-5``, ``0x5``, empty | 400 | 22.4.0, CVE-2022-24801 | 400 |
+| Content-Length of 5000 digits | no answer, dropped [2] | - | 413 |
+| Transfer-Encoding ``gzip, chunked``, ``chunked, chunked``, ``xchunked`` | 400 | 20.3.0 | 400 |
+| Transfer-Encoding ``chunked`` + VT (only SP/HTAB are OWS) | 400 | 22.4.0, CVE-2022-24801 | 400 |
+| Transfer-Encoding in two fields | 400 | 20.3.0 | 400 |
+| Transfer-Encoding ``identity`` (RFC 9112 dropped it) | accepted, ignored | - | 400 |
+| Transfer-Encoding in an HTTP/1.0 request (RFC 9112 6.1) | accepted | - | 400 |
+| ``chunked`` with trailing SP/HTAB, or ``CHUNKED`` | accepted | - | accepted [3] |
+| whitespace before the colon (``Content-Length : 5``) | 400 | 24.7.0, #12235 | 400 |
+| obs-fold continuation line (RFC 9112 5.2) | accepted, folded | - | 400 |
+| whitespace before the first header line | 400 | 24.7.0 | 400 |
+| NUL in a field value | 400 | 24.10.0, #12228 | 400 [4] |
+| bare CR or LF in a field value (``X: a<LF>Content-Length: 5``) | 400 | 26.10.0, #12754 | 400 [4] |
+| request line: two spaces, HTTP/1.2, bad method, CTLs | 400 | 24.7.0, #12233 | 400 |
+| bare LF as line terminator (RFC 9112 2.2: MAY) [5] | never one | - | never; 408 |
+| HTTP/1.1 without Host, or two Host fields (RFC 9112 3.2) | accepted | - | 400 |
+| chunk size ``-5``, ``+5``, ``0x5``, ``5 ;a``, ``5 ``, non-hex, empty | 400 | 22.4.0 | 400 |
+| chunk extension with a bare LF or other CTL | 400 | 22.4.0 | 400 |
+| chunk data not followed by CRLF; chunk-size line over 1 KiB | 400 | 2021, #10137 #10144 | 400 |
+| chunk size of 2**64 or more | accepted, reads on | - | 400 |
+| trailer field with a bare LF, CR or NUL | accepted, discarded | - | 400 |
+| trailer section over 64 KiB | 400 | <= 24.7.0 | 400 |
+| body over ``max_body_bytes`` [6] | no limit, spooled | - | 413 |
+| request line over 8 KiB | accepted to 16 KiB, then dropped | - | 414 |
+| over 100 header fields / over 32 KiB of fields | 400 past 500 / 16 KiB | - | 431 |
+| one 32 KiB header field (limit is the total) | dropped (16 KiB line) | - | accepted |
+| head or body dripping in (slowloris) [7] | idle timer only | - | 408 |
+| idle kept-alive connection | closed after ``timeOut`` | long-standing | reused |
+| pipelined responses out of order | fixed | 23.10.0, CVE-2023-46137 | Twisted's |
+| HTTP/1.0 pipelined requests out of order | fixed | 24.7.0, CVE-2024-41671 | Twisted's |
+| ``redirectTo`` HTML injection | fixed | 24.7.0, CVE-2024-41810 | not used |
+
+[1] RFC 9110 8.6 allows either accepting equal duplicates or refusing; we refuse, like Twisted.
+[2] Twisted 26.10 calls ``int()`` on it, which raises past 4300 digits: the connection is dropped
+    with a logged traceback (24.7.0 still caught it: 400). The gateway treats more than 18
+    significant digits as over any limit.
+[3] RFC 9110 5.5: leading and trailing SP/HTAB are not part of a field value; transfer-coding
+    names are case-insensitive.
+[4] Twisted refuses these itself only since the release shown (CR/LF: not yet in 25.5.0);
+    ``site.py`` checks every field line for CR, LF and NUL, so this holds on every Twisted the
+    pin allows (on 24.7.0 the example is forwarded and its body read as the next request).
+[5] Twisted only ever splits lines on CRLF: a bare LF inside the request line or a field is a
+    400; a request that uses bare LFs only never ends its head, so the header timeout answers
+    408. We keep it that way (accepting bare LF is a RFC 9112 2.2 MAY, and refusing is safer).
+[6] Declared: 413 from the ``Content-Length`` field, before any body byte is read and before
+    ``100 Continue``. Chunked: 413 as soon as the declared chunk sizes pass the limit, before
+    the chunk is read. Twisted itself reads any body into memory or a temporary file first.
+[7] Twisted's ``timeOut`` is reset by every byte and off while a request is handled, so a
+    client sending one byte a minute holds a connection forever. The gateway bounds the whole
+    head (``header_timeout_s``, from the connection's start or from the first byte of a later
+    request) and the whole body (``body_timeout_s``), and keeps Twisted's idle timer for
+    kept-alive connections between requests (``idle_timeout_s``; closed without an answer).
 """
 
 from __future__ import annotations
@@ -122,14 +184,14 @@ def start(closer: Any, up: Upstream, route: dict[str, Any] | None = None, **limi
     return closer.add(service)
 
 
-def recording(closer: Any, site: Any = None) -> tuple[FnResource, Upstream]:
+def recording(closer: Any, site_factory: Any = None) -> tuple[FnResource, Upstream]:
     """An upstream that answers ``ok`` and records every request it is asked."""
     seen = FnResource(lambda request: b"ok")
-    if site is None:
+    if site_factory is None:
         up = upstream(seen)
     else:
-        listening = reactor.listenTCP(0, site(seen), interface="127.0.0.1")
-        up = Upstream(listening, site)
+        site = site_factory(seen)
+        up = Upstream(reactor.listenTCP(0, site, interface="127.0.0.1"), site)
     return seen, closer.add(up)
 
 
@@ -235,8 +297,10 @@ async def test_service_gives_the_site_the_largest_route_limit(closer):
     assert_refused(reply, 413, TOO_LARGE, seen)
     # Under the site's cap but over the route's: the route's own check answers, after the body.
     reply = await exchange(
-        gw.port, post(b"Connection: close", b"Content-Length: 60", body=b"x" * 60,
-                      line=b"POST /a/x HTTP/1.1")
+        gw.port,
+        post(
+            b"Connection: close", b"Content-Length: 60", body=b"x" * 60, line=b"POST /a/x HTTP/1.1"
+        ),
     )
     assert reply.status == 413
     assert seen.seen == []
@@ -312,13 +376,13 @@ async def test_header_line_that_never_ends_is_431(closer):
 @ensure
 async def test_one_header_line_filling_the_32k_is_accepted(closer):
     # The upstream must itself take a 32 KiB field plus the X-Forwarded-* the gateway adds.
-    seen, up = recording(closer, site=lambda r: GatewaySite(r, max_header_bytes=65536))
+    seen, up = recording(closer, lambda r: GatewaySite(r, max_header_bytes=65536))
     gw = start(closer, up)
     others = len(b"Host: h") + len(b"Connection: close")
     big = b"X-Big: " + b"a" * (32 * 1024 - others - len(b"X-Big: "))
     reply = await exchange(gw.port, post(b"Connection: close", big))
     assert_ok(reply, seen)
-    assert seen.seen[0]["headers"].getRawHeaders(b"x-big") == [big[len(b"X-Big: "):]]
+    assert seen.seen[0]["headers"].getRawHeaders(b"x-big") == [big[len(b"X-Big: ") :]]
 
 
 # -- ambiguous or malformed framing -------------------------------------------------------------

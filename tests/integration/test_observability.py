@@ -101,6 +101,7 @@ async def test_metrics_count_a_known_mix_exactly(tmp_path, closer):
     assert value(s, "avx_upstream_healthy", route="users", upstream=up.url) == 1
     assert value(s, "avx_circuit_state", route="broken", upstream=dead) == 0
     assert value(s, "avx_requests_in_flight") == 0
+    assert value(s, "avx_open_connections") == 1  # the scrape's own connection
     assert value(s, "process_resident_memory_bytes") > 0
     # Buckets run from 0.5 ms to 30 s.
     assert value(s, "avx_request_duration_seconds_bucket", route="users", le="0.0005") is not None
@@ -239,3 +240,17 @@ async def test_gateway_errors_carry_the_request_id_too(closer):
     response, _ = await call(gw, "GET", "/nope", headers={"X-Request-ID": "r-1"})
     assert response.code == 404
     assert response.headers.getRawHeaders(b"x-request-id") == [b"r-1"]
+
+
+@ensure
+async def test_client_header_timeout_comes_from_config(closer):
+    from tests.support.servers import raw_request
+
+    up = closer.add(upstream(EchoResource("svc")))
+    gw = closer.add(gateway({
+        "server": {"host": "127.0.0.1", "port": 0, "client_header_timeout_ms": 200},
+        "routes": [{"path": "/*", "upstream": {"urls": [up.url]}}],
+        "middleware": {"enable_logging": False},
+    }))
+    data = await raw_request(gw.port, b"GET / HTTP/1.1\r\nHost: h\r\n", timeout=3)
+    assert data.startswith(b"HTTP/1.1 408")

@@ -1612,3 +1612,32 @@ access_log = "logs/access.log"
     def test_stdout_access_log_is_kept(self) -> None:
         c = GatewayConfig.from_dict(config(logging={"access_log": "-"}), base_dir=self.dir)
         self.assertEqual(c.logging.access_log, "-")
+
+
+class ClientTimeoutKeyTests(SynchronousTestCase):
+    def test_client_timeouts_have_defaults_and_can_be_set(self) -> None:
+        base = {"routes": [{"path": "/*", "upstream": {"urls": ["http://a"]}}]}
+        default = GatewayConfig.from_dict(base).server
+        self.assertEqual(
+            (default.client_header_timeout_ms, default.client_body_timeout_ms,
+             default.keepalive_timeout_ms),
+            (10000, 60000, 60000),
+        )
+        custom = GatewayConfig.from_dict({
+            **base,
+            "server": {"client_header_timeout_ms": 1, "client_body_timeout_ms": 2,
+                       "keepalive_timeout_ms": 3},
+        }).server
+        self.assertEqual(
+            (custom.client_header_timeout_ms, custom.client_body_timeout_ms,
+             custom.keepalive_timeout_ms),
+            (1, 2, 3),
+        )
+
+    def test_client_timeouts_must_be_positive(self) -> None:
+        with self.assertRaises(ConfigError) as e:
+            GatewayConfig.from_dict({
+                "server": {"client_header_timeout_ms": 0},
+                "routes": [{"path": "/*", "upstream": {"urls": ["http://a"]}}],
+            })
+        self.assertIn("server.client_header_timeout_ms: 0 must be greater than 0", str(e.exception))
