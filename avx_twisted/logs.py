@@ -12,7 +12,6 @@ import json
 import os
 import queue
 import re
-import sys
 import threading
 import time
 from typing import IO, Any, Iterable
@@ -117,7 +116,9 @@ class AccessLogWriter:
         if self._thread is not None:
             return
         if self.target == "-":
-            self._file = sys.stdout
+            # The process's real stdout: twistd points sys.stdout at its own log, which would
+            # wrap every line in a log prefix (and is not ours to call from a thread).
+            self._file = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
         else:
             self._file = open(self.target, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
         self._thread = threading.Thread(target=self._run, name="avx-access-log", daemon=True)
@@ -133,7 +134,7 @@ class AccessLogWriter:
         except queue.Full:
             pass
         thread.join(timeout)
-        if self._file is not None and self._file is not sys.stdout:
+        if self._file is not None:
             self._file.close()
         self._file = None
 

@@ -7,6 +7,7 @@ Requests that match no route are counted under ``route="unmatched"``.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Iterable
 
 from prometheus_client import (
@@ -16,6 +17,7 @@ from prometheus_client import (
     Histogram,
     ProcessCollector,
     generate_latest,
+    multiprocess,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from twisted.web.server import Request
@@ -94,6 +96,9 @@ class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry | None = None, process: bool = True) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
+        #: With worker processes, every worker writes to this shared directory and any of them
+        #: answers /metrics with the sum over all (prometheus_client's multiprocess mode).
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         self.requests = Counter(
             "avx_requests_total",
             "Requests answered, by route, method and status.",
@@ -151,7 +156,7 @@ class GatewayMetrics:
             ["route", "reason"],
             registry=r,
         )
-        if process:
+        if process and self.multiprocess_dir is None:
             ProcessCollector(registry=r)
         self._targets: list[tuple[Any, Any, Any]] = []
         self.routes: dict[str, RouteMetrics] = {}
@@ -186,4 +191,8 @@ class GatewayMetrics:
         request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
         request.setHeader(b"Cache-Control", b"no-store")
         self._refresh_targets()
+        if self.multiprocess_dir is not None:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)
+            return generate_latest(registry)
         return generate_latest(self.registry)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import TYPE_CHECKING
 
@@ -79,6 +80,7 @@ class Probes:
             {
                 "status": status,
                 "version": __version__,
+                "pid": os.getpid(),
                 "uptime_s": round(time.time() - self.started, 3),
                 "routes": routes,
             },

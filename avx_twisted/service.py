@@ -3,8 +3,9 @@ together."""
 
 from __future__ import annotations
 
+import os
 import signal
-from typing import Any
+from typing import Any, Sequence
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList
@@ -28,8 +29,16 @@ class GatewayService(MultiService):
 
     log = Logger()
 
-    def __init__(self, config: GatewayConfig, reactor: Any = None) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        reactor: Any = None,
+        inherited: Sequence[tuple[int, int, bool]] | None = None,
+    ) -> None:
         super().__init__()
+        #: Listening sockets handed down by a worker supervisor: (fd, family, tls), in the order
+        #: of ``config.server.endpoints``; None: bind the endpoints ourselves.
+        self.inherited = inherited
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -81,19 +90,10 @@ class GatewayService(MultiService):
             apply_level(globalLogPublisher, self.config.logging.level)
         if self.access_writer is not None:
             self.access_writer.start()
-        for description in self.config.server.endpoints:
-            failures: list[Failure] = []
-            d = serverFromString(self.reactor, description).listen(self.site)
-            d.addCallbacks(self.ports.append, failures.append)
-            if failures:
-                self.log.critical(
-                    "cannot listen on {endpoint}: {why}",
-                    endpoint=description,
-                    why=failures[0].getErrorMessage(),
-                )
-                self._close_ports()
-                self.running = False
-                failures[0].raiseException()
+        if self.inherited is not None:
+            self._adopt(self.inherited)
+        else:
+            self._listen()
         for port in self.ports:
             self.log.info("avx-gateway listening on {address}", address=port.getHost())
         config = self.config
@@ -110,10 +110,10 @@ class GatewayService(MultiService):
             )
         if config.admin is not None:
             self.log.warn("[admin] is not implemented yet; no admin listener is opened")
-        if self.config.server.workers > 1:
+        if self.config.server.workers > 1 and self.inherited is None:
             self.log.warn(
-                "server.workers = {workers}: worker processes are not implemented yet; "
-                "serving from this one process",
+                "server.workers = {workers}: worker processes are started by "
+                "`twistd avx-gateway`; this embedded gateway serves from one process",
                 workers=self.config.server.workers,
             )
         self.runtime.start()
@@ -151,6 +151,38 @@ class GatewayService(MultiService):
             return DeferredList(waits, consumeErrors=True)
 
         return drained.addCallback(after_drain)
+
+    def _listen(self) -> None:
+        for description in self.config.server.endpoints:
+            failures: list[Failure] = []
+            d = serverFromString(self.reactor, description).listen(self.site)
+            d.addCallbacks(self.ports.append, failures.append)
+            if failures:
+                self.log.critical(
+                    "cannot listen on {endpoint}: {why}",
+                    endpoint=description,
+                    why=failures[0].getErrorMessage(),
+                )
+                self._close_ports()
+                self.running = False
+                failures[0].raiseException()
+
+    def _adopt(self, inherited: Sequence[tuple[int, int, bool]]) -> None:
+        """Serve sockets a supervisor bound (worker processes)."""
+        endpoints = self.config.server.endpoints
+        for (fd, family, tls), description in zip(inherited, endpoints):
+            factory: Any = self.site
+            if tls:
+                from twisted.protocols.tls import TLSMemoryBIOFactory
+
+                endpoint = serverFromString(self.reactor, description)
+                factory = TLSMemoryBIOFactory(endpoint._sslContextFactory, False, self.site)
+            self.ports.append(self.reactor.adoptStreamPort(fd, family, factory))
+            os.close(fd)
+
+    def reload(self) -> None:
+        """SIGHUP: re-reading the config arrives with hot reload; until then, say so."""
+        self.log.warn("SIGHUP received: hot reload is not implemented yet; config unchanged")
 
     def _exit_cleanly(self) -> None:
         """A SIGTERM/SIGINT stop is the normal, orderly way out: exit 0 rather than twistd's

@@ -45,8 +45,15 @@ def makeService(options: dict[str, Any]) -> IService:
     """Build the gateway service (and the demo upstream with ``--demo``); nothing binds yet."""
     from .service import GatewayService
 
+    config: GatewayConfig = options["gateway_config"]
+    gateway: IService
     try:
-        gateway = GatewayService(options["gateway_config"])
+        if config.server.workers > 1:
+            from .workers import WorkerSupervisor
+
+            gateway = WorkerSupervisor(config, options["config"])
+        else:
+            gateway = GatewayService(config)
     except ConfigError as e:  # problems only found when building (e.g. an unreadable key file)
         sys.stderr.write(f"avx-gateway: invalid configuration\n{e}\n")
         sys.exit(2)

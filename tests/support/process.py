@@ -29,13 +29,9 @@ def free_port() -> int:
 
 def twistd(*args: str, **kwargs: Any) -> subprocess.Popen[bytes]:
     """Start ``twistd --pidfile= -n ARGS`` in the repo root, output captured."""
-    return subprocess.Popen(
-        [TWISTD, "--pidfile=", "-n", *args],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        **kwargs,
-    )
+    kwargs.setdefault("stdout", subprocess.PIPE)
+    kwargs.setdefault("stderr", subprocess.PIPE)
+    return subprocess.Popen([TWISTD, "--pidfile=", "-n", *args], cwd=REPO, **kwargs)
 
 
 def rss_bytes(pid: int) -> int:
@@ -60,13 +56,23 @@ class GatewayProcess:
         return f"http://127.0.0.1:{self.port}{path}"
 
     async def start(self, timeout: float = 20.0) -> GatewayProcess:
-        self.proc = twistd("avx-gateway", "--config", str(self.config_path), *self.extra)
+        # Output goes to a file, readable while the process runs (a pipe nobody reads can fill
+        # up and block the gateway).
+        self.log_path = self.config_path.with_suffix(".out")
+        self.log_file = open(self.log_path, "wb")  # noqa: SIM115
+        self.proc = twistd(
+            "avx-gateway",
+            "--config",
+            str(self.config_path),
+            *self.extra,
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + timeout
         pool = HTTPConnectionPool(reactor, persistent=False)
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                out, err = self.proc.communicate()
-                raise RuntimeError(f"gateway exited {self.proc.returncode}: {out!r} {err!r}")
+                raise RuntimeError(f"gateway exited {self.proc.returncode}: {self.output()!r}")
             try:
                 response = await treq.get(self.url("/healthz"), pool=pool)
                 await response.content()
@@ -93,8 +99,13 @@ class GatewayProcess:
             await deferLater(reactor, 0.05, lambda: None)
         if proc.poll() is None:
             proc.kill()
-        proc.communicate()
+        proc.wait()
+        self.log_file.close()
         return proc.returncode  # type: ignore[no-any-return]
+
+    def output(self) -> str:
+        """Everything the process printed so far."""
+        return self.log_path.read_text(errors="replace")
 
     @property
     def pid(self) -> int:
@@ -107,3 +118,19 @@ def env_without_pythonpath() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
     return env
+
+
+def children(pid: int) -> list[int]:
+    """PIDs of the live child processes of ``pid`` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry))
+    return sorted(found)
