@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.internet.ssl import Certificate, optionsForClientTLS, platformTrust
-from twisted.web._newclient import HTTP11ClientProtocol
+from twisted.web._newclient import HTTP11ClientProtocol, Request
 from twisted.web.client import (
     Agent,
     BrowserLikePolicyForHTTPS,
     HTTPConnectionPool,
     _HTTP11ClientFactory,
 )
-from twisted.web.iweb import IAgent, IPolicyForHTTPS
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IBodyProducer, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
 
@@ -77,16 +85,25 @@ class UpstreamClients:
         # Retries are the forwarder's decision (idempotent methods only), never Twisted's.
         self.pool.retryAutomatically = False
         self._agents: dict[str | None, IAgent] = {}
+        self._policies: dict[str | None, IPolicyForHTTPS] = {}
 
-    def agent(self, ca_file: str | None = None) -> IAgent:
-        """The Agent for upstreams verified against ``ca_file`` (None: the system trust store)."""
-        agent = self._agents.get(ca_file)
-        if agent is None:
+    def policy(self, ca_file: str | None = None) -> IPolicyForHTTPS:
+        """How https upstreams are verified: against ``ca_file``, or the system trust store."""
+        policy = self._policies.get(ca_file)
+        if policy is None:
             policy = (
                 _CustomCAPolicy(ca_file)
                 if ca_file
                 else BrowserLikePolicyForHTTPS(trustRoot=platformTrust())
             )
+            self._policies[ca_file] = policy
+        return policy
+
+    def agent(self, ca_file: str | None = None) -> IAgent:
+        """The Agent for upstreams verified against ``ca_file`` (None: the system trust store)."""
+        agent = self._agents.get(ca_file)
+        if agent is None:
+            policy = self.policy(ca_file)
             agent = Agent(
                 self.reactor,
                 contextFactory=policy,
@@ -96,6 +113,59 @@ class UpstreamClients:
             self._agents[ca_file] = agent
         return agent
 
+    def connector(self, target: Any, ca_file: str | None = None) -> Connector:
+        """The pooled connection source of one target, built once (see :class:`Connector`)."""
+        return Connector(self, target, ca_file)
+
     def close(self) -> Any:
         """Close every pooled connection (a Deferred that fires when they are closed)."""
         return self.pool.closeCachedConnections()
+
+
+class Connector:
+    """Sends requests to one upstream target over the shared keep-alive pool.
+
+    What ``Agent.request`` works out on every call (parsing the URI, IDNA-encoding the host,
+    building an endpoint, a TLS connection creator) is done here once per target; per request
+    only the pooled connection is fetched and the request written. Cancelling the returned
+    Deferred cancels the connect or aborts the connection, exactly as with an Agent.
+    """
+
+    def __init__(self, clients: UpstreamClients, target: Any, ca_file: str | None) -> None:
+        self.pool = clients.pool
+        host = target.host
+        scheme = target.scheme
+        self.key = (scheme, host.encode("idna"), target.port, ca_file)
+        timeout = clients.connect_timeout_s
+        reactor = clients.reactor
+        endpoint: Any
+        if _is_ip(host, socket.AF_INET):
+            endpoint = TCP4ClientEndpoint(reactor, host, target.port, timeout=timeout)
+        elif _is_ip(host, socket.AF_INET6):
+            endpoint = TCP6ClientEndpoint(reactor, host, target.port, timeout=timeout)
+        else:
+            endpoint = HostnameEndpoint(reactor, host, target.port, timeout=timeout)
+        if scheme == b"https":
+            policy = clients.policy(ca_file)
+            creator = policy.creatorForNetloc(host.encode("idna"), target.port)
+            endpoint = wrapClientTLS(creator, endpoint)
+        self.endpoint = endpoint
+
+    def request(
+        self, method: bytes, path: bytes, headers: Headers, body: IBodyProducer | None
+    ) -> Deferred[IResponse]:
+        """Send ``method path`` (the request-target) with ``headers`` (Host included)."""
+        d = self.pool.getConnection(self.key, self.endpoint)
+
+        def connected(proto: HTTP11ClientProtocol) -> Deferred[IResponse]:
+            return proto.request(Request(method, path, headers, body, persistent=True))
+
+        return d.addCallback(connected)
+
+
+def _is_ip(host: str, family: int) -> bool:
+    try:
+        socket.inet_pton(family, host)
+    except (OSError, ValueError):
+        return False
+    return True

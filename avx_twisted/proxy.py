@@ -267,9 +267,9 @@ class Exchange:
         if breaker is not None:
             breaker.on_request()
         request = self.request
-        d = self.route.agent.request(
+        d = target.connector.request(
             request.method,
-            target.base_uri + self.path,
+            target.base_path + self.path,
             upstream_request_headers(
                 request,
                 target,

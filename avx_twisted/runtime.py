@@ -124,6 +124,7 @@ class Runtime:
         upstream = Upstream.from_urls(up.urls, strategy=up.strategy, weights=up.weights)
         agent = self.clients.agent(up.ca_file)
         for target in upstream.targets:
+            target.connector = self.clients.connector(target, up.ca_file)
             target.breaker = CircuitBreaker(
                 up.circuit_breaker, self.reactor, name=f"{route.name} {target.url}"
             )

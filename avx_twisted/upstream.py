@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Collection, Sequence
+from typing import TYPE_CHECKING, Any, Collection, Sequence
 from urllib.parse import quote, urlsplit
 
 from avx_twisted.balancing import IBalancer, balancer_for
@@ -37,6 +37,8 @@ class Target:
         self.in_flight = 0
         self.healthy = True
         self.breaker: CircuitBreaker | None = None
+        #: Sends requests to this target over the shared pool (set when the runtime is built).
+        self.connector: Any = None
 
     @property
     def available(self) -> bool:

@@ -40,6 +40,17 @@ class FakeAgent:
         return d
 
 
+class FakeConnector:
+    """A target's connector that hands requests to the FakeAgent with the full URI."""
+
+    def __init__(self, agent: FakeAgent, target: Any) -> None:
+        self.agent = agent
+        self.origin = target.scheme + b"://" + target.netloc
+
+    def request(self, method, path, headers, body):
+        return self.agent.request(method, self.origin + path, headers, body)
+
+
 class FakeResponse:
     def __init__(self, code: int, body: bytes = b"", headers: dict | None = None) -> None:
         self.code = code
@@ -61,6 +72,8 @@ class Route:
         self.name = "r"
         self.upstream = Upstream.from_urls(urls)
         self.agent = agent
+        for target in self.upstream.targets:
+            target.connector = FakeConnector(agent, target)
         self.retries = retries
         self.timeout_s = timeout_s
         self.strip_headers = frozenset()
