@@ -71,6 +71,7 @@ class RequestContext:
         "route",
         "upstream",
         "upstream_duration",
+        "exchange",
     )
 
     def __init__(
@@ -90,3 +91,5 @@ class RequestContext:
         self.route: str = "unmatched"
         self.upstream: str | None = None
         self.upstream_duration: float | None = None
+        #: The forwarder's exchange once forwarding began (told when the client goes away).
+        self.exchange: Any = None

@@ -33,15 +33,15 @@ class InFlight:
         self.draining = False
         self._idle: list[Deferred[None]] = []
 
-    def track(self, request: Request) -> None:
+    def begin(self, request: Request) -> None:
+        """One more request in flight (``end`` is called when it finishes, whatever happens)."""
         self.count += 1
         if self.draining:
             # Finish this one, then close the connection: no new requests on it during a drain.
             request.channel.persistent = False
             request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
-        request.notifyFinish().addBoth(self._done)
 
-    def _done(self, _: object) -> None:
+    def end(self) -> None:
         self.count -= 1
         if self.count == 0 and self._idle:
             waiting, self._idle = self._idle, []
@@ -95,7 +95,11 @@ class GatewayResource(Resource):
             return handler(request)
         runtime = self.runtime
         ctx = self._context(request)
-        self.in_flight.track(request)
+        self.in_flight.begin(request)
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.in_flight.inc()
+        # The one finish hook of a request: client loss reaches the exchange from here too.
         request.notifyFinish().addBoth(self._finished, request, ctx, runtime)
         try:
             match = runtime.table.match(
@@ -144,6 +148,9 @@ class GatewayResource(Resource):
         self, result: object, request: Request, ctx: RequestContext, runtime: Runtime
     ) -> None:
         """Count the request and write its access-log event (once, whatever happened)."""
+        if isinstance(result, Failure) and ctx.exchange is not None:
+            ctx.exchange.client_lost(result)
+        self.in_flight.end()
         duration = runtime.reactor.seconds() - ctx.started
         # 499 (nginx's convention): the client went away before the answer was complete.
         status = request.code if not isinstance(result, Failure) else 499
@@ -151,6 +158,7 @@ class GatewayResource(Resource):
         received = _body_size(request)
         metrics = self.metrics
         if metrics is not None:
+            metrics.in_flight.dec()
             route = metrics.route(ctx.route)
             route.request(request.method, status).inc()
             route.duration.observe(duration)

@@ -244,7 +244,10 @@ class Exchange:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.request.notifyFinish().addErrback(self.client_lost)
+        if self.ctx is not None:
+            self.ctx.exchange = self  # the gateway's finish hook reports client loss
+        else:
+            self.request.notifyFinish().addErrback(self.client_lost)
         self.deadline = self.forwarder.clock.callLater(self.route.timeout_s, self.timed_out)
         self.attempt()
 

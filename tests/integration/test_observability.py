@@ -254,3 +254,33 @@ async def test_client_header_timeout_comes_from_config(closer):
     }))
     data = await raw_request(gw.port, b"GET / HTTP/1.1\r\nHost: h\r\n", timeout=3)
     assert data.startswith(b"HTTP/1.1 408")
+
+
+@ensure
+async def test_in_flight_gauge_counts_requests_being_answered(closer):
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+    from twisted.web.server import NOT_DONE_YET
+
+    held = []
+
+    def hold(request):
+        held.append(request)
+        return NOT_DONE_YET
+
+    up = closer.add(upstream(FnResource(hold)))
+    gw = closer.add(gateway({
+        "server": {"host": "127.0.0.1", "port": 0},
+        "routes": [{"path": "/*", "upstream": {"urls": [up.url]}}],
+        "middleware": {"enable_logging": False},
+    }))
+    pending = http("GET", f"http://127.0.0.1:{gw.port}/slow")
+    while not held:
+        await deferLater(reactor, 0.02, lambda: None)
+    s = samples((await call(gw, "GET", "/metrics"))[1].decode())
+    assert value(s, "avx_requests_in_flight") == 1
+    held[0].write(b"done")
+    held[0].finish()
+    await (await pending).content()
+    s = samples((await call(gw, "GET", "/metrics"))[1].decode())
+    assert value(s, "avx_requests_in_flight") == 0
