@@ -1,17 +1,43 @@
 # Two commands: `make run` (demo gateway) and `make test` (whole suite). Both set everything up.
+# `make test PYTHON=pypy3` / `make run PYTHON=pypy3` do the same on PyPy, in their own .venv-pypy.
 PYTHON ?= python3
+PIP_FLAGS ?=
+ifneq (,$(findstring pypy,$(notdir $(PYTHON))))
+IS_PYPY := 1
+VENV ?= .venv-pypy
+# No Rust/C toolchain needed: only PyPy wheels of these two, never sdists (kept even when
+# PIP_FLAGS is given on the command line).
+override PIP_FLAGS += --only-binary=cryptography,cffi
+else
 VENV ?= .venv
+endif
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(notdir $(PYTHON))
-PIP_FLAGS ?=
-ifneq (,$(findstring pypy,$(PYTHON)))
-PIP_FLAGS += --only-binary=cryptography,cffi
+
+# A venv that could not be made is removed, so the next run starts over. On PyPy, a missing
+# pypy3 (or its venv support) is installed with apt-get when running as root; else say how.
+ifdef IS_PYPY
+define VENV_FAILED
+rm -rf $(VENV); \
+if [ "$(PYTHON)" = "$(notdir $(PYTHON))" ] && [ "$$(id -u)" = 0 ] \
+    && command -v apt-get >/dev/null 2>&1; then \
+  echo "installing pypy3 pypy3-venv with apt-get"; \
+  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q pypy3 pypy3-venv \
+    && $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); exit 1; }; \
+else \
+  echo "$(PYTHON) is missing or cannot create a venv; install it first, e.g. on Debian/Ubuntu:" >&2; \
+  echo "  sudo apt-get install pypy3 pypy3-venv   (or: make ... PYTHON=/path/to/pypy3)" >&2; \
+  exit 1; \
+fi
+endef
+else
+VENV_FAILED = rm -rf $(VENV); exit 1
 endif
 
 .PHONY: run test unit lint check clean
 
 $(STAMP): setup.cfg pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { $(VENV_FAILED); }
 	$(PY) -m pip install -q --upgrade pip $(PIP_FLAGS)
 	$(PY) -m pip install -q $(PIP_FLAGS) -e '.[test]' --config-settings editable_mode=compat
 	@rm -f $(VENV)/.installed-*
@@ -33,4 +59,4 @@ check: $(STAMP)
 	$(VENV)/bin/twistd avx-gateway --config config/gateway.toml --check
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache _trial_temp
+	rm -rf .venv .venv-pypy $(VENV) build *.egg-info .pytest_cache _trial_temp

@@ -188,6 +188,17 @@ class GatewayChannel(HTTPChannel):
         self._linger_timer = None
         super().connectionLost(reason)
 
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        """Twisted splits ``Connection`` on spaces only, so ``close, X-Foo`` would keep the
+        connection open; the tokens are comma-separated (RFC 9110 7.6.1)."""
+        persistent: bool = super().checkPersistence(request, version)
+        if persistent:
+            for value in request.requestHeaders.getRawHeaders(b"connection", ()):
+                if b"close" in (token.strip().lower() for token in value.split(b",")):
+                    request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+                    return False
+        return persistent
+
     # -- the head ------------------------------------------------------------------------------
 
     def lineReceived(self, line: bytes) -> None:
