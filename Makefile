@@ -34,7 +34,7 @@ else
 VENV_FAILED = rm -rf $(VENV); exit 1
 endif
 
-.PHONY: run test unit lint check clean
+.PHONY: run test unit lint check clean bench
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { $(VENV_FAILED); }
@@ -60,3 +60,8 @@ check: $(STAMP)
 
 clean:
 	rm -rf .venv .venv-pypy $(VENV) build *.egg-info .pytest_cache _trial_temp
+
+# Side-by-side benchmark (nginx, aiohttp, ReverseProxyResource, the gateway on CPython and PyPy):
+# installs nginx and wrk if missing, loads 127.0.0.1 only, rewrites docs/benchmarks.md.
+bench: $(STAMP)
+	bash bench/run.sh $(BENCH_ARGS)

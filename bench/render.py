@@ -1,0 +1,706 @@
+"""Render benchmark results (bench/results/*.json, written by bench/run.py) as a text table and
+as docs/benchmarks.md.
+
+    .venv/bin/python bench/render.py [RESULTS.json] [--doc docs/benchmarks.md] [--no-doc]
+
+The "Profile" section of an existing docs/benchmarks.md is kept as it is when the file is
+rewritten, so notes written there survive a re-run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+Json = Dict[str, Any]
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+
+PROFILE_HEADING = "## Profile"
+PROFILE_PLACEHOLDER = (
+    "_To be filled in: where the gateway spends its time on the tiny-body path (e.g. `py-spy\n"
+    "record` or `cProfile` of the full-stack row), and what changed because of it. This section\n"
+    "is kept as it is when bench/run.sh rewrites this file._\n"
+)
+
+# --------------------------------------------------------------------------- helpers
+
+
+def row_by_id(results: Json, row_id: str) -> Optional[Json]:
+    for row in results.get("rows", []):
+        if row.get("id") == row_id:
+            return row
+    return None
+
+
+def measured(row: Optional[Json]) -> bool:
+    return bool(row) and row.get("status") == "ok"  # type: ignore[union-attr]
+
+
+def metric(row: Optional[Json], cell: str, key: str) -> Optional[float]:
+    if not measured(row):
+        return None
+    value = (row.get(cell) or {}).get(key)  # type: ignore[union-attr]
+    return float(value) if value is not None else None
+
+
+def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def f_int(value: Optional[float]) -> str:
+    return "–" if value is None else f"{value:,.0f}"
+
+
+def f_ms(value: Optional[float]) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}"
+
+
+def f_ratio(value: Optional[float]) -> str:
+    return "–" if value is None else f"{value:.2f}x"
+
+
+def f_mib(kb: Optional[float]) -> str:
+    return "–" if kb is None else f"{kb / 1024:.1f}"
+
+
+def cpu_text(row: Json) -> str:
+    """The CPU column of the tiny run: proxy / other on the proxy's core / load core busy
+    (wrk + origin)."""
+    tiny = (row.get("tiny") or {}) if measured(row) else {}
+    if tiny.get("proxy_cpu_pct") is None:
+        return "–"
+    other, load = tiny.get("other_on_proxy_core_pct"), tiny.get("load_core_busy_pct")
+    text = f"{f_int(tiny['proxy_cpu_pct'])} / {f_int(other)} / {f_int(load)}"
+    if tiny.get("wrk_cpu_pct") is not None and load is not None:
+        text += f" ({f_int(tiny['wrk_cpu_pct'] + tiny.get('origin_cpu_pct', 0))})"
+    return text
+
+
+def status_text(row: Json) -> str:
+    status = row.get("status", "?")
+    if status == "ok":
+        return ""
+    return status
+
+
+# --------------------------------------------------------------------------- the main table
+
+COLUMNS = [
+    "Proxy",
+    "Runtime",
+    "Cores",
+    "Tiny req/s",
+    "Tiny p50 ms",
+    "Tiny p99 ms",
+    "1 MiB req/s",
+    "1 MiB MB/s",
+    "1 MiB p50 ms",
+    "1 MiB p99 ms",
+    "CPU % tiny: proxy / other / load core (wrk+origin)",
+    "RSS idle MiB",
+    "RSS after MiB",
+    "Tiny vs nginx",
+    "Tiny vs aiohttp",
+    "MB/s vs nginx",
+    "MB/s vs aiohttp",
+]
+
+
+def shown_rows(results: Json) -> List[Json]:
+    """The rows to show: all but those left out with ``--only``."""
+    return [r for r in results.get("rows", []) if r.get("status") != "unselected"]
+
+
+def table_rows(results: Json) -> List[List[str]]:
+    nginx = row_by_id(results, "nginx")
+    aio = row_by_id(results, "aiohttp")
+    out = []
+    for row in shown_rows(results):
+        ok = measured(row)
+        label = row["label"]
+        if not ok:
+            label += f" ({status_text(row)})"
+        tiny_rps = metric(row, "tiny", "rps")
+        big_mbps = metric(row, "big", "mbps")
+        ratios = ["", "", "", ""]
+        if row.get("ratios") and ok:
+            ratios = [
+                f_ratio(ratio(tiny_rps, metric(nginx, "tiny", "rps"))),
+                f_ratio(ratio(tiny_rps, metric(aio, "tiny", "rps"))),
+                f_ratio(ratio(big_mbps, metric(nginx, "big", "mbps"))),
+                f_ratio(ratio(big_mbps, metric(aio, "big", "mbps"))),
+            ]
+        out.append(
+            [
+                label,
+                row.get("runtime", ""),
+                row.get("cores", ""),
+                f_int(tiny_rps),
+                f_ms(metric(row, "tiny", "p50_ms")),
+                f_ms(metric(row, "tiny", "p99_ms")),
+                f_int(metric(row, "big", "rps")),
+                f_int(big_mbps),
+                f_ms(metric(row, "big", "p50_ms")),
+                f_ms(metric(row, "big", "p99_ms")),
+                cpu_text(row),
+                f_mib(row.get("rss_idle_kb")) if ok or row.get("rss_idle_kb") else "–",
+                f_mib(row.get("rss_after_kb")) if ok else "–",
+                *ratios,
+            ]
+        )
+    return out
+
+
+def markdown_table(header: List[str], rows: List[List[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def text_table(header: List[str], rows: List[List[str]]) -> str:
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
+
+    def fmt(cells: List[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        )
+
+    lines = [fmt(header), "  ".join("-" * w for w in widths)]
+    lines += [fmt(r) for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def targets(results: Json) -> List[Tuple[str, str, Optional[bool]]]:
+    """(target, measured, met) for each target of the issue; met None: not measured."""
+    out: List[Tuple[str, str, Optional[bool]]] = []
+    full = row_by_id(results, "gw-full")
+    full_pypy = row_by_id(results, "gw-full-pypy")
+    nginx = row_by_id(results, "nginx")
+    aio = row_by_id(results, "aiohttp")
+
+    r = ratio(metric(full, "tiny", "rps"), metric(aio, "tiny", "rps"))
+    out.append(
+        (
+            "CPython full stack, tiny bodies: ≥ 1.0x aiohttp req/s",
+            "–"
+            if r is None
+            else f"{r:.2f}x ({f_int(metric(full, 'tiny', 'rps'))} vs "
+            f"{f_int(metric(aio, 'tiny', 'rps'))} req/s)",
+            None if r is None else r >= 1.0,
+        )
+    )
+    r = ratio(metric(full, "big", "mbps"), metric(nginx, "big", "mbps"))
+    out.append(
+        (
+            "CPython full stack, 1 MiB bodies: ≥ 0.8x nginx MB/s",
+            "–"
+            if r is None
+            else f"{r:.2f}x ({f_int(metric(full, 'big', 'mbps'))} vs "
+            f"{f_int(metric(nginx, 'big', 'mbps'))} MB/s)",
+            None if r is None else r >= 0.8,
+        )
+    )
+    r = ratio(metric(full_pypy, "tiny", "rps"), metric(nginx, "tiny", "rps"))
+    if full_pypy is not None and not measured(full_pypy):
+        pypy_text = f"not measured: {full_pypy.get('note', full_pypy.get('status'))}"
+    elif r is None:
+        pypy_text = "–"
+    else:
+        pypy_text = (
+            f"{r:.2f}x ({f_int(metric(full_pypy, 'tiny', 'rps'))} vs "
+            f"{f_int(metric(nginx, 'tiny', 'rps'))} req/s)"
+        )
+    out.append(
+        (
+            "PyPy full stack, tiny bodies: ≥ 0.35x nginx (1 worker) req/s",
+            pypy_text,
+            None if r is None else r >= 0.35,
+        )
+    )
+    half = (full or {}).get("half_rate") if measured(full) else None
+    if isinstance(half, dict) and half.get("p99_ms") is not None:
+        out.append(
+            (
+                "p99 ≤ 5 ms at half the max rate (CPython full stack, tiny)",
+                f"{f_ms(half['p99_ms'])} ms at {f_int(half.get('rps'))} req/s "
+                f"(target {f_int(half.get('target_rps'))})",
+                half["p99_ms"] <= 5.0,
+            )
+        )
+    else:
+        out.append(("p99 ≤ 5 ms at half the max rate (CPython full stack, tiny)", "–", None))
+    idle_kb = full.get("rss_idle_kb") if full else None
+    plain = row_by_id(results, "gw-plain")
+    plain_kb = plain.get("rss_idle_kb") if plain else None
+    out.append(
+        (
+            "RSS after start ≤ 50 MB (CPython, full stack)",
+            "–"
+            if idle_kb is None
+            else f"{f_mib(idle_kb)} MiB (one route, no middleware: {f_mib(plain_kb)} MiB)",
+            None if idle_kb is None else idle_kb / 1024 <= 50,
+        )
+    )
+    memory = results.get("memory") or {}
+    huge = memory.get("huge") or {}
+    slow, fast = huge.get("slow"), huge.get("fast")
+    if slow and fast:
+        worst = max(slow["added_kb"], fast["added_kb"])
+        complete = all(
+            c["status"] == "200" and c["bytes"] == huge["size_bytes"] for c in (slow, fast)
+        )
+        out.append(
+            (
+                "A 200 MB response adds < 16 MB (CPython, full stack)",
+                f"+{f_mib(slow['added_kb'])} MiB with a client limited to "
+                f"{_rate(slow)}, +{f_mib(fast['added_kb'])} MiB unthrottled"
+                + ("" if complete else " (TRANSFER INCOMPLETE)"),
+                complete and worst / 1024 < 16,
+            )
+        )
+    else:
+        out.append(("A 200 MB response adds < 16 MB", huge.get("error", "–"), None))
+    idle = memory.get("idle") or {}
+    if idle.get("rss_after_kb"):
+        n = idle.get("open", 0)
+        wanted = idle.get("connections", 10000)
+        out.append(
+            (
+                f"{wanted:,} idle keep-alive connections within 150 MB (CPython, full stack)",
+                f"{f_mib(idle['rss_after_kb'])} MiB with {n:,} open "
+                f"({f_mib(idle['rss_before_kb'])} MiB before, "
+                f"{idle.get('kb_per_connection', 0):.1f} kB each)",
+                n >= wanted and idle["rss_after_kb"] / 1024 <= 150,
+            )
+        )
+    else:
+        out.append(
+            ("10,000 idle keep-alive connections within 150 MB", idle.get("error", "–"), None)
+        )
+    return out
+
+
+def _count(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else "?"
+
+
+def _rate(cell: Json) -> str:
+    seconds = cell.get("seconds") or 0
+    if not seconds:
+        return "?"
+    return f"{cell['bytes'] / seconds / 1e6:.0f} MB/s"
+
+
+def met_text(met: Optional[bool]) -> str:
+    return {True: "met", False: "MISSED", None: "not measured"}[met]
+
+
+# --------------------------------------------------------------------------- text output
+
+
+TEXT_COLUMNS = [
+    "Proxy",
+    "Runtime",
+    "Cores",
+    "Tiny req/s",
+    "p50 ms",
+    "p99 ms",
+    "1MiB MB/s",
+    "p99 ms",
+    "CPU % p/o/l",
+    "RSS MiB idle/after",
+    "vs nginx tiny/MBs",
+    "vs aiohttp tiny/MBs",
+]
+
+
+def text_rows(results: Json) -> List[List[str]]:
+    out = []
+    for full in table_rows(results):
+        (label, runtime, cores, rps, p50, p99, _, mbps, _, bp99, cpu, idle, after) = full[:13]
+        vs_nginx = f"{full[13]}/{full[15]}" if full[13] else ""
+        vs_aio = f"{full[14]}/{full[16]}" if full[14] else ""
+        out.append(
+            [
+                label,
+                runtime,
+                cores,
+                rps,
+                p50,
+                p99,
+                mbps,
+                bp99,
+                cpu,
+                f"{idle}/{after}",
+                vs_nginx,
+                vs_aio,
+            ]
+        )
+    return out
+
+
+def render_text(results: Json) -> str:
+    meta = results.get("meta", {})
+    settings = meta.get("settings", {})
+    parts = [
+        f"avx-gateway benchmark, {meta.get('started', '?')}: "
+        f"wrk -t1 -c{settings.get('connections')} "
+        f"-d{settings.get('duration_s')}s after {settings.get('warmup_s')} s warm-up; "
+        f"proxy on core {settings.get('proxy_core')}, wrk + origin on core "
+        f"{settings.get('load_core')}",
+        "",
+        text_table(TEXT_COLUMNS, text_rows(results)),
+    ]
+    notes = [f"  {r['id']}: {r['note']}" for r in shown_rows(results) if r.get("note")]
+    if notes:
+        parts += ["Notes:", *notes, ""]
+    half_rows = half_rate_rows(results)
+    if half_rows:
+        parts += ["Latency at half the max rate (tiny):", text_table(HALF_COLUMNS, half_rows)]
+    parts.append("Targets:")
+    for target, value, met in targets(results):
+        parts.append(f"  [{met_text(met):>12}] {target}: {value}")
+    return "\n".join(parts) + "\n"
+
+
+HALF_COLUMNS = ["Proxy", "Runtime", "Target req/s", "Got req/s", "p50 ms", "p90 ms", "p99 ms"]
+
+
+def half_rate_rows(results: Json) -> List[List[str]]:
+    rows = []
+    for row in results.get("rows", []):
+        half = row.get("half_rate")
+        if measured(row) and isinstance(half, dict):
+            rows.append(
+                [
+                    row["label"],
+                    row["runtime"],
+                    f_int(half.get("target_rps")),
+                    f_int(half.get("rps")),
+                    f_ms(half.get("p50_ms")),
+                    f_ms(half.get("p90_ms")),
+                    f_ms(half.get("p99_ms")),
+                ]
+            )
+    return rows
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def existing_profile(doc: Path) -> Optional[str]:
+    """The body of the "## Profile" section of ``doc`` (up to the next "## " heading)."""
+    try:
+        text = doc.read_text()
+    except OSError:
+        return None
+    start = text.find("\n" + PROFILE_HEADING + "\n")
+    if start < 0:
+        return None
+    body = text[start + len(PROFILE_HEADING) + 2 :]
+    end = body.find("\n## ")
+    return (body if end < 0 else body[: end + 1]).strip("\n") + "\n"
+
+
+def render_markdown(results: Json, profile: Optional[str] = None) -> str:
+    meta = results.get("meta", {})
+    machine = meta.get("machine", {})
+    settings = meta.get("settings", {})
+    rows = shown_rows(results)
+    duration = settings.get("duration_s")
+    conns = settings.get("connections")
+    out: List[str] = []
+    add = out.append
+    add("# Benchmarks\n")
+    add(
+        "How fast avx-gateway proxies, next to nginx, Twisted's own `ReverseProxyResource` and a "
+        "minimal aiohttp proxy, all on one machine over loopback. This page is generated: "
+        "`make bench` (or `bash bench/run.sh`, `--quick` for 3 s cells) measures and rewrites "
+        "it; `.venv/bin/python bench/render.py bench/results/latest.json` re-renders it from the "
+        "saved results (`bench/results/`, not committed). Numbers from a shared 2-core VM are "
+        "indicative: compare rows of one run, not runs of different days.\n"
+    )
+    add(f"Run: {meta.get('started', '?')}, {meta.get('wall_s', '?')} s wall time.\n")
+
+    add("## Machine\n")
+    for key, label in (
+        ("nproc", "nproc"),
+        ("cpu", "CPU"),
+        ("memory_gib", "Memory (GiB)"),
+        ("os", "OS"),
+        ("kernel", "Kernel"),
+        ("loadavg_at_start", "Load average at start"),
+        ("loadavg_at_end", "Load average at end"),
+        ("cpython", "CPython (gateway venv)"),
+        ("pypy", "PyPy (`.venv-pypy`)"),
+        ("aiohttp", "aiohttp (`bench/.venv`)"),
+        ("nginx", "nginx"),
+        ("wrk", "wrk"),
+        ("curl", "curl"),
+        ("gateway_git", "avx-gateway commit"),
+    ):
+        value = machine.get(key, "?")
+        if isinstance(value, list):
+            value = " ".join(map(str, value))
+        add(f"- {label}: `{value}`")
+    add("")
+
+    add("## How it is measured\n")
+    add(
+        f"- **Origin**: nginx, 1 worker, its own config in a temp dir, serving `/tiny` (13 bytes, "
+        f"`return 200`), `/big` (1 MiB file) and `/huge` (200 MB file), pinned with "
+        f"`taskset -c {settings.get('load_core')}` together with the load generator. "
+        f"Command: `{(results.get('origin') or {}).get('command', '?')}`.\n"
+        f"- **Proxies** run one at a time, each pinned to its own core "
+        f"(`taskset -c {settings.get('proxy_core')}`), all forwarding `/*` to the origin.\n"
+        f"- **Load**: `wrk -t1 -c{conns} -d{duration:g}s --latency` (64 keep-alive connections) on "
+        f"core {settings.get('load_core')}, after a warm-up run of "
+        f"{settings.get('warmup_s'):g} s on `/tiny` and half that on `/big` (PyPy's JIT needs "
+        f"it; every row gets the same). Every request carries "
+        f"`{'`, `'.join(settings.get('headers', []))}` so that all proxies see the same bytes; "
+        f"only the full-stack gateway looks at them.\n"
+        "- **req/s, p50, p99** are wrk's `Requests/sec` and `--latency` percentiles; **MB/s** is "
+        "wrk's `Transfer/sec` (bodies plus headers) in 10^6 bytes per second.\n"
+        "- **RSS** is `VmRSS` from `/proc/PID/status`, summed over the process and its children "
+        "(nginx: master + worker): *idle* once the proxy answered its first request, *after* "
+        "both measured runs.\n"
+        "- **CPU %** during the measured tiny-body run, in % of one core: the proxy's own CPU "
+        "time (all its processes, `utime + stime` from `/proc/PID/stat`) / the rest of the busy "
+        "time of its core (`/proc/stat`: softirq work for the loopback traffic, anything else "
+        "running there) / how busy the load core was, with the part wrk and the origin used in "
+        "parentheses (the rest is softirq work and other processes). A proxy near 100 % was the "
+        "bottleneck; a load core near 100 % with the proxy well below means the load side was, "
+        "and that row's numbers are a lower bound. Rows given both cores show only the proxy "
+        "and load-core figures.\n"
+        "- **Ratios** (our single-core rows only) divide by the nginx and aiohttp rows of the "
+        "same run.\n"
+    )
+    add("The proxies:\n")
+    add(
+        "1. **avx-gateway, one route**: `/*` to the origin; access log, metrics, CORS and rate "
+        "limiting off, no auth.\n"
+        '2. **avx-gateway, full stack**: the same route with `auth = ["api_key"]` (key sent by '
+        'wrk in `X-API-Key`), rate limiting on (`key = "ip"`, 10^9 req/s, never triggers), '
+        "CORS on (wrk sends `Origin`, the gateway answers with `Access-Control-Allow-Origin`), "
+        "Prometheus metrics on, JSON access log to a file.\n"
+        "3. **nginx proxy_pass**: 1 worker, `upstream` block with `keepalive 64`, "
+        '`proxy_http_version 1.1`, `proxy_set_header Connection ""`, access log off, default '
+        "buffering.\n"
+        "4. **Twisted ReverseProxyResource** (`bench/twisted_rp.py`): stock, so one new origin "
+        "connection per request (`Connection: close`), no pool.\n"
+        "5. **aiohttp proxy** (`bench/aiohttp_proxy.py`): `aiohttp.web` server, one "
+        "`ClientSession` (pooled keep-alive connections), body streamed in 64 KiB chunks; plain "
+        "asyncio loop, no uvloop.\n"
+        "6. The same gateway rows and ReverseProxyResource under **PyPy** (`.venv-pypy`), when "
+        "that venv exists.\n"
+        "7. **Workers**: the one-route gateway with `server.workers = 1` and `= 2`, given *all* "
+        f"cores (`taskset -c {settings.get('all_cores')}`). On a 2-core machine wrk and the "
+        "origin share those cores with the workers, so this pair shows what a second process "
+        "buys when nothing is left idle, not how workers scale on a bigger machine.\n"
+    )
+    add(
+        'Gateways listen with `listen = ["tcp:PORT:interface=127.0.0.1:backlog=1024"]` (the '
+        "other proxies use a backlog of 1024 too).\n"
+    )
+    add("Exact commands of this run (ports are picked free at run time):\n")
+    add("```sh")
+    for row in rows:
+        if row.get("command"):
+            add(f"# {row['label']} ({row['runtime']})")
+            add(row["command"])
+    example = next((r for r in rows if measured(r) and r.get("id") == "gw-full"), None)
+    example = example or next((r for r in rows if measured(r)), None)
+    if example:
+        add(f"# load, e.g. for {example['label']} ({example['runtime']})")
+        add(example["tiny"]["command"])
+        add(example["big"]["command"])
+        half = example.get("half_rate")
+        if isinstance(half, dict):
+            add(half["command"])
+    memory = results.get("memory") or {}
+    huge, idle = memory.get("huge") or {}, memory.get("idle") or {}
+    if huge.get("gateway_command"):
+        add("# memory checks: a full-stack gateway, then")
+        add(huge["gateway_command"])
+        for key in ("fast", "slow"):
+            if (huge.get(key) or {}).get("command"):
+                add(huge[key]["command"])
+    if idle.get("client_command"):
+        add("# and a fresh one for the idle connections")
+        add(idle["gateway_command"])
+        add(idle["client_command"])
+    add("```\n")
+
+    add("## Results\n")
+    add(markdown_table(COLUMNS, table_rows(results)))
+    notes = [r for r in rows if r.get("note") or r.get("stack_checks")]
+    if notes:
+        add("Notes:\n")
+        for row in notes:
+            text = row.get("note", "")
+            checks = row.get("stack_checks")
+            if checks:
+                text = (
+                    f"checked before the load: {checks.get('without_key_status')} without the "
+                    f"key, {checks.get('with_key_status')} with it and "
+                    f"`Access-Control-Allow-Origin: {checks.get('cors_allow_origin')}`, metrics "
+                    f"{checks.get('metrics_status')}; "
+                    f"{_count(row.get('access_log_lines'))} access log lines written. " + text
+                ).strip()
+            add(f"- {row['label']} ({row['runtime']}): {text}")
+        add("")
+
+    add("## Latency at half the maximum rate\n")
+    add(
+        "Debian has no wrk2, so wrk paces the requests itself: a Lua `delay()` (bench/run.py, "
+        "`PACING_LUA`) keeps one constant-rate schedule of send slots, `1 / target` apart, and "
+        "each connection that is free takes the next slot, as wrk2's `-R` does. The target is "
+        "half the tiny-body req/s the row just measured; "
+        f"{settings.get('half_rate_connections')} connections, so that one is always free for "
+        "the next slot. A slot no connection is free for is dropped rather than made up later "
+        "(no coordinated-omission correction), so the achieved rate is shown next to the target; "
+        "a shortfall means the proxy could not keep up.\n"
+    )
+    half_rows = half_rate_rows(results)
+    add(markdown_table(HALF_COLUMNS, half_rows) if half_rows else "_not measured_\n")
+
+    add("## Workers\n")
+    w1, w2 = row_by_id(results, "gw-w1"), row_by_id(results, "gw-w2")
+    if w1 is None or w2 is None:
+        add("_not measured_\n")
+    else:
+        for row in (w1, w2):
+            if measured(row):
+                add(
+                    f"- {row['label']}: {f_int(metric(row, 'tiny', 'rps'))} req/s tiny "
+                    f"(p99 {f_ms(metric(row, 'tiny', 'p99_ms'))} ms), "
+                    f"{f_int(metric(row, 'big', 'mbps'))} MB/s 1 MiB, RSS "
+                    f"{f_mib(row.get('rss_idle_kb'))} → {f_mib(row.get('rss_after_kb'))} MiB "
+                    "(all processes)"
+                )
+            else:
+                add(f"- {row['label']}: {row.get('status')}: {row.get('note', '')}")
+        r = ratio(metric(w2, "tiny", "rps"), metric(w1, "tiny", "rps"))
+        if r is not None:
+            add(f"- workers = 2 vs 1, tiny req/s: {r:.2f}x")
+        add("")
+
+    add("## Memory\n")
+    memory = results.get("memory") or {}
+    huge = memory.get("huge") or {}
+    idle = memory.get("idle") or {}
+    full = row_by_id(results, "gw-full")
+    plain = row_by_id(results, "gw-plain")
+    add(
+        f"- **RSS after start** (CPython, after the first request): one route "
+        f"{f_mib((plain or {}).get('rss_idle_kb'))} MiB, full stack "
+        f"{f_mib((full or {}).get('rss_idle_kb'))} MiB."
+    )
+    if huge.get("slow") and huge.get("fast"):
+        add(
+            "- **A 200 MB response** through the full-stack gateway (`/huge`, fetched with curl "
+            "to `/dev/null` while a thread samples the gateway's VmRSS every 10 ms; 20 small "
+            "requests first so that pools and buffers exist):"
+        )
+        for key, what in (("fast", "unthrottled"), ("slow", "client limited with --limit-rate")):
+            c = huge[key]
+            add(
+                f"  - {what}: HTTP {c['status']}, {c['bytes']:,} bytes in {c['seconds']:.1f} s "
+                f"({_rate(c)}); RSS {f_mib(c['rss_before_kb'])} → peak "
+                f"{f_mib(c['rss_peak_kb'])} MiB (+{f_mib(c['added_kb'])} MiB)"
+            )
+    elif huge.get("error"):
+        add(f"- **A 200 MB response**: error: {huge['error']}")
+    if idle.get("rss_after_kb"):
+        add(
+            f"- **{idle.get('connections', 0):,} idle keep-alive connections** "
+            "(`bench/idle_conns.py`: asyncio client on the load core, source addresses "
+            "127.0.0.2.. so no address runs out of ports, at most 100 connects at a time; each "
+            "connection sends one `GET /tiny` with keep-alive, reads the answer and stays open): "
+            f"{idle.get('open', 0):,} open, {idle.get('failed', 0):,} failed in "
+            f"{idle.get('seconds', 0):.1f} s; gateway RSS {f_mib(idle['rss_before_kb'])} → "
+            f"{f_mib(idle['rss_after_kb'])} MiB "
+            f"({idle.get('kb_per_connection', 0):.1f} kB per connection); "
+            f"{_count(idle.get('still_open'))} were still open when the client let go "
+            f"(gateway `keepalive_timeout_ms = 300000` for this check, open-files limit "
+            f"{idle.get('gateway_nofile', '?')})."
+        )
+    elif idle.get("error"):
+        add(f"- **Idle connections**: error: {idle['error']}")
+    add("")
+
+    add("## Targets\n")
+    add(
+        markdown_table(
+            ["Target", "Measured", "Result"],
+            [[t, v, met_text(m)] for t, v, m in targets(results)],
+        )
+    )
+    add("MiB are 2^20 bytes; comparing MiB with the MB targets errs on the strict side.\n")
+
+    text = wrap_markdown("\n".join(out))
+    profile_text = profile if profile is not None else PROFILE_PLACEHOLDER
+    return text.rstrip("\n") + "\n\n" + PROFILE_HEADING + "\n\n" + profile_text.strip("\n") + "\n"
+
+
+def wrap_markdown(text: str, width: int = 100) -> str:
+    """Wrap prose lines and list items at ``width``; code blocks, tables and headings stay."""
+    out: List[str] = []
+    fenced = False
+    for line in text.split("\n"):
+        if line.startswith("```"):
+            fenced = not fenced
+            out.append(line)
+            continue
+        if fenced or len(line) <= width or line.startswith(("|", "#")):
+            out.append(line)
+            continue
+        m = re.match(r"(\s*(?:[-*]|\d+\.)\s+)", line)
+        indent = " " * len(m.group(1)) if m else ""
+        out.append(
+            textwrap.fill(
+                line,
+                width=width,
+                subsequent_indent=indent,
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
+        )
+    return "\n".join(out)
+
+
+def write_doc(results: Json, doc: Path) -> None:
+    doc.write_text(render_markdown(results, existing_profile(doc)))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Render benchmark results.")
+    parser.add_argument("results", nargs="?", default=str(BENCH / "results" / "latest.json"))
+    parser.add_argument("--doc", default=str(ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument("--no-doc", action="store_true", help="only print the text table")
+    args = parser.parse_args()
+    results = json.loads(Path(args.results).read_text())
+    print(render_text(results))
+    if not args.no_doc:
+        write_doc(results, Path(args.doc))
+        print(f"wrote {args.doc}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

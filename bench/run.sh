@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Benchmark avx-gateway against nginx, Twisted's ReverseProxyResource and aiohttp (and under PyPy
+# when .venv-pypy exists); results go to bench/results/ and docs/benchmarks.md.
+#
+#   bash bench/run.sh            # default: 10 s cells, 5 s warm-up (about 8 minutes)
+#   bash bench/run.sh --quick    # 3 s cells, 2 s warm-up
+#   bash bench/run.sh --help     # every option (bench/run.py)
+#
+# Installs what is missing: nginx, wrk and curl (apt-get, as root), the gateway's .venv (through
+# the Makefile), and a bench-only venv with aiohttp (bench/.venv). All load goes to 127.0.0.1;
+# every process started here is stopped on exit.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+missing=()
+for tool in nginx wrk curl taskset; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if ((${#missing[@]})); then
+    packages=()
+    for tool in "${missing[@]}"; do
+        case "$tool" in
+            taskset) packages+=(util-linux) ;;
+            *) packages+=("$tool") ;;
+        esac
+    done
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "bench: missing ${missing[*]}; install as root: apt-get install -y ${packages[*]}" >&2
+        exit 2
+    fi
+    echo "bench: installing ${packages[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${packages[@]}"
+fi
+
+# The gateway's own venv, exactly as `make test` / `make run` create it.
+if [ ! -x .venv/bin/twistd ]; then
+    make -C "$ROOT" .venv/.installed-python3
+fi
+
+# aiohttp only for the comparison row: a venv of its own, never a dependency of the gateway.
+if ! bench/.venv/bin/python -c 'import aiohttp' >/dev/null 2>&1; then
+    echo "bench: creating bench/.venv with aiohttp" >&2
+    python3 -m venv bench/.venv
+    bench/.venv/bin/python -m pip install -q --upgrade pip
+    bench/.venv/bin/python -m pip install -q aiohttp
+fi
+
+WORKDIR="$(mktemp -d /tmp/avx-bench.XXXXXX)"
+BENCH_PID=""
+KEEP_WORKDIR=""
+for arg in "$@"; do
+    [ "$arg" = "--keep-workdir" ] && KEEP_WORKDIR=1
+done
+cleanup() {
+    status=$?
+    trap - EXIT INT TERM
+    # run.py stops what it started when it ends; on a signal it gets SIGTERM and a few seconds.
+    if [ -n "$BENCH_PID" ] && kill -0 "$BENCH_PID" 2>/dev/null; then
+        kill -TERM "$BENCH_PID" 2>/dev/null || true
+        for _ in 1 2 3 4 5 6 7 8 9 10; do
+            kill -0 "$BENCH_PID" 2>/dev/null || break
+            sleep 0.5
+        done
+        kill -KILL "$BENCH_PID" 2>/dev/null || true
+    fi
+    # Anything it started and could not stop (each in its own session: kill the whole group).
+    if [ -f "$WORKDIR/pids" ]; then
+        while read -r pid; do
+            kill -KILL -- "-$pid" 2>/dev/null || true
+        done <"$WORKDIR/pids"
+    fi
+    if [ -n "$KEEP_WORKDIR" ]; then
+        echo "bench: configs and logs kept in $WORKDIR" >&2
+    else
+        rm -rf "$WORKDIR"
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+# In the background and waited for, so that a signal reaches the trap at once.
+.venv/bin/python bench/run.py --workdir "$WORKDIR" "$@" &
+BENCH_PID=$!
+wait "$BENCH_PID"
