@@ -162,8 +162,10 @@ class GatewayResource(Resource):
             route = metrics.route(ctx.route)
             route.request(request.method, status).inc()
             route.duration.observe(duration)
-            route.request_bytes.inc(received)
-            route.response_bytes.inc(sent)
+            if received:
+                route.request_bytes.inc(received)
+            if sent:
+                route.response_bytes.inc(sent)
         access_log = self.access_log
         if access_log is not None:
             identity = ctx.identity

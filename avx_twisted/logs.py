@@ -8,6 +8,7 @@ counted). ``json`` writes one object per line; ``text`` a combined-log-style lin
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import queue
@@ -53,13 +54,25 @@ _LEVELS = {
 }
 
 
+_ids = itertools.count(1)
+_id_prefix = [b"", -1]  # per process (reset in a forked worker): 16 random hex digits
+
+
 def request_id(incoming: list[bytes] | None) -> bytes:
-    """The request's ID: the client's ``X-Request-ID`` when sane, else 32 random hex digits."""
+    """The request's ID: the client's ``X-Request-ID`` when sane, else 32 hex digits.
+
+    Made IDs are a random per-process prefix and a counter: unique without asking the OS for
+    randomness on every request.
+    """
     if incoming:
         candidate = incoming[-1]
         if _REQUEST_ID.match(candidate):
             return candidate
-    return os.urandom(16).hex().encode("ascii")
+    pid = os.getpid()
+    if _id_prefix[1] != pid:
+        _id_prefix[0] = os.urandom(8).hex().encode("ascii")
+        _id_prefix[1] = pid
+    return _id_prefix[0] + b"%016x" % next(_ids)
 
 
 def _format_json(event: dict[str, Any]) -> str:

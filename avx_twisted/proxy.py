@@ -60,6 +60,8 @@ _REQUEST_OWN = HOP_BY_HOP | {
 #: Response headers Twisted frames itself (length and chunking are re-derived per hop).
 _RESPONSE_SKIP = HOP_BY_HOP
 _NO_BODY_CODES = frozenset([204, 304])
+_HTTPS = [b"https"]
+_HTTP = [b"http"]
 _SMALL_BODY = 64 * 1024
 #: Methods that may be sent again to another target (RFC 9110 9.2.2).
 IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"])
@@ -129,7 +131,7 @@ def upstream_request_headers(
     if forwarded_proto:
         set_raw(b"X-Forwarded-Proto", forwarded_proto[-1:])
     else:
-        set_raw(b"X-Forwarded-Proto", [b"https" if request.isSecure() else b"http"])
+        set_raw(b"X-Forwarded-Proto", _HTTPS if request.isSecure() else _HTTP)
 
     peer = ctx.peer if ctx is not None else getattr(request.getClientAddress(), "host", None)
     previous = incoming.getRawHeaders(b"x-forwarded-for") if trusted else None
