@@ -60,7 +60,9 @@ class GatewayService(MultiService):
         self.access_writer: AccessLogWriter | None = None
         access_log = None
         if middleware.enable_logging:
-            self.access_writer = AccessLogWriter(config.logging.access_log, config.logging.format)
+            self.access_writer = AccessLogWriter(
+                config.logging.access_log, config.logging.format, clock=reactor
+            )
             access_log = access_logger(self.access_writer)
         self.resource = GatewayResource(self.runtime, internal, self.metrics, access_log)
         # The site refuses bodies over the largest route limit while reading them; each route

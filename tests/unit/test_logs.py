@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 
+from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel, LogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -31,7 +32,7 @@ class AccessLogWriterTests(SynchronousTestCase):
         fd, path = tempfile.mkstemp()
         os.close(fd)
         self.addCleanup(os.remove, path)
-        writer = AccessLogWriter(path, "json")
+        writer = AccessLogWriter(path, "json", clock=Clock())
         writer.start()
         log = access_logger(writer)
         for i in range(3):
@@ -43,15 +44,28 @@ class AccessLogWriterTests(SynchronousTestCase):
         self.assertEqual(lines[0]["status"], 200)
 
     def test_queue_is_bounded_and_overflow_is_counted(self):
-        writer = AccessLogWriter("-", "json", max_queue=5)  # not started: nothing drains
+        writer = AccessLogWriter("-", "json", max_queue=5, clock=Clock())  # not started
         log = access_logger(writer)
         for _ in range(8):
             log.info("access", time=1.0)
-        self.assertEqual(writer.queue.qsize(), 5)
+        self.assertEqual(len(writer.pending), 5)
         self.assertEqual(writer.dropped, 3)
 
+    def test_events_reach_the_thread_in_batches(self):
+        clock = Clock()
+        writer = AccessLogWriter("-", "json", clock=clock, flush_s=0.1)
+        writer._thread = object()  # pretend started: only the hand-over is under test
+        log = access_logger(writer)
+        for _ in range(3):
+            log.info("access", time=1.0)
+        self.assertEqual(writer.queue.qsize(), 0)
+        clock.advance(0.1)
+        self.assertEqual(writer.queue.qsize(), 1)
+        self.assertEqual(len(writer.queue.get()), 3)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
     def test_access_events_reach_no_other_observer(self):
-        writer = AccessLogWriter("-", "json")
+        writer = AccessLogWriter("-", "json", clock=Clock())
         seen = []
         from twisted.logger import globalLogPublisher
 
@@ -59,7 +73,7 @@ class AccessLogWriterTests(SynchronousTestCase):
         self.addCleanup(globalLogPublisher.removeObserver, seen.append)
         access_logger(writer).info("access", time=1.0)
         self.assertEqual(seen, [])
-        self.assertEqual(writer.queue.qsize(), 1)
+        self.assertEqual(len(writer.pending), 1)
 
 
 class LevelTests(SynchronousTestCase):
