@@ -158,7 +158,7 @@ class GatewayMetrics:
         )
         if process and self.multiprocess_dir is None:
             ProcessCollector(registry=r)
-        self._targets: list[tuple[Any, Any, Any]] = []
+        self._targets: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
         self.routes: dict[str, RouteMetrics] = {}
         self.unmatched = self.route(UNMATCHED)
 
@@ -172,16 +172,14 @@ class GatewayMetrics:
     def watch_targets(self, route: str, targets: Iterable[Any]) -> None:
         """Export each target's health and circuit state (read afresh at every scrape)."""
         for target in targets:
-            self._targets.append(
-                (
-                    target,
-                    self.upstream_healthy.labels(route, target.url),
-                    self.circuit_state.labels(route, target.url),
-                )
+            self._targets[(route, target.url)] = (
+                target,
+                self.upstream_healthy.labels(route, target.url),
+                self.circuit_state.labels(route, target.url),
             )
 
     def _refresh_targets(self) -> None:
-        for target, healthy, circuit in self._targets:
+        for target, healthy, circuit in self._targets.values():
             healthy.set(1 if target.healthy else 0)
             breaker = target.breaker
             circuit.set(_CIRCUIT_GAUGE[breaker.state.value] if breaker is not None else 0)

@@ -19,7 +19,7 @@ from .health import HealthChecker
 from .proxy import Forwarder
 from .ratelimit import IRateLimitStore, MemoryStore, RateLimitFilter
 from .routing import RouteRule, RouteTable
-from .upstream import Upstream
+from .upstream import Target, Upstream
 
 if TYPE_CHECKING:
     from .auth import Identity
@@ -72,9 +72,15 @@ class Runtime:
         reactor: Any,
         clients: UpstreamClients | None = None,
         metrics: GatewayMetrics | None = None,
+        previous: Runtime | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics
+        # A reload keeps the live state of targets that did not change (same route, URL, weight,
+        # TLS, breaker and health-check settings): their breaker, health and health checker.
+        self._carried: dict[tuple[Any, ...], tuple[Target, HealthChecker | None]] = (
+            previous._live_targets() if previous is not None else {}
+        )
         self.reactor = reactor
         self.clients = clients or UpstreamClients(
             reactor, config.server.connect_timeout_ms / 1000.0
@@ -89,7 +95,8 @@ class Runtime:
         self.always_stripped = self.jwt.stripped_headers if self.jwt else frozenset()
         self.rate_store: IRateLimitStore | None = None
         if config.middleware.enable_rate_limiting:
-            self.rate_store = MemoryStore(reactor)
+            kept = previous.rate_store if previous is not None else None
+            self.rate_store = kept if kept is not None else MemoryStore(reactor)
         self.routes = tuple(self._build_route(r) for r in config.routes)
         self.table = RouteTable(
             [
@@ -105,8 +112,21 @@ class Runtime:
         )
         self.forwarder = Forwarder(reactor, preserve_host=config.server.preserve_host)
 
+    def _live_targets(self) -> dict[tuple[Any, ...], tuple[Target, HealthChecker | None]]:
+        checkers = {id(c.target): c for c in self.health_checkers}
+        return {t.key: (t, checkers.get(id(t))) for r in self.routes for t in r.upstream.targets}
+
+    def handed_over(self, successor: Runtime) -> None:
+        """Stop this runtime's timers, except the health checkers ``successor`` took over."""
+        kept = {id(c) for c in successor.health_checkers}
+        for checker in self.health_checkers:
+            if id(checker) not in kept:
+                checker.stop()
+        if self.jwt is not None:
+            self.jwt.stop()
+
     def start(self) -> None:
-        """Start what runs in the background: health checks, JWKS refresh."""
+        """Start what runs in the background: health checks, JWKS refresh (idempotent)."""
         for checker in self.health_checkers:
             checker.start()
         if self.jwt is not None and self.config.auth.jwt and self.config.auth.jwt.jwks_url:
@@ -121,17 +141,30 @@ class Runtime:
 
     def _build_route(self, route: RouteConfig) -> RuntimeRoute:
         up = route.upstream
-        upstream = Upstream.from_urls(up.urls, strategy=up.strategy, weights=up.weights)
+        fresh = Upstream.from_urls(up.urls, strategy=up.strategy, weights=up.weights)
         agent = self.clients.agent(up.ca_file)
-        for target in upstream.targets:
-            target.connector = self.clients.connector(target, up.ca_file)
-            target.breaker = CircuitBreaker(
-                up.circuit_breaker, self.reactor, name=f"{route.name} {target.url}"
-            )
-            if up.health_check is not None:
-                self.health_checkers.append(
-                    HealthChecker(target, up.health_check, agent, self.reactor, route=route.name)
+        targets = []
+        for target in fresh.targets:
+            key = _target_key(route, target)
+            carried = self._carried.pop(key, None)
+            if carried is not None:
+                target, checker = carried
+                if checker is not None:
+                    self.health_checkers.append(checker)
+            else:
+                target.connector = self.clients.connector(target, up.ca_file)
+                target.breaker = CircuitBreaker(
+                    up.circuit_breaker, self.reactor, name=f"{route.name} {target.url}"
                 )
+                if up.health_check is not None:
+                    self.health_checkers.append(
+                        HealthChecker(
+                            target, up.health_check, agent, self.reactor, route=route.name
+                        )
+                    )
+            target.key = key
+            targets.append(target)
+        upstream = Upstream(targets, fresh.balancer)
         runtime_route = RuntimeRoute(route, upstream, agent)
         metrics = self.metrics.route(route.name) if self.metrics is not None else None
         if self.metrics is not None:
@@ -184,3 +217,8 @@ def _query_stripper(api_key: ApiKeyAuthenticator) -> Callable[[bytes], bytes]:
         return path + b"?" + stripped if stripped else path
 
     return rewrite
+
+
+def _target_key(route: RouteConfig, target: Target) -> tuple[Any, ...]:
+    up = route.upstream
+    return (route.name, target.url, target.weight, up.ca_file, up.circuit_breaker, up.health_check)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import threading
 from typing import Any, Sequence
 
 from twisted.application.service import MultiService
@@ -16,7 +17,7 @@ from twisted.logger import Logger, globalLogPublisher
 from twisted.python.failure import Failure
 
 from . import __version__
-from .config import GatewayConfig
+from .config import ConfigError, GatewayConfig
 from .gateway import GatewayResource
 from .logs import AccessLogWriter, access_logger, apply_level
 from .metrics import GatewayMetrics
@@ -121,6 +122,9 @@ class GatewayService(MultiService):
             )
         self.runtime.start()
         self.probes.ready = True
+        self._previous_hup = None
+        if self.inherited is None and threading.current_thread() is threading.main_thread():
+            self._previous_hup = signal.signal(signal.SIGHUP, self._on_sighup)
         # Everything built so far lives as long as the process: keep it out of the cyclic GC's
         # way, so that full collections stay short (they stall every request in flight).
         gc.collect()
@@ -132,6 +136,9 @@ class GatewayService(MultiService):
         """Drain: not ready, stop accepting, let in-flight requests finish (up to
         ``drain_timeout_ms``), then stop health checks and close pooled upstream connections."""
         self.probes.ready = False
+        if getattr(self, "_previous_hup", None) is not None:
+            signal.signal(signal.SIGHUP, self._previous_hup)
+            self._previous_hup = None
         self._exit_cleanly()
         in_flight = self.resource.in_flight
         in_flight.draining = True
@@ -189,9 +196,51 @@ class GatewayService(MultiService):
             self.ports.append(self.reactor.adoptStreamPort(fd, family, factory))
             os.close(fd)
 
-    def reload(self) -> None:
-        """SIGHUP: re-reading the config arrives with hot reload; until then, say so."""
-        self.log.warn("SIGHUP received: hot reload is not implemented yet; config unchanged")
+    def reload(self) -> bool:
+        """Re-read the config file and swap in a new runtime between two requests.
+
+        Routes, upstreams, filters, limits and auth change at once for every new request;
+        requests in flight finish on the runtime they started with; no listener is touched.
+        Targets whose settings did not change keep their circuit breaker, health state and
+        health checker. An invalid file is refused with the same errors as at start-up and the
+        running config stays. Returns whether the new config is now serving.
+        """
+        source = self.config.source
+        if not os.path.isfile(source):
+            self.log.warn("reload: this gateway was not started from a config file")
+            return False
+        try:
+            config = GatewayConfig.load(source)
+            runtime = Runtime(
+                config,
+                self.reactor,
+                clients=self.runtime.clients,
+                metrics=self.metrics,
+                previous=self.runtime,
+            )
+        except ConfigError as e:
+            self.log.error(
+                "reload refused, the running configuration stays:\n{errors}", errors=str(e)
+            )
+            return False
+        needs_restart = _restart_only_changes(self.config, config)
+        if needs_restart:
+            self.log.warn(
+                "reload: {keys} changed; they take effect only after a restart",
+                keys=", ".join(needs_restart),
+            )
+        old, self.runtime = self.runtime, runtime
+        self.resource.runtime = runtime
+        self.config = config
+        old.handed_over(runtime)
+        runtime.start()
+        self.log.info(
+            "reloaded {source}: {routes} routes", source=source, routes=len(config.routes)
+        )
+        return True
+
+    def _on_sighup(self, *_: object) -> None:
+        self.reactor.callFromThread(self.reload)
 
     def _exit_cleanly(self) -> None:
         """A SIGTERM/SIGINT stop is the normal, orderly way out: exit 0 rather than twistd's
@@ -208,3 +257,36 @@ class GatewayService(MultiService):
     def port(self) -> int:
         """The first listener's port number (handy with ``port = 0``)."""
         return self.ports[0].getHost().port  # type: ignore[no-any-return]
+
+
+def _restart_only_changes(old: GatewayConfig, new: GatewayConfig) -> list[str]:
+    """Keys a reload cannot apply (listeners, processes, endpoints and logging are bound once)."""
+    checks = {
+        "server.host/port/listen": (old.server.endpoints, new.server.endpoints),
+        "server.workers": (old.server.workers, new.server.workers),
+        "server.connect_timeout_ms": (
+            old.server.connect_timeout_ms,
+            new.server.connect_timeout_ms,
+        ),
+        "server client timeouts / max_body_bytes cap": (
+            (
+                old.server.client_header_timeout_ms,
+                old.server.client_body_timeout_ms,
+                old.server.keepalive_timeout_ms,
+            ),
+            (
+                new.server.client_header_timeout_ms,
+                new.server.client_body_timeout_ms,
+                new.server.keepalive_timeout_ms,
+            ),
+        ),
+        "[health] paths and [metrics]": (
+            (old.health, old.metrics, old.middleware.enable_metrics),
+            (new.health, new.metrics, new.middleware.enable_metrics),
+        ),
+        "[logging] and middleware.enable_logging": (
+            (old.logging, old.middleware.enable_logging),
+            (new.logging, new.middleware.enable_logging),
+        ),
+    }
+    return [key for key, (before, after) in checks.items() if before != after]

@@ -39,6 +39,8 @@ class Target:
         self.breaker: CircuitBreaker | None = None
         #: Sends requests to this target over the shared pool (set when the runtime is built).
         self.connector: Any = None
+        #: What identifies this target's configuration across reloads (set by the runtime).
+        self.key: Any = None
 
     @property
     def available(self) -> bool:
