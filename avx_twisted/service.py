@@ -85,6 +85,7 @@ class GatewayService(MultiService):
         if self.metrics is not None:
             self.site.open_connections = self.metrics.open_connections
         self.ports: list[IListeningPort] = []
+        self.admin_ports: list[IListeningPort] = []
 
     def startService(self) -> None:
         """Bind every listener now (a bind error raises so twistd exits non-zero), then start
@@ -113,7 +114,7 @@ class GatewayService(MultiService):
                 "limits are kept in this process"
             )
         if config.admin is not None:
-            self.log.warn("[admin] is not implemented yet; no admin listener is opened")
+            self._listen_admin(config.admin)
         if self.config.server.workers > 1 and self.inherited is None:
             self.log.warn(
                 "server.workers = {workers}: worker processes are started by "
@@ -183,6 +184,27 @@ class GatewayService(MultiService):
                 self.running = False
                 failures[0].raiseException()
 
+    def _listen_admin(self, admin: Any) -> None:
+        """The admin API on its own listener (one process only: workers do not open it)."""
+        if self.inherited is not None:
+            self.log.warn("[admin] is served only when server.workers = 1; not opened")
+            return
+        from .admin import admin_site
+
+        failures: list[Failure] = []
+        d = serverFromString(self.reactor, admin.listen).listen(
+            admin_site(self, admin.token_sha256)
+        )
+        d.addCallbacks(self.admin_ports.append, failures.append)
+        if failures:
+            self.log.critical(
+                "cannot listen for the admin API on {endpoint}: {why}",
+                endpoint=admin.listen,
+                why=failures[0].getErrorMessage(),
+            )
+            failures[0].raiseException()
+        self.log.info("admin API listening on {endpoint}", endpoint=admin.listen)
+
     def _adopt(self, inherited: Sequence[tuple[int, int, bool]]) -> None:
         """Serve sockets a supervisor bound (worker processes)."""
         endpoints = self.config.server.endpoints
@@ -249,7 +271,8 @@ class GatewayService(MultiService):
             self.reactor._exitSignal = None
 
     def _close_ports(self) -> Deferred[Any]:
-        ports, self.ports = self.ports, []
+        ports, self.ports = self.ports + self.admin_ports, []
+        self.admin_ports = []
         waits = [d for d in (port.stopListening() for port in ports) if d is not None]
         return DeferredList(waits, consumeErrors=True)
 

@@ -36,6 +36,8 @@ class Target:
         self.weight = weight
         self.in_flight = 0
         self.healthy = True
+        #: False while drained through the admin API (requests in flight still finish).
+        self.enabled = True
         self.breaker: CircuitBreaker | None = None
         #: Sends requests to this target over the shared pool (set when the runtime is built).
         self.connector: Any = None
@@ -46,7 +48,7 @@ class Target:
     def available(self) -> bool:
         """Whether requests may be sent to this target now: healthy and its circuit lets them."""
         breaker = self.breaker
-        return self.healthy and (breaker is None or breaker.available())
+        return self.enabled and self.healthy and (breaker is None or breaker.available())
 
     def acquire(self) -> None:
         """Count one more request in flight to this target."""
