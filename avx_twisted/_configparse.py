@@ -791,10 +791,19 @@ def _redis_url(value: str) -> str | None:
     return None if ok else "is not a redis:// , rediss:// or unix:// URL"
 
 
+_SYSTEMD = re.compile(r"^systemd:domain=(INET|INET6|UNIX):(index=\d+|name=[^:]+)$")
+
+
 def _endpoint(value: str) -> str | None:
     from twisted.internet.endpoints import serverFromString
     from twisted.internet.testing import MemoryReactor
 
+    if value.startswith("systemd:"):
+        # Socket activation: the descriptor exists only once systemd starts the service, so
+        # only the form is checked here.
+        if _SYSTEMD.match(value):
+            return None
+        return "is not a systemd endpoint like 'systemd:domain=INET:index=0'"
     try:
         serverFromString(MemoryReactor(), value)
     except Exception as e:  # endpoint parsers raise many kinds of errors
