@@ -34,7 +34,7 @@ else
 VENV_FAILED = rm -rf $(VENV); exit 1
 endif
 
-.PHONY: run test unit lint check clean bench
+.PHONY: run test unit lint check clean bench redis-server
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { $(VENV_FAILED); }
@@ -48,10 +48,19 @@ run: $(STAMP)
 	@echo "try: curl -s http://127.0.0.1:8080/api/users/42?verbose=1"
 	$(VENV)/bin/twistd --pidfile= -n avx-gateway --config config/demo.toml --demo
 
-test: $(STAMP)
+test: $(STAMP) redis-server
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 
+# The shared rate-limit tests run a real redis-server (each test starts its own on a free port).
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -q && apt-get install -y -q redis-server; \
+	  else \
+	    echo "redis-server is needed by the tests: install it (e.g. apt-get install redis-server)"; \
+	    exit 1; \
+	  fi; }
 unit: $(STAMP)
 	$(VENV)/bin/trial tests.unit
 

@@ -150,6 +150,11 @@ class GatewayMetrics:
         self.rate_limited = Counter(
             "avx_rate_limited_total", "Requests refused by a rate limit.", ["route"], registry=r
         )
+        self.rate_limit_backend_errors = Counter(
+            "avx_rate_limit_backend_errors_total",
+            "Rate-limit checks the shared store (Redis) could not answer.",
+            registry=r,
+        )
         self.auth_failures = Counter(
             "avx_auth_failures_total",
             "Requests refused by authentication, by reason.",

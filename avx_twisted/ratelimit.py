@@ -238,8 +238,17 @@ class RateLimitFilter:
             key = bucket_key("ip", self.route, ctx.client_ip, None)
         decision = self.store.take(key, self.rate, self.burst)  # type: ignore[arg-type]
         if isinstance(decision, Deferred):
-            return decision.addCallback(self.apply, request, ctx)
+            return decision.addCallbacks(
+                self.apply, self.unavailable, (request, ctx), None, (request,), None
+            )
         return self.apply(decision, request, ctx)
+
+    def unavailable(self, failure: Any, request: Any) -> bytes:
+        """The shared store could not answer and its errors deny: 503 (never the upstream)."""
+        from .redis_store import BackendUnavailable
+
+        failure.trap(BackendUnavailable)
+        return write_error(request, 503, "rate limit backend unavailable", [(b"Retry-After", b"1")])
 
     def apply(self, decision: Decision, request: Any, ctx: Any) -> bytes | None:
         """Put the decision's headers on the answer; the 429 body when refused."""

@@ -96,7 +96,7 @@ class Runtime:
         self.rate_store: IRateLimitStore | None = None
         if config.middleware.enable_rate_limiting:
             kept = previous.rate_store if previous is not None else None
-            self.rate_store = kept if kept is not None else MemoryStore(reactor)
+            self.rate_store = kept if kept is not None else self._rate_store(config)
         self.routes = tuple(self._build_route(r) for r in config.routes)
         self.table = RouteTable(
             [
@@ -111,6 +111,17 @@ class Runtime:
             ]
         )
         self.forwarder = Forwarder(reactor, preserve_host=config.server.preserve_host)
+
+    def _rate_store(self, config: GatewayConfig) -> IRateLimitStore:
+        limits = config.rate_limiting
+        if limits.backend != "redis":
+            return MemoryStore(self.reactor)
+        from .redis_store import RedisStore
+
+        store = RedisStore(limits.redis_url, self.reactor, limits.on_backend_error)
+        if self.metrics is not None:
+            store.on_error = self.metrics.rate_limit_backend_errors.inc
+        return store
 
     def _live_targets(self) -> dict[tuple[Any, ...], tuple[Target, HealthChecker | None]]:
         checkers = {id(c.target): c for c in self.health_checkers}

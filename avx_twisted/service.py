@@ -10,7 +10,7 @@ import threading
 from typing import Any, Sequence
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger, globalLogPublisher
@@ -108,11 +108,6 @@ class GatewayService(MultiService):
             routes=len(config.routes),
             source=config.source,
         )
-        if config.middleware.enable_rate_limiting and config.rate_limiting.backend == "redis":
-            self.log.warn(
-                "rate_limiting.backend = 'redis' is not implemented yet; "
-                "limits are kept in this process"
-            )
         if config.admin is not None:
             self._listen_admin(config.admin)
         if self.config.server.workers > 1 and self.inherited is None:
@@ -162,6 +157,9 @@ class GatewayService(MultiService):
             if self.access_writer is not None:
                 self.access_writer.stop()
             waits = [closing, self.runtime.clients.close()]
+            close_store = getattr(self.runtime.rate_store, "close", None)
+            if close_store is not None:
+                waits.append(maybeDeferred(close_store))
             parent = super(GatewayService, self).stopService()
             if parent is not None:
                 waits.append(parent)
