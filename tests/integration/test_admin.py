@@ -128,3 +128,34 @@ async def test_reload_through_the_api_and_errors(tmp_path, closer):
     assert response.code == 400
     assert (await admin(gw, "GET", "/reload"))[0].code == 405
     assert (await admin(gw, "GET", "/nope"))[0].code == 404
+
+
+@ensure
+async def test_admin_reload_with_a_request_in_flight(tmp_path, closer):
+    from twisted.internet.task import deferLater
+    from twisted.web.server import NOT_DONE_YET
+
+    from tests.support.servers import FnResource
+
+    held = []
+
+    def hold(request):
+        held.append(request)
+        return NOT_DONE_YET
+
+    slow = closer.add(upstream(FnResource(hold)))
+    b = closer.add(upstream(EchoResource("b")))
+    path = tmp_path / "gw.toml"
+    write(path, [slow.url])
+    gw = closer.add(start(path))
+    pending = http("GET", f"http://127.0.0.1:{gw.port}/slow")
+    while not held:
+        await deferLater(reactor, 0.02, lambda: None)
+    write(path, [b.url])
+    response, _ = await admin(gw, "POST", "/reload")
+    assert response.code == 200
+    r = await http("GET", f"http://127.0.0.1:{gw.port}/x")
+    assert echo_json(await r.content())["service"] == "b"
+    held[0].write(b"old")
+    held[0].finish()
+    assert await (await pending).content() == b"old"

@@ -97,3 +97,54 @@ async def test_gateway_reconnects_when_redis_comes_back(tmp_path, closer):
     before = store.errors
     assert await code(gw) in (200, 429)
     assert store.errors == before  # answered by Redis again
+
+
+@ensure
+async def test_two_real_twistd_processes_hold_one_shared_limit(tmp_path, closer):
+    import textwrap
+
+    import treq
+    from twisted.web.client import HTTPConnectionPool
+
+    from tests.support.process import GatewayProcess, free_port
+
+    redis = RedisServer(tmp_path).start()
+    closer.add(type("R", (), {"stop": redis.stop})())
+    seen = FnResource(lambda r: b"ok")
+    up = closer.add(upstream(seen))
+    gateways = []
+    try:
+        for n in range(2):
+            port = free_port()
+            path = tmp_path / f"gw{n}.toml"
+            path.write_text(textwrap.dedent(f"""
+                [server]
+                host = "127.0.0.1"
+                port = {port}
+                [[routes]]
+                name = "api"
+                path = "/*"
+                [routes.upstream]
+                urls = ["{up.url}"]
+                [middleware]
+                enable_rate_limiting = true
+                enable_logging = false
+                [rate_limiting]
+                requests_per_second = 0.01
+                burst_size = 7
+                key = "route"
+                backend = "redis"
+                redis_url = "{redis.url}"
+            """))
+            gateways.append(await GatewayProcess(path, port).start())
+        codes = []
+        for i in range(20):
+            gw = gateways[i % 2]
+            response = await treq.get(gw.url("/x"), pool=HTTPConnectionPool(reactor, False))
+            await response.content()
+            codes.append(response.code)
+        assert codes.count(200) == 7 and codes.count(429) == 13
+        assert len(seen.seen) == 7
+    finally:
+        for gw in gateways:
+            assert await gw.stop() == 0

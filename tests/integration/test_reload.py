@@ -142,12 +142,30 @@ async def test_sighup_reloads_the_real_twistd_process(tmp_path, closer):
     gw = await GatewayProcess(path, port).start()
     try:
         assert await service_name(port) == "a"
-        write(path, port, one_route(b.url))
+        held = []
+
+        def hold(request):
+            held.append(request)
+            return NOT_DONE_YET
+
+        slow = closer.add(upstream(FnResource(hold)))
+        write(path, port, one_route(slow.url, name="slow", path="/slow/*") + one_route(a.url))
         gw.proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 10
-        while "reloaded" not in gw.output() and time.monotonic() < deadline:
+        while gw.output().count("reloaded") < 1 and time.monotonic() < deadline:
+            await deferLater(reactor, 0.05, lambda: None)
+        in_flight = http("GET", f"http://127.0.0.1:{port}/slow/1")
+        while not held:
+            await deferLater(reactor, 0.02, lambda: None)
+        write(path, port, one_route(b.url))
+        gw.proc.send_signal(signal.SIGHUP)  # a second reload with that request in flight
+        deadline = time.monotonic() + 10
+        while gw.output().count("reloaded") < 2 and time.monotonic() < deadline:
             await deferLater(reactor, 0.05, lambda: None)
         assert await service_name(port) == "b"
+        held[0].write(b"finished on the old config")
+        held[0].finish()
+        assert await (await in_flight).content() == b"finished on the old config"
         assert gw.proc.poll() is None  # still running
     finally:
         assert await gw.stop() == 0
