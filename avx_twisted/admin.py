@@ -125,15 +125,7 @@ class AdminResource(Resource):
 
     def get_upstreams(self) -> tuple[int, Any]:
         return 200, [
-            {
-                "route": r.name,
-                "url": t.url,
-                "enabled": t.enabled,
-                "healthy": t.healthy,
-                "circuit": t.breaker.state.value if t.breaker is not None else "closed",
-                "available": t.available,
-                "in_flight": t.in_flight,
-            }
+            {"route": r.name, "enabled": t.enabled, **t.status()}
             for r in self.service.runtime.routes
             for t in r.upstream.targets
         ]

@@ -101,18 +101,24 @@ class BodyLimit:
         self.max_bytes = max_bytes
 
     def __call__(self, request: Request, ctx: RequestContext) -> bytes | None:
-        declared = request.requestHeaders.getRawHeaders(b"content-length")
-        if declared:
-            try:
-                size = int(declared[-1])
-            except ValueError:
-                size = 0
-        else:
-            content = request.content
-            if content is None or not request.requestHeaders.hasHeader(b"transfer-encoding"):
-                return None
-            size = content.seek(0, 2)
-            content.seek(0)
+        size = body_size(request)
         if size > self.max_bytes:
             return write_error(request, 413, "request body too large")
         return None
+
+
+def body_size(request: Request) -> int:
+    """The request body's size: declared by ``Content-Length``, or (chunked) as spooled."""
+    declared = request.requestHeaders.getRawHeaders(b"content-length")
+    if declared:
+        try:
+            return int(declared[-1])
+        except ValueError:
+            return 0
+    content = request.content
+    if content is None or not request.requestHeaders.hasHeader(b"transfer-encoding"):
+        return 0
+    position = content.tell()
+    size: int = content.seek(0, 2)
+    content.seek(position)
+    return size

@@ -14,7 +14,7 @@ from twisted.web.server import Request
 
 from .context import RequestContext
 from .errors import write_error
-from .filters import run_filters
+from .filters import body_size, run_filters
 from .logs import request_id
 from .routing import BadPath, MethodNotAllowed, RouteMatch
 from .runtime import Runtime
@@ -155,7 +155,7 @@ class GatewayResource(Resource):
         # 499 (nginx's convention): the client went away before the answer was complete.
         status = request.code if not isinstance(result, Failure) else 499
         sent = request.sentLength
-        received = _body_size(request)
+        received = body_size(request)
         metrics = self.metrics
         if metrics is not None:
             metrics.in_flight.dec()
@@ -206,22 +206,6 @@ class GatewayResource(Resource):
             return None
         ctx.route = match.value.name
         return match.value.cors(request, ctx)
-
-
-def _body_size(request: Request) -> int:
-    declared = request.requestHeaders.getRawHeaders(b"content-length")
-    if declared:
-        try:
-            return int(declared[-1])
-        except ValueError:
-            return 0
-    content = request.content
-    if content is None or not request.requestHeaders.hasHeader(b"transfer-encoding"):
-        return 0
-    position = content.tell()
-    size = content.seek(0, 2)
-    content.seek(position)
-    return size  # type: ignore[no-any-return]
 
 
 def _last(values: list[bytes] | None) -> str | None:

@@ -53,16 +53,7 @@ class Probes:
         routes = []
         serving = True
         for route in self.runtime.routes:
-            targets = [
-                {
-                    "url": t.url,
-                    "healthy": t.healthy,
-                    "circuit": t.breaker.state.value if t.breaker is not None else "closed",
-                    "available": t.available,
-                    "in_flight": t.in_flight,
-                }
-                for t in route.upstream.targets
-            ]
+            targets = [t.status() for t in route.upstream.targets]
             usable = any(t["available"] for t in targets)
             serving = serving and usable
             routes.append(

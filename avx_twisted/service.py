@@ -263,10 +263,7 @@ class GatewayService(MultiService):
         self.reactor.callFromThread(self.reload)
 
     def _exit_cleanly(self) -> None:
-        """A SIGTERM/SIGINT stop is the normal, orderly way out: exit 0 rather than twistd's
-        default of re-raising the signal (which systemd and Kubernetes would log as a failure)."""
-        if getattr(self.reactor, "_exitSignal", None) in (signal.SIGTERM, signal.SIGINT):
-            self.reactor._exitSignal = None
+        exit_cleanly_after_signal(self.reactor)
 
     def _close_ports(self) -> Deferred[Any]:
         ports, self.ports = self.ports + self.admin_ports, []
@@ -311,3 +308,10 @@ def _restart_only_changes(old: GatewayConfig, new: GatewayConfig) -> list[str]:
         ),
     }
     return [key for key, (before, after) in checks.items() if before != after]
+
+
+def exit_cleanly_after_signal(reactor: Any) -> None:
+    """A SIGTERM/SIGINT stop is the normal, orderly way out: exit 0 rather than twistd's default
+    of re-raising the signal (which systemd and Kubernetes would log as a failure)."""
+    if getattr(reactor, "_exitSignal", None) in (signal.SIGTERM, signal.SIGINT):
+        reactor._exitSignal = None

@@ -50,6 +50,17 @@ class Target:
         breaker = self.breaker
         return self.enabled and self.healthy and (breaker is None or breaker.available())
 
+    def status(self) -> dict[str, Any]:
+        """What probes and the admin API report about this target."""
+        breaker = self.breaker
+        return {
+            "url": self.url,
+            "healthy": self.healthy,
+            "circuit": breaker.state.value if breaker is not None else "closed",
+            "available": self.available,
+            "in_flight": self.in_flight,
+        }
+
     def acquire(self) -> None:
         """Count one more request in flight to this target."""
         self.in_flight += 1

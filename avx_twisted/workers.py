@@ -242,8 +242,9 @@ class WorkerSupervisor(Service):
         return DeferredList(ended).addCallback(done)
 
     def _exit_cleanly(self) -> None:
-        if getattr(self.reactor, "_exitSignal", None) in (signal.SIGTERM, signal.SIGINT):
-            self.reactor._exitSignal = None
+        from .service import exit_cleanly_after_signal
+
+        exit_cleanly_after_signal(self.reactor)
 
 
 # -- the worker process ----------------------------------------------------------------------------
