@@ -169,18 +169,7 @@ class GatewayService(MultiService):
 
     def _listen(self) -> None:
         for description in self.config.server.endpoints:
-            failures: list[Failure] = []
-            d = serverFromString(self.reactor, description).listen(self.site)
-            d.addCallbacks(self.ports.append, failures.append)
-            if failures:
-                self.log.critical(
-                    "cannot listen on {endpoint}: {why}",
-                    endpoint=description,
-                    why=failures[0].getErrorMessage(),
-                )
-                self._close_ports()
-                self.running = False
-                failures[0].raiseException()
+            self.ports.append(self._bind(description, self.site))
 
     def _listen_admin(self, admin: Any) -> None:
         """The admin API on its own listener (one process only: workers do not open it)."""
@@ -189,19 +178,26 @@ class GatewayService(MultiService):
             return
         from .admin import admin_site
 
+        self.admin_ports.append(self._bind(admin.listen, admin_site(self, admin.token_sha256)))
+        self.log.info("admin API listening on {endpoint}", endpoint=admin.listen)
+
+    def _bind(self, description: str, factory: Any) -> IListeningPort:
+        """Listen on an endpoint string now; a failure closes what is open and raises, so
+        twistd exits non-zero before serving anything."""
+        ports: list[IListeningPort] = []
         failures: list[Failure] = []
-        d = serverFromString(self.reactor, admin.listen).listen(
-            admin_site(self, admin.token_sha256)
-        )
-        d.addCallbacks(self.admin_ports.append, failures.append)
+        d = serverFromString(self.reactor, description).listen(factory)
+        d.addCallbacks(ports.append, failures.append)
         if failures:
             self.log.critical(
-                "cannot listen for the admin API on {endpoint}: {why}",
-                endpoint=admin.listen,
+                "cannot listen on {endpoint}: {why}",
+                endpoint=description,
                 why=failures[0].getErrorMessage(),
             )
+            self._close_ports()
+            self.running = False
             failures[0].raiseException()
-        self.log.info("admin API listening on {endpoint}", endpoint=admin.listen)
+        return ports[0]
 
     def _adopt(self, inherited: Sequence[tuple[int, int, bool]]) -> None:
         """Serve sockets a supervisor bound (worker processes)."""
