@@ -140,6 +140,13 @@ def _at_least(low: float) -> Callable[[Any], str | None]:
     return check
 
 
+def _field_value(value: str) -> str | None:
+    """A header field value we can send: visible ASCII and spaces, no control characters."""
+    if all(32 <= ord(c) < 127 for c in value) and value == value.strip():
+        return None
+    return "must be printable ASCII without leading or trailing spaces"
+
+
 def _positive(value: Any) -> str | None:
     return None if value > 0 else "must be greater than 0"
 
@@ -195,6 +202,7 @@ _SERVER_KEYS = (
     "client_header_timeout_ms",
     "client_body_timeout_ms",
     "keepalive_timeout_ms",
+    "server_header",
 )
 _ROUTE_KEYS = (
     "name",
@@ -210,6 +218,8 @@ _ROUTE_KEYS = (
     "cors",
     "rate_limit",
     "upstream",
+    "websocket",
+    "websocket_idle_timeout_ms",
 )
 _UPSTREAM_KEYS = ("urls", "strategy", "weights", "ca_file", "health_check", "circuit_breaker")
 _HEALTH_CHECK_KEYS = (
@@ -337,6 +347,7 @@ class Parser:
             keepalive_timeout_ms=t.get(
                 "keepalive_timeout_ms", "int", d.keepalive_timeout_ms, _positive
             ),
+            server_header=t.get("server_header", "str", d.server_header, _field_value),
         )
 
     def endpoint_list(self, values: Sequence[str]) -> str | None:
@@ -632,6 +643,8 @@ class Parser:
             scopes=scopes,
             cors=t.get("cors", "bool", True),
             rate_limit=self.rate_limit(rate_t, rate) if rate_t is not None else None,
+            websocket=t.get("websocket", "bool", True),
+            websocket_idle_timeout_ms=t.get("websocket_idle_timeout_ms", "int", 300000, _positive),
         )
 
     def upstream(self, t: _Table | None, path: str) -> UpstreamConfig | None:

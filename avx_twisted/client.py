@@ -1,9 +1,11 @@
-"""The upstream HTTP client: one persistent connection pool and an Agent per TLS trust root."""
+"""Upstream connections: the gateway's own keep-alive pool (``h1.UpstreamPool``) for proxied
+requests, one ``Connector`` per target, and a twisted.web Agent per TLS trust root for the
+background fetches (health checks, JWKS), which are not on the request path."""
 
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import (
@@ -14,45 +16,11 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.internet.ssl import Certificate, optionsForClientTLS, platformTrust
-from twisted.web._newclient import HTTP11ClientProtocol, Request
-from twisted.web.client import (
-    Agent,
-    BrowserLikePolicyForHTTPS,
-    HTTPConnectionPool,
-    _HTTP11ClientFactory,
-)
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IBodyProducer, IPolicyForHTTPS, IResponse
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.iweb import IAgent, IPolicyForHTTPS
 from zope.interface import implementer
 
-
-class _ClientProtocol(HTTP11ClientProtocol):
-    """Twisted's HTTP/1.1 client, also handing the response's connection headers to the caller.
-
-    Twisted's parser files ``Connection`` (and ``Content-Length``) under connection headers it
-    keeps to itself; the forwarder needs the ``Connection`` tokens to drop the headers they name.
-    """
-
-    def request(self, request: Any) -> Deferred[Any]:
-        d = super().request(request)
-        parser = getattr(self, "_parser", None)
-        if parser is not None:
-
-            def attach(response: Any) -> Any:
-                response.connection_headers = parser.connHeaders
-                return response
-
-            d.addCallback(attach)
-        return d
-
-
-class _QuietClientFactory(_HTTP11ClientFactory):
-    """The pool's per-connection factory: our protocol, no log line for every connection."""
-
-    noisy = False
-
-    def buildProtocol(self, addr: Any) -> HTTP11ClientProtocol:
-        return _ClientProtocol(self._quiescentCallback)
+from .h1 import ClientLimits, ResponseHead, UpstreamPool, UpstreamResponse
 
 
 @implementer(IPolicyForHTTPS)
@@ -68,7 +36,7 @@ class _CustomCAPolicy:
 
 
 class UpstreamClients:
-    """Agents sharing one keep-alive pool; built once at start-up, one per distinct ``ca_file``."""
+    """The proxy's pool and connectors, and the background Agents; built once at start-up."""
 
     def __init__(
         self,
@@ -78,12 +46,11 @@ class UpstreamClients:
     ) -> None:
         self.reactor = reactor
         self.connect_timeout_s = connect_timeout_s
-        self.pool = HTTPConnectionPool(reactor, persistent=True)
-        self.pool.maxPersistentPerHost = max_persistent_per_host
-        self.pool.cachedConnectionTimeout = 60
-        self.pool._factory = _QuietClientFactory
-        # Retries are the forwarder's decision (idempotent methods only), never Twisted's.
-        self.pool.retryAutomatically = False
+        self.pool = UpstreamPool(reactor, ClientLimits(max_idle_per_key=max_persistent_per_host))
+        #: Health checks and JWKS fetches: twisted.web's client, with its own small pool.
+        self.background_pool = HTTPConnectionPool(reactor, persistent=True)
+        self.background_pool.maxPersistentPerHost = 2
+        self.background_pool.retryAutomatically = False
         self._agents: dict[str | None, IAgent] = {}
         self._policies: dict[str | None, IPolicyForHTTPS] = {}
 
@@ -108,7 +75,7 @@ class UpstreamClients:
                 self.reactor,
                 contextFactory=policy,
                 connectTimeout=self.connect_timeout_s,
-                pool=self.pool,
+                pool=self.background_pool,
             )
             self._agents[ca_file] = agent
         return agent
@@ -119,16 +86,20 @@ class UpstreamClients:
 
     def close(self) -> Any:
         """Close every pooled connection (a Deferred that fires when they are closed)."""
-        return self.pool.closeCachedConnections()
+        from twisted.internet.defer import DeferredList
+
+        return DeferredList(
+            [self.pool.close(), self.background_pool.closeCachedConnections()],
+            consumeErrors=True,
+        )
 
 
 class Connector:
     """Sends requests to one upstream target over the shared keep-alive pool.
 
-    What ``Agent.request`` works out on every call (parsing the URI, IDNA-encoding the host,
-    building an endpoint, a TLS connection creator) is done here once per target; per request
-    only the pooled connection is fetched and the request written. Cancelling the returned
-    Deferred cancels the connect or aborts the connection, exactly as with an Agent.
+    The endpoint (with its TLS connection creator, verified by service-identity) is built once
+    per target; per request only a pooled connection is taken and the pre-built head written.
+    Cancelling the returned Deferred cancels the connect or aborts the connection.
     """
 
     def __init__(self, clients: UpstreamClients, target: Any, ca_file: str | None) -> None:
@@ -152,15 +123,18 @@ class Connector:
         self.endpoint = endpoint
 
     def request(
-        self, method: bytes, path: bytes, headers: Headers, body: IBodyProducer | None
-    ) -> Deferred[IResponse]:
-        """Send ``method path`` (the request-target) with ``headers`` (Host included)."""
-        d = self.pool.getConnection(self.key, self.endpoint)
-
-        def connected(proto: HTTP11ClientProtocol) -> Deferred[IResponse]:
-            return proto.request(Request(method, path, headers, body, persistent=True))
-
-        return d.addCallback(connected)
+        self,
+        head: bytes,
+        method: bytes,
+        stream: Any = None,
+        chunked: bool = False,
+        resend: bool = False,
+        on_interim: Optional[Callable[[ResponseHead], None]] = None,
+    ) -> Deferred[UpstreamResponse]:
+        """Send a request head (and ``stream``, a request body) to this target."""
+        return self.pool.request(
+            self.key, self.endpoint, head, method, stream, chunked, resend, on_interim
+        )
 
 
 def _is_ip(host: str, family: int) -> bool:

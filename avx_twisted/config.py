@@ -72,6 +72,8 @@ class ServerConfig:
     client_header_timeout_ms: int = 10000
     client_body_timeout_ms: int = 60000
     keepalive_timeout_ms: int = 60000
+    #: "" passes the upstream's ``Server`` and sends none on the gateway's own answers.
+    server_header: str = ""
 
     @property
     def endpoints(self) -> tuple[str, ...]:
@@ -144,6 +146,9 @@ class RouteConfig:
     scopes: tuple[str, ...] = ()
     cors: bool = True
     rate_limit: RateLimitConfig | None = None
+    #: Tunnel ``Upgrade: websocket`` requests on this route.
+    websocket: bool = True
+    websocket_idle_timeout_ms: int = 300000
 
 
 @dataclass(frozen=True)

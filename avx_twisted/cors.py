@@ -12,9 +12,10 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable
 
-from twisted.web.http_headers import Headers
-
 from avx_twisted.config import CorsConfig
+
+from .errors import Answer
+from .h1 import Fields
 
 Header = tuple[bytes, bytes]
 
@@ -148,9 +149,9 @@ class CorsPolicy:
         }
         self._actual_wildcard: list[Header] = [(_ALLOW_ORIGIN, b"*")] + actual_tail
 
-    def _allowed_origin(self, headers: Headers) -> bytes | None:
+    def _allowed_origin(self, headers: Fields) -> bytes | None:
         """The ``Access-Control-Allow-Origin`` value for this request, or None if refused."""
-        values = headers.getRawHeaders(b"origin")
+        values = headers.get_all(b"origin")
         if not values or len(values) != 1:
             return None
         origin = values[0].strip().lower()
@@ -160,18 +161,22 @@ class CorsPolicy:
             return b"*"
         return None
 
-    def is_preflight(self, method: bytes, headers: Headers) -> bool:
+    def origin_allowed(self, headers: Fields) -> bool:
+        """Whether the request's single ``Origin`` is one this policy allows."""
+        return self._allowed_origin(headers) is not None
+
+    def is_preflight(self, method: bytes, headers: Fields) -> bool:
         """Whether this is a CORS preflight (``OPTIONS`` with ``Origin`` and a requested method).
 
         Other ``OPTIONS`` requests are ordinary requests for the upstream.
         """
         return (
             method == b"OPTIONS"
-            and headers.hasHeader(b"origin")
-            and headers.hasHeader(b"access-control-request-method")
+            and headers.has(b"origin")
+            and headers.has(b"access-control-request-method")
         )
 
-    def preflight(self, headers: Headers) -> tuple[int, list[Header]]:
+    def preflight(self, headers: Fields) -> tuple[int, list[Header]]:
         """Answer a preflight: ``(204, headers)``; the upstream never sees it.
 
         Allowed when the origin is allowed, the requested method is configured (compared exactly,
@@ -198,9 +203,9 @@ class CorsPolicy:
                     return PREFLIGHT_STATUS, answer + self._preflight_tail
         return PREFLIGHT_STATUS, list(self._vary_preflight)
 
-    def _allowed_method(self, headers: Headers) -> bytes | None:
+    def _allowed_method(self, headers: Fields) -> bytes | None:
         """The ``Access-Control-Allow-Methods`` value for this preflight, or None if refused."""
-        values = headers.getRawHeaders(b"access-control-request-method")
+        values = headers.get_all(b"access-control-request-method")
         if not values or len(values) != 1:
             return None
         method = values[0].strip()
@@ -210,9 +215,9 @@ class CorsPolicy:
             return method
         return None
 
-    def _allowed_headers(self, headers: Headers) -> bytes | None:
+    def _allowed_headers(self, headers: Fields) -> bytes | None:
         """The ``Access-Control-Allow-Headers`` value for this preflight, or None if refused."""
-        raw = headers.getRawHeaders(b"access-control-request-headers")
+        raw = headers.get_all(b"access-control-request-headers")
         requested = [name.lower() for name in _split_list(raw)]
         if self._any_header:
             if not all(_TOKEN.match(name) for name in requested):
@@ -223,7 +228,7 @@ class CorsPolicy:
             return self._allow_headers
         return None
 
-    def response_headers(self, headers: Headers) -> list[Header]:
+    def response_headers(self, headers: Fields) -> list[Header]:
         """The CORS headers to add to the response to an actual (non-preflight) request.
 
         For an allowed origin: ``Access-Control-Allow-Origin``, ``Access-Control-Allow-Credentials``
@@ -267,18 +272,20 @@ class CorsFilter:
     def __init__(self, policy: CorsPolicy) -> None:
         self.policy = policy
 
-    def __call__(self, request: Any, ctx: Any) -> bytes | None:
-        headers = request.requestHeaders
-        out = request.responseHeaders
+    def __call__(self, request: Any, ctx: Any) -> Answer | None:
+        headers = request.fields
         if self.policy.is_preflight(request.method, headers):
             status, answer = self.policy.preflight(headers)
-            request.setResponseCode(status)
-            for name, value in answer:
-                out.setRawHeaders(name, [value])
-            return b""
-        for name, value in self.policy.response_headers(headers):
-            out.setRawHeaders(name, [value])
+            return Answer(status, answer, b"")
+        request.response_fields.extend(self.policy.response_headers(headers))
         return None
+
+    def origin_allowed(self, request: Any) -> bool:
+        """Whether a request's ``Origin`` is allowed (a request without one is: not a browser's
+        cross-site request). Cross-site WebSocket hijacking is refused with this."""
+        if not request.fields.has(b"origin"):
+            return True
+        return self.policy.origin_allowed(request.fields)
 
 
 #: Response headers the gateway owns on a route it answers CORS for (the upstream's are dropped).

@@ -1,53 +1,60 @@
-"""The one shape of every error the gateway answers itself: ``{"error": ..., "status": ...}``."""
+"""The one shape of every error the gateway answers itself:
+``{"error": ..., "status": ..., "request_id": ...}``, made here and nowhere else."""
 
 from __future__ import annotations
 
 import json
-from typing import Iterable
+from typing import Iterable, List, NamedTuple, Optional, Tuple
 
-from twisted.web.http import RESPONSES
-from twisted.web.server import Request
+from .h1 import reason_phrase
 
-_JSON = [b"application/json"]
-_NO_STORE = [b"no-store"]
+Pair = Tuple[bytes, bytes]
+
+_JSON = (b"Content-Type", b"application/json")
+_NO_STORE = (b"Cache-Control", b"no-store")
 
 
-def error_body(status: int, message: str | None = None) -> bytes:
+class Answer(NamedTuple):
+    """A whole answer the gateway makes itself (an error, a preflight, a probe)."""
+
+    status: int
+    fields: List[Pair]
+    body: bytes
+
+
+#: What a client is told for a refusal of the HTTP core (the log says exactly why).
+REFUSALS = {
+    400: "bad request",
+    408: "request timeout",
+    413: "request body too large",
+    414: "request-target too long",
+    431: "request header fields too large",
+    499: "client closed request",
+}
+
+
+def error_body(status: int, message: Optional[str] = None, request_id: bytes = b"") -> bytes:
     """The JSON body for ``status``; ``message`` defaults to the status' reason phrase."""
     if message is None:
-        message = RESPONSES.get(status, b"error").decode("ascii").lower()
-    return json.dumps({"error": message, "status": status}).encode() + b"\n"
+        message = reason_phrase(status).decode("ascii").lower()
+    payload: dict[str, object] = {"error": message, "status": status}
+    if request_id:
+        payload["request_id"] = request_id.decode("latin-1")
+    return json.dumps(payload).encode() + b"\n"
 
 
-def write_error(
-    request: Request,
+def error_answer(
     status: int,
-    message: str | None = None,
-    headers: Iterable[tuple[bytes, bytes]] = (),
-) -> bytes:
-    """Set status and headers of a gateway-made error on ``request``; return the body to send.
-
-    The body is returned rather than written so that ``render`` can hand it back to Twisted
-    (which sets Content-Length and honours HEAD).
-    """
-    body = error_body(status, message)
-    request.setResponseCode(status)
-    set_raw = request.responseHeaders.setRawHeaders
-    set_raw(b"Content-Type", _JSON)
-    set_raw(b"Cache-Control", _NO_STORE)
-    set_raw(b"Content-Length", [b"%d" % len(body)])
-    for name, value in headers:
-        set_raw(name, [value])
-    return body
+    message: Optional[str] = None,
+    fields: Iterable[Pair] = (),
+    request_id: bytes = b"",
+) -> Answer:
+    """A gateway-made error: JSON body, not cacheable, plus ``fields``."""
+    out = [_JSON, _NO_STORE]
+    out.extend(fields)
+    return Answer(status, out, error_body(status, message, request_id))
 
 
-def send_error(
-    request: Request,
-    status: int,
-    message: str | None = None,
-    headers: Iterable[tuple[bytes, bytes]] = (),
-) -> None:
-    """Write and finish a gateway-made error on a request that is already asynchronous."""
-    body = write_error(request, status, message, headers)
-    request.write(body)
-    request.finish()
+def json_answer(status: int, payload: object) -> Answer:
+    """A JSON document the gateway answers itself (probes, reports)."""
+    return Answer(status, [_JSON, _NO_STORE], json.dumps(payload).encode() + b"\n")

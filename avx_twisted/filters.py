@@ -1,51 +1,54 @@
 """The one small interface every per-route filter shares, and the loop that runs them.
 
-A filter looks at a request (and the :class:`~avx_twisted.context.RequestContext`) before it is
-forwarded and returns ``None`` to let it go on, or the body of the answer it made itself (status
-and headers already set on the request), or a Deferred of either (a filter that must ask
-something, e.g. a shared rate-limit store). Filters know nothing of each other; the chain of a
-route is built once, in :mod:`avx_twisted.runtime`.
+A filter looks at a request (a :class:`~avx_twisted.h1.ServerRequest`) and its
+:class:`~avx_twisted.context.RequestContext` before it is forwarded and returns ``None`` to let
+it go on, an :class:`~avx_twisted.errors.Answer` it made itself, or a Deferred of either (a
+filter that must ask something, e.g. a shared rate-limit store). Headers a filter wants on
+every answer of the request (CORS, rate-limit fields) go into ``request.response_fields``.
+Filters know nothing of each other; the chain of a route is built once, in
+:mod:`avx_twisted.runtime`.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.server import NOT_DONE_YET, Request
-from zope.interface import Interface
+from zope.interface import Interface, implementer
 
 from .context import RequestContext
-from .errors import send_error, write_error
+from .errors import Answer, error_answer
 
 log = Logger()
 
-FilterResult = Union[bytes, None, "Deferred[bytes | None]"]
+FilterResult = Union[Answer, None, "Deferred[Optional[Answer]]"]
 
 
 class IFilter(Interface):
     """A per-route check run before forwarding (CORS, auth, rate limit, body limit)."""
 
-    def __call__(request: Request, ctx: RequestContext) -> FilterResult:
-        """``None`` to go on; the answer's body (status/headers set) or a Deferred of either."""
+    def __call__(request: Any, ctx: RequestContext) -> FilterResult:
+        """``None`` to go on; an Answer, or a Deferred of either."""
 
 
-Filter = Callable[[Request, RequestContext], FilterResult]
+Filter = Callable[[Any, RequestContext], FilterResult]
+
+
+def answer(request: Any, ctx: RequestContext, result: Answer) -> None:
+    """Send a filter's (or the gateway's) own answer on ``request``."""
+    request.respond(result.status, result.fields, result.body)
 
 
 def run_filters(
     filters: Sequence[Filter],
-    request: Request,
+    request: Any,
     ctx: RequestContext,
     proceed: Callable[[], None],
     start: int = 0,
-) -> bytes | int:
-    """Run ``filters[start:]``; call ``proceed()`` when all let the request go on.
-
-    Returns what ``render`` should return: a rejection's body, or ``NOT_DONE_YET``.
-    """
+) -> None:
+    """Run ``filters[start:]``; answer a refusal, or call ``proceed()`` when all let it go on."""
     for index in range(start, len(filters)):
         result = filters[index](request, ctx)
         if result is None:
@@ -56,69 +59,58 @@ def run_filters(
                 _filter_failed,
                 (filters, request, ctx, proceed, index + 1),
                 None,
-                (request,),
+                (request, ctx),
                 None,
             )
-            return NOT_DONE_YET
-        return result
+            return
+        answer(request, ctx, result)
+        return
     proceed()
-    return NOT_DONE_YET
 
 
 def _resumed(
-    result: bytes | None,
+    result: Optional[Answer],
     filters: Sequence[Filter],
-    request: Request,
+    request: Any,
     ctx: RequestContext,
     proceed: Callable[[], None],
     start: int,
 ) -> None:
-    if request.finished or getattr(request, "_disconnected", False):
+    if request.finished:
         return
     if result is None:
-        body = run_filters(filters, request, ctx, proceed, start)
+        run_filters(filters, request, ctx, proceed, start)
     else:
-        body = result
-    if body is not NOT_DONE_YET:
-        request.write(body)  # type: ignore[arg-type]
-        request.finish()
+        answer(request, ctx, result)
 
 
-def _filter_failed(failure: Failure, request: Request) -> None:
+def _filter_failed(failure: Failure, request: Any, ctx: RequestContext) -> None:
     log.failure("a request filter failed", failure)
-    if not request.finished and not getattr(request, "_disconnected", False):
-        send_error(request, 500, "internal error")
+    if not request.finished:
+        answer(request, ctx, error_answer(500, "internal error", request_id=ctx.request_id))
 
 
+@implementer(IFilter)
 class BodyLimit:
-    """413 for a body over the route's ``max_body_bytes``, declared or (chunked) received.
-
-    The site already refuses bodies over the largest limit of any route while reading them; this
-    applies the route's own, before anything reaches the upstream.
-    """
+    """413 for a body over the route's ``max_body_bytes``: declared, before anything reaches
+    the upstream; chunked, as soon as the streamed body crosses it (the forwarder then aborts
+    the upstream request and answers 413 if nothing was answered yet)."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
 
-    def __call__(self, request: Request, ctx: RequestContext) -> bytes | None:
-        size = body_size(request)
-        if size > self.max_bytes:
-            return write_error(request, 413, "request body too large")
+    def __call__(self, request: Any, ctx: RequestContext) -> Optional[Answer]:
+        body = request.body
+        if body.declared is not None and body.declared > self.max_bytes:
+            return error_answer(413, "request body too large", request_id=ctx.request_id)
+        if body.chunked:
+            if body.received > self.max_bytes:
+                return error_answer(413, "request body too large", request_id=ctx.request_id)
+            body.limit = self.max_bytes
         return None
 
 
-def body_size(request: Request) -> int:
-    """The request body's size: declared by ``Content-Length``, or (chunked) as spooled."""
-    declared = request.requestHeaders.getRawHeaders(b"content-length")
-    if declared:
-        try:
-            return int(declared[-1])
-        except ValueError:
-            return 0
-    content = request.content
-    if content is None or not request.requestHeaders.hasHeader(b"transfer-encoding"):
-        return 0
-    position = content.tell()
-    size: int = content.seek(0, 2)
-    content.seek(position)
-    return size
+def body_size(request: Any) -> int:
+    """The request body's size: declared by ``Content-Length``, or (chunked) as received."""
+    body = request.body
+    return body.declared if body.declared is not None else body.received

@@ -1,45 +1,44 @@
-"""The root resource: every request enters here, is routed, and is handed to the forwarder."""
+"""The request handler: every request enters here, is routed, filtered and handed to the
+forwarder; every answer, refusals of the HTTP core included, is counted and logged from here."""
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.resource import Resource
-from twisted.web.server import Request
+from zope.interface import implementer
 
 from .context import RequestContext
-from .errors import write_error
-from .filters import body_size, run_filters
+from .errors import REFUSALS, Answer, error_answer
+from .filters import answer, body_size, run_filters
+from .h1 import IRequestHandler
 from .logs import request_id
+from .metrics import GatewayMetrics
 from .routing import BadPath, MethodNotAllowed, RouteMatch
 from .runtime import Runtime
 
-if TYPE_CHECKING:
-    from .metrics import GatewayMetrics
+InternalHandler = Callable[[Any], Answer]
 
-InternalHandler = Callable[[Request], bytes]
+_FORBIDDEN_ORIGIN = "origin not allowed"
 
 
 class InFlight:
-    """Counts proxied requests not yet finished, so a drain can wait for them."""
+    """Counts requests not yet finished (tunnels included), so a drain can wait for them."""
 
     def __init__(self) -> None:
         self.count = 0
         self.draining = False
         self._idle: list[Deferred[None]] = []
 
-    def begin(self, request: Request) -> None:
+    def begin(self, request: Any) -> None:
         """One more request in flight (``end`` is called when it finishes, whatever happens)."""
         self.count += 1
         if self.draining:
-            # Finish this one, then close the connection: no new requests on it during a drain.
-            request.channel.persistent = False
-            request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+            request.close_after = True  # answer this one, with Connection: close
 
     def end(self) -> None:
         self.count -= 1
@@ -67,94 +66,122 @@ class InFlight:
         return result
 
 
-class GatewayResource(Resource):
-    """Answers the gateway's own paths, then routes everything else to an upstream.
-
-    ``isLeaf`` is set so Twisted hands over the whole raw path: routing is ours, compiled once.
-    """
-
-    isLeaf = True
+@implementer(IRequestHandler)
+class GatewayHandler:
+    """Answers the gateway's own paths, then routes everything else to an upstream."""
 
     def __init__(
         self,
         runtime: Runtime,
-        internal: dict[bytes, InternalHandler] | None = None,
-        metrics: GatewayMetrics | None = None,
-        access_log: Logger | None = None,
+        internal: Optional[dict[bytes, InternalHandler]] = None,
+        metrics: Optional[GatewayMetrics] = None,
+        access_log: Optional[Logger] = None,
     ) -> None:
-        super().__init__()
         self.runtime = runtime
         self.internal = internal or {}
         self.in_flight = InFlight()
         self.metrics = metrics
         self.access_log = access_log
 
-    def render(self, request: Request) -> bytes | int:
-        handler = self.internal.get(request.path)
-        if handler is not None:
-            return handler(request)
+    def handle(self, request: Any) -> None:
+        internal = self.internal.get(request.path)
+        if internal is not None:
+            result = internal(request)
+            request.respond(result.status, result.fields, result.body)
+            return
         runtime = self.runtime
-        ctx = self._context(request)
-        self.in_flight.begin(request)
-        metrics = self.metrics
-        if metrics is not None:
-            metrics.in_flight.inc()
-        # The one finish hook of a request: client loss reaches the exchange from here too.
-        request.notifyFinish().addBoth(self._finished, request, ctx, runtime)
+        ctx = self._begin(request, runtime)
         try:
-            match = runtime.table.match(
-                request.requestHeaders.getRawHeaders(b"host", [None])[-1],
-                request.uri,
-                request.method,
-            )
+            match = runtime.table.match(request.authority, request.target, request.method)
         except BadPath:
-            return write_error(request, 400, "bad request path")
+            self._error(request, ctx, 400, "bad request path")
+            return
         if match is None:
-            return write_error(request, 404, "no route matches this path")
+            self._error(request, ctx, 404, "no route matches this path")
+            return
         if isinstance(match, MethodNotAllowed):
             preflight = self._preflight(request, ctx)
             if preflight is not None:
-                return preflight
+                answer(request, ctx, preflight)
+                return
             allow = ", ".join(match.allowed).encode("ascii")
-            return write_error(request, 405, "method not allowed", [(b"Allow", allow)])
+            self._error(request, ctx, 405, "method not allowed", [(b"Allow", allow)])
+            return
         route = match.value
         ctx.route = route.name
         target = match.upstream_target
         if route.rewrite_target is not None:
             target = route.rewrite_target(target)
+        if (
+            request.head.upgrade == b"websocket"
+            and route.websocket
+            and route.cors is not None
+            and not route.cors.origin_allowed(request)
+        ):
+            # Cross-site WebSocket hijacking: browsers send Origin and never preflight.
+            self._error(request, ctx, 403, _FORBIDDEN_ORIGIN)
+            return
 
         def forward() -> None:
             runtime.forwarder.forward(request, route, target, ctx)
 
-        return run_filters(route.filters, request, ctx, forward)
+        run_filters(route.filters, request, ctx, forward)
 
-    def _context(self, request: Request) -> RequestContext:
-        """Who asked (behind trusted proxies) and the request's ID, which goes both ways."""
-        headers = request.requestHeaders
-        rid = request_id(headers.getRawHeaders(b"x-request-id"))
-        headers.setRawHeaders(b"X-Request-ID", [rid])
-        request.responseHeaders.setRawHeaders(b"X-Request-ID", [rid])
-        peer = getattr(request.getClientAddress(), "host", "") or ""
-        addresses = self.runtime.addresses
-        started = self.runtime.reactor.seconds()
+    def refused(self, request: Any, status: int, message: str) -> None:
+        """The HTTP core refuses a request (framing, limits, timeouts): counted and logged
+        like every other answer."""
+        ctx = self._begin(request, self.runtime)
+        self._error(request, ctx, status, REFUSALS.get(status, message))
+
+    # -- one request's bookkeeping ---------------------------------------------------------------
+
+    def _begin(self, request: Any, runtime: Runtime) -> RequestContext:
+        """Who asked (behind trusted proxies), the request's ID (which goes both ways), and the
+        one finish hook of the request."""
+        fields = request.fields
+        incoming = fields.get_all(b"x-request-id")
+        rid = request_id(incoming)
+        if not incoming or incoming[-1] != rid:
+            fields.set(b"X-Request-ID", rid)
+        request.response_fields.add(b"X-Request-ID", rid)
+        peer = request.peer_host
+        addresses = runtime.addresses
+        started = runtime.reactor.seconds()
         if not addresses.networks:
-            return RequestContext(peer, peer, False, rid, started)
-        forwarded = headers.getRawHeaders(b"x-forwarded-for")
-        return RequestContext(
-            addresses.client_ip(peer, forwarded), peer, addresses.is_trusted(peer), rid, started
-        )
+            ctx = RequestContext(peer, peer, False, rid, started)
+        else:
+            forwarded = fields.get_all(b"x-forwarded-for")
+            ctx = RequestContext(
+                addresses.client_ip(peer, forwarded), peer, addresses.is_trusted(peer), rid, started
+            )
+        request.context = ctx
+        self.in_flight.begin(request)
+        if self.metrics is not None:
+            self.metrics.in_flight.inc()
+        request.on_done = self._finished
+        return ctx
 
-    def _finished(
-        self, result: object, request: Request, ctx: RequestContext, runtime: Runtime
+    def _error(
+        self,
+        request: Any,
+        ctx: RequestContext,
+        status: int,
+        message: str,
+        fields: tuple[tuple[bytes, bytes], ...] | list[tuple[bytes, bytes]] = (),
     ) -> None:
+        answer(request, ctx, error_answer(status, message, fields, ctx.request_id))
+
+    def _finished(self, request: Any, failure: Optional[Failure]) -> None:
         """Count the request and write its access-log event (once, whatever happened)."""
-        if isinstance(result, Failure) and ctx.exchange is not None:
-            ctx.exchange.client_lost(result)
+        ctx: RequestContext = request.context
+        if failure is not None and ctx.exchange is not None:
+            ctx.exchange.client_lost(failure)
         self.in_flight.end()
+        runtime = self.runtime
         duration = runtime.reactor.seconds() - ctx.started
         # 499 (nginx's convention): the client went away before the answer was complete.
-        status = request.code if not isinstance(result, Failure) else 499
-        sent = request.sentLength
+        status = request.status if failure is None else 499
+        sent = request.sent_bytes
         received = body_size(request)
         metrics = self.metrics
         if metrics is not None:
@@ -169,7 +196,7 @@ class GatewayResource(Resource):
         access_log = self.access_log
         if access_log is not None:
             identity = ctx.identity
-            headers = request.requestHeaders
+            fields = request.fields
             access_log.info(
                 "access",
                 time=time.time(),
@@ -177,7 +204,7 @@ class GatewayResource(Resource):
                 client_ip=ctx.client_ip,
                 method=request.method.decode("latin-1"),
                 path=request.path.decode("latin-1"),
-                protocol=request.clientproto.decode("latin-1"),
+                protocol="HTTP/" + request.version.decode("latin-1"),
                 route=ctx.route,
                 upstream=ctx.upstream,
                 status=status,
@@ -188,25 +215,25 @@ class GatewayResource(Resource):
                 if ctx.upstream_duration is None
                 else round(ctx.upstream_duration * 1000.0, 3),
                 user=identity.name if identity is not None else None,
-                referer=_last(headers.getRawHeaders(b"referer")),
-                user_agent=_last(headers.getRawHeaders(b"user-agent")),
+                referer=_text(fields.get(b"referer")),
+                user_agent=_text(fields.get(b"user-agent")),
             )
 
-    def _preflight(self, request: Request, ctx: RequestContext) -> bytes | None:
+    def _preflight(self, request: Any, ctx: RequestContext) -> Optional[Answer]:
         """A CORS preflight for a route whose ``methods`` leave out OPTIONS: the route is the one
         the browser asks about (Access-Control-Request-Method), and its CORS policy answers."""
         if request.method != b"OPTIONS":
             return None
-        wanted = request.requestHeaders.getRawHeaders(b"access-control-request-method")
+        wanted = request.fields.get(b"access-control-request-method")
         if not wanted:
             return None
-        host = request.requestHeaders.getRawHeaders(b"host", [None])[-1]
-        match = self.runtime.table.match(host, request.uri, wanted[-1])
+        match = self.runtime.table.match(request.authority, request.target, wanted)
         if not isinstance(match, RouteMatch) or match.value.cors is None:
             return None
         ctx.route = match.value.name
-        return match.value.cors(request, ctx)
+        result = match.value.cors(request, ctx)
+        return result
 
 
-def _last(values: list[bytes] | None) -> str | None:
-    return values[-1].decode("latin-1") if values else None
+def _text(value: Optional[bytes]) -> Optional[str]:
+    return value.decode("latin-1") if value is not None else None

@@ -20,7 +20,8 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from twisted.web.server import Request
+
+from .errors import Answer
 
 UNMATCHED = "unmatched"
 #: From 0.5 ms to 30 s.
@@ -58,6 +59,7 @@ class RouteMetrics:
         self._requests: dict[tuple[bytes, int], Any] = {}
         self._upstreams: dict[str, Any] = {}
         self._upstream_status: dict[tuple[str, int], Any] = {}
+        self._websocket: Any = None
 
     def request(self, method: bytes, status: int) -> Any:
         """The ``avx_requests_total`` child for this method and status (bound on first use)."""
@@ -84,6 +86,22 @@ class RouteMetrics:
             child = self._metrics.upstream_duration.labels(self.route, upstream)
             self._upstreams[upstream] = child
         return child
+
+    def websocket(self) -> Any:
+        """The route's WebSocket children: (open gauge, bytes up, bytes down), bound once."""
+        children = self._websocket
+        if children is None:
+            m = self._metrics
+            children = self._websocket = (
+                m.websocket_open.labels(self.route),
+                m.websocket_bytes.labels(self.route, "up"),
+                m.websocket_bytes.labels(self.route, "down"),
+            )
+        return children
+
+    def websocket_handshake(self, status: int) -> Any:
+        """The ``avx_websocket_tunnels_total`` child for an upstream status."""
+        return self._metrics.websocket_tunnels.labels(self.route, str(status))
 
     def auth_failure(self, reason: str) -> None:
         """Count one refused credential (reasons are a small fixed set)."""
@@ -161,8 +179,31 @@ class GatewayMetrics:
             ["route", "reason"],
             registry=r,
         )
+        self.websocket_open = Gauge(
+            "avx_websocket_tunnels_open",
+            "WebSocket tunnels open now, by route.",
+            ["route"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.websocket_tunnels = Counter(
+            "avx_websocket_tunnels_total",
+            "WebSocket handshakes forwarded, by route and the upstream's status.",
+            ["route", "status"],
+            registry=r,
+        )
+        self.websocket_bytes = Counter(
+            "avx_websocket_bytes_total",
+            "Bytes through WebSocket tunnels, by route and direction (up: client to upstream).",
+            ["route", "direction"],
+            registry=r,
+        )
         if process and self.multiprocess_dir is None:
             ProcessCollector(registry=r)
+        self._exposition_fields = [
+            (b"Content-Type", CONTENT_TYPE_LATEST.encode()),
+            (b"Cache-Control", b"no-store"),
+        ]
         self._targets: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
         self.routes: dict[str, RouteMetrics] = {}
         self.unmatched = self.route(UNMATCHED)
@@ -189,13 +230,13 @@ class GatewayMetrics:
             breaker = target.breaker
             circuit.set(_CIRCUIT_GAUGE[breaker.state.value] if breaker is not None else 0)
 
-    def render(self, request: Request) -> bytes:
+    def render(self, request: Any) -> Answer:
         """The text exposition format, for ``GET /metrics``."""
-        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
-        request.setHeader(b"Cache-Control", b"no-store")
         self._refresh_targets()
         if self.multiprocess_dir is not None:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)
-            return generate_latest(registry)
-        return generate_latest(self.registry)
+            body = generate_latest(registry)
+        else:
+            body = generate_latest(self.registry)
+        return Answer(200, self._exposition_fields, body)

@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from typing import TYPE_CHECKING
-
-from twisted.web.server import Request
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
+from .errors import Answer, json_answer
 
 if TYPE_CHECKING:
     from .runtime import Runtime
-
-_JSON = [b"application/json"]
-_NO_STORE = [b"no-store"]
-
-
-def _json(request: Request, status: int, payload: object) -> bytes:
-    body = json.dumps(payload).encode() + b"\n"
-    request.setResponseCode(status)
-    request.responseHeaders.setRawHeaders(b"Content-Type", _JSON)
-    request.responseHeaders.setRawHeaders(b"Cache-Control", _NO_STORE)
-    return body
 
 
 class Probes:
@@ -38,17 +25,17 @@ class Probes:
     def runtime(self) -> Runtime:
         return self._source.runtime  # type: ignore[attr-defined,no-any-return]
 
-    def liveness(self, request: Request) -> bytes:
+    def liveness(self, request: Any) -> Answer:
         """200 whenever the reactor turns (this handler running is the proof)."""
-        return _json(request, 200, {"status": "alive"})
+        return json_answer(200, {"status": "alive"})
 
-    def readiness(self, request: Request) -> bytes:
+    def readiness(self, request: Any) -> Answer:
         """200 once listening with a loaded config; 503 before that and while draining."""
         if self.ready:
-            return _json(request, 200, {"status": "ready"})
-        return _json(request, 503, {"status": "not ready"})
+            return json_answer(200, {"status": "ready"})
+        return json_answer(503, {"status": "not ready"})
 
-    def health(self, request: Request) -> bytes:
+    def health(self, request: Any) -> Answer:
         """Overall status and each route's targets; 503 when a route has no usable target."""
         routes = []
         serving = True
@@ -65,8 +52,7 @@ class Probes:
                 }
             )
         status = "ok" if serving else "degraded"
-        return _json(
-            request,
+        return json_answer(
             200 if serving else 503,
             {
                 "status": status,

@@ -1,255 +1,119 @@
+# -*- test-case-name: tests.unit.test_proxy -*-
 """The forwarder: sends one client request to an upstream target and streams the answer back.
 
-Request headers are rebuilt (hop-by-hop headers dropped, ``X-Forwarded-*`` set), the body is
-streamed from Twisted's spool, and the response body is relayed with backpressure: the upstream
-connection is paused whenever the client cannot keep up. A response that breaks mid-body aborts the
-client connection, so a truncated answer never looks complete.
+The request head is built once per attempt (hop-by-hop fields dropped, ``X-Forwarded-*`` set,
+see :mod:`avx_twisted.proxy_headers`) and written in one block, with the body when it is
+already whole; a longer body streams from the client as it arrives. The response body is
+relayed with backpressure both ways; a fixed-length body goes through as it is. A response that
+breaks mid-body aborts the client connection, so a truncated answer never looks complete. A
+WebSocket handshake answered 101 turns both connections into one tunnel.
 """
 
 from __future__ import annotations
 
-from io import BytesIO
+import enum
+import errno
 from math import ceil
-from typing import IO, TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, List, Optional, Tuple
 
 from twisted.internet import error as ierror
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import FileBodyProducer, ResponseDone, ResponseNeverReceived
-from twisted.web.http import PotentialDataLoss
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
-from twisted.web.server import Request
-from zope.interface import implementer
 
-from .cors import vary_value
-from .errors import send_error
+from .errors import REFUSALS, error_answer
+from .h1 import (
+    BodyFailed,
+    ProtocolViolation,
+    Tunnel,
+    UpstreamClosed,
+    head_bytes,
+    request_line,
+)
+from .proxy_headers import client_response_fields, upstream_request_fields
 
 if TYPE_CHECKING:
     from .context import RequestContext
-    from .runtime import RuntimeRoute
     from .upstream import Target
 
 log = Logger()
 
-#: Headers that describe one connection, never forwarded in either direction (RFC 9110 7.6.1).
-HOP_BY_HOP = frozenset(
-    [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    ]
-)
-#: Request headers the forwarder sets itself.
-_REQUEST_OWN = HOP_BY_HOP | {
-    b"host",
-    b"content-length",
-    b"x-forwarded-for",
-    b"x-forwarded-proto",
-    b"x-forwarded-host",
-}
-#: Response headers Twisted frames itself (length and chunking are re-derived per hop).
-_RESPONSE_SKIP = HOP_BY_HOP
-_NO_BODY_CODES = frozenset([204, 304])
-_HTTPS = [b"https"]
-_HTTP = [b"http"]
-_SMALL_BODY = 64 * 1024
-#: Methods that may be sent again to another target (RFC 9110 9.2.2).
+Pair = Tuple[bytes, bytes]
+
+#: Methods that may be sent again (RFC 9110 9.2.2).
 IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"])
 _RETRYABLE_STATUS = frozenset([502, 503, 504])
-_RETRYABLE_ERRORS = (
-    ierror.ConnectError,
-    ierror.DNSLookupError,
-    ierror.TimeoutError,
-    ierror.ConnectingCancelledError,
-    ResponseNeverReceived,
-)
-_CONNECT_ERRORS = (
-    ierror.ConnectError,
-    ierror.DNSLookupError,
-    ierror.TimeoutError,
-    ResponseNeverReceived,
-)
+_CONNECT_ERRORS = (ierror.ConnectError, ierror.DNSLookupError, ierror.TimeoutError, UpstreamClosed)
+_RETRYABLE_ERRORS = _CONNECT_ERRORS + (ierror.ConnectingCancelledError,)
+#: Local exhaustion (out of file descriptors): never the upstream's fault.
+_LOCAL_ERRNOS = frozenset([errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM])
+_KEEP_UPGRADE = frozenset([b"upgrade", b"connection"])
+_CHUNKED = (b"Transfer-Encoding", b"chunked")
 
 
-def _connection_tokens(headers: Headers) -> frozenset[bytes]:
-    """Header names listed in ``Connection`` (they are hop-by-hop too)."""
-    values = headers.getRawHeaders(b"connection")
-    if not values:
-        return frozenset()
-    return frozenset(
-        token.strip().lower() for value in values for token in value.split(b",") if token.strip()
-    )
+class ExchangeState(enum.Enum):
+    """An exchange's state. Legal transitions::
 
-
-def upstream_request_headers(
-    request: Request,
-    target: Target,
-    preserve_host: bool,
-    ctx: RequestContext | None = None,
-    strip: frozenset[bytes] = frozenset(),
-    extra: Sequence[tuple[bytes, bytes]] = (),
-) -> Headers:
-    """The headers sent upstream for ``request``: end-to-end headers plus ``X-Forwarded-*``.
-
-    ``X-Forwarded-*`` from a trusted proxy are kept (``-For`` is appended to); from anyone else
-    they are replaced, so an upstream never believes what a client wrote there. ``strip`` names
-    headers the route removes (credentials, client copies of forwarded claims); ``extra`` adds
-    the route's own (verified claims).
+    WAITING  -> WAITING   a retry on another target
+    WAITING  -> RELAYING  the response head went to the client
+    WAITING  -> TUNNEL    a 101 joined the two connections
+    any      -> DONE      answered, failed, timed out or the client went away
     """
-    incoming = request.requestHeaders
-    dropped = _connection_tokens(incoming)
-    out = Headers()
-    set_raw = out.setRawHeaders
-    for name, values in incoming.getAllRawHeaders():
-        lower = name.lower()
-        if lower in _REQUEST_OWN or lower in dropped or lower in strip:
-            continue
-        set_raw(name, values)
-    for name, value in extra:
-        set_raw(name, [value])
 
-    trusted = ctx is not None and ctx.peer_trusted
-    client_host = incoming.getRawHeaders(b"host")
-    host = client_host[0] if client_host else None
-    set_raw(b"Host", [host if (preserve_host and host) else target.netloc])
-    forwarded_host = incoming.getRawHeaders(b"x-forwarded-host") if trusted else None
-    if forwarded_host:
-        set_raw(b"X-Forwarded-Host", forwarded_host[-1:])
-    elif host is not None:
-        set_raw(b"X-Forwarded-Host", [host])
-    forwarded_proto = incoming.getRawHeaders(b"x-forwarded-proto") if trusted else None
-    if forwarded_proto:
-        set_raw(b"X-Forwarded-Proto", forwarded_proto[-1:])
-    else:
-        set_raw(b"X-Forwarded-Proto", _HTTPS if request.isSecure() else _HTTP)
-
-    peer = ctx.peer if ctx is not None else getattr(request.getClientAddress(), "host", None)
-    previous = incoming.getRawHeaders(b"x-forwarded-for") if trusted else None
-    chain = [b", ".join(previous)] if previous else []
-    if peer:
-        chain.append(peer.encode("ascii"))
-    if chain:
-        set_raw(b"X-Forwarded-For", [b", ".join(chain)])
-    return out
-
-
-@implementer(IBodyProducer)
-class _BytesProducer:
-    """A request body already in memory, written in one go (no cooperator round trip)."""
-
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: Any) -> Deferred[None]:
-        consumer.write(self.body)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
-
-
-def request_body(request: Request) -> IBodyProducer | None:
-    """A producer for the client's body, or None when the client sent no body at all."""
-    headers = request.requestHeaders
-    if not (headers.hasHeader(b"content-length") or headers.hasHeader(b"transfer-encoding")):
-        return None
-    content: IO[bytes] | None = request.content
-    if content is None:
-        return _BytesProducer(b"")
-    if isinstance(content, BytesIO):
-        return _BytesProducer(content.getvalue())
-    content.seek(0, 2)
-    size = content.tell()
-    content.seek(0)
-    if size <= _SMALL_BODY:
-        return _BytesProducer(content.read())
-    return FileBodyProducer(content)
-
-
-class _ResponseRelay(Protocol):
-    """Writes upstream body bytes to the client; the client's flow control pauses the upstream."""
-
-    def __init__(self, exchange: Exchange) -> None:
-        self.exchange = exchange
-
-    def connectionMade(self) -> None:
-        self.exchange.relay_started(self.transport)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.exchange.request.write(data)
-
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.exchange.relay_done(reason)
-
-
-class _Discard(Protocol):
-    """Reads and drops a response body we will not relay (a retried 5xx)."""
-
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        pass
+    WAITING = "waiting"
+    RELAYING = "relaying"
+    TUNNEL = "tunnel"
+    DONE = "done"
 
 
 class Exchange:
     """One client request on its way to an upstream target (or several, with retries) and back.
 
     The route's ``timeout_ms`` bounds the whole exchange, body included: on expiry a pending
-    upstream request is cancelled (its connection aborted, never pooled) and the client gets 504,
-    or, once the response has started, the client connection is aborted.
+    upstream request is cancelled (its connection aborted, never pooled) and the client gets
+    504, or, once the response has started, the client connection is aborted. It does not
+    apply to a tunnel (its idle timeout does).
     """
 
     def __init__(
         self,
         forwarder: Forwarder,
-        request: Request,
-        route: RuntimeRoute,
+        request: Any,
+        route: Any,
         path: bytes,
-        ctx: RequestContext | None = None,
+        ctx: Optional[RequestContext] = None,
     ) -> None:
         self.forwarder = forwarder
         self.request = request
         self.ctx = ctx
         self.route = route
         self.path = path
-        self.tried: list[Target] = []
+        self.state = ExchangeState.WAITING
+        self.tried: List[Target] = []
         self.retries_left = route.retries if request.method in IDEMPOTENT else 0
-        self.target: Target | None = None
-        self.held: Target | None = None
-        self.pending: Deferred[Any] | None = None
-        self.body_transport: Any = None
+        self.target: Optional[Target] = None
+        self.held: Optional[Target] = None
+        self.pending: Any = None
+        self.response: Any = None
         self.deadline: Any = None
         self.attempt_started = 0.0
-        self.client_gone = False
         self.expired = False
-        self.finished = False
+        self.websocket = request.head.upgrade == b"websocket" and getattr(route, "websocket", False)
 
     @property
-    def request_id(self) -> str | None:
+    def request_id(self) -> Optional[str]:
         return self.ctx.request_id.decode("latin-1") if self.ctx is not None else None
+
+    @property
+    def finished(self) -> bool:
+        return self.state is ExchangeState.DONE
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
         if self.ctx is not None:
             self.ctx.exchange = self  # the gateway's finish hook reports client loss
-        else:
-            self.request.notifyFinish().addErrback(self.client_lost)
         self.deadline = self.forwarder.clock.callLater(self.route.timeout_s, self.timed_out)
         self.attempt()
 
@@ -272,23 +136,42 @@ class Exchange:
         if breaker is not None:
             breaker.on_request()
         request = self.request
-        d = target.connector.request(
-            request.method,
-            target.base_path + self.path,
-            upstream_request_headers(
-                request,
-                target,
-                self.forwarder.preserve_host,
-                self.ctx,
-                self.route.strip_headers,
-                self.route.extra_headers(self.ctx),
-            ),
-            request_body(request),
+        route = self.route
+        fields = upstream_request_fields(
+            request,
+            target.netloc,
+            self.forwarder.preserve_host,
+            self.ctx,
+            route.strip_headers,
+            route.extra_headers(self.ctx),
+            self.websocket,
         )
+        body = request.body
+        stream = None
+        whole = b""
+        if body.present:
+            buffered = body.buffered()
+            if buffered is not None:
+                fields.append((b"Content-Length", b"%d" % len(buffered)))
+                whole = buffered
+            elif body.chunked:
+                fields.append(_CHUNKED)
+                stream = body
+            else:
+                fields.append((b"Content-Length", b"%d" % body.declared))
+                stream = body
+        head = head_bytes(request_line(request.method, target.base_path + self.path), fields)
         self.attempt_started = self.forwarder.clock.seconds()
         if self.ctx is not None:
             self.ctx.upstream = target.url
-        self.pending = d
+        self.pending = d = target.connector.request(
+            head + whole if whole else head,
+            request.method,
+            stream,
+            body.chunked,
+            request.method in IDEMPOTENT,
+            self.interim,
+        )
         d.addCallbacks(self.got_response, self.no_response)
 
     def can_retry(self) -> bool:
@@ -296,8 +179,9 @@ class Exchange:
         return (
             self.retries_left > 0
             and not self.expired
-            and not self.client_gone
-            and not self.request.startedWriting
+            and not self.finished
+            and not self.request.started
+            and self.request.body.replayable
             and self.route.upstream.any_available(self.tried)
         )
 
@@ -324,70 +208,98 @@ class Exchange:
             metrics.upstream_request(target.url, status).inc()
             metrics.upstream_duration(target.url).observe(took)
 
-    def got_response(self, response: IResponse) -> None:
+    def interim(self, head: Any) -> None:
+        """A 1xx before the answer: 103 Early Hints go on to the client; 100 is ours to send."""
+        if head.status == 103 and not self.request.started:
+            self.request.interim(103, client_response_fields(head.fields, _NO_FIELDS, _NONE, False))
+
+    def got_response(self, response: Any) -> None:
         self.pending = None
         target = self.target
         assert target is not None
-        self.observe(target, response.code)
+        status = response.status
+        self.observe(target, status)
         if target.breaker is not None:
-            if response.code >= 500:
+            if status >= 500:
                 target.breaker.record_failure()
             else:
                 target.breaker.record_success()
-        if self.client_gone:
-            response.deliverBody(_Discard())
+        if self.finished:
+            response.abort()
             self.end_attempt()
             return
-        if response.code in _RETRYABLE_STATUS and self.can_retry():
-            response.deliverBody(_Discard())
+        if status in _RETRYABLE_STATUS and self.can_retry():
+            response.abort()  # its body is not wanted: the connection is not worth keeping
             self.end_attempt()
             self.retry()
             return
+        if status == 101:
+            self.switch(response)
+            return
         request = self.request
-        request.setResponseCode(response.code, response.phrase)
-        out = request.responseHeaders
-        connection = getattr(response, "connection_headers", None)
-        dropped = _connection_tokens(connection) if connection is not None else frozenset()
-        owned = self.route.owned_response_headers
-        for name, values in response.headers.getAllRawHeaders():
-            lower = name.lower()
-            if lower in _RESPONSE_SKIP or lower in dropped or lower in owned:
-                continue
-            if lower == b"vary":
-                ours = out.getRawHeaders(b"vary")
-                if ours:
-                    values = vary_value(values, b", ".join(ours))
-            out.setRawHeaders(name, values)
-        # Twisted keeps Content-Length to itself (except for HEAD, where it is in the headers).
+        forwarder = self.forwarder
+        fields = client_response_fields(
+            response.fields,
+            request.response_fields,
+            self.route.owned_response_headers,
+            forwarder.replace_server,
+        )
         length = response.length
-        if length is not UNKNOWN_LENGTH and response.code not in _NO_BODY_CODES:
-            if request.method != b"HEAD":
-                out.setRawHeaders(b"Content-Length", [b"%d" % length])
-        response.deliverBody(_ResponseRelay(self))
+        if request.method == b"HEAD":
+            length = response.head.content_length
+        self.state = ExchangeState.RELAYING
+        self.response = response
+        request.start(status, fields, length, response.head.reason or None)
+        if length != 0:
+            request.register_producer(response.producer)
+        response.deliver(self)
 
     def no_response(self, failure: Failure) -> None:
         self.pending = None
         target = self.target
+        breaker = target.breaker if target is not None else None
         if target is not None:
             self.observe(target, 0)
         self.end_attempt()
-        if self.client_gone:
-            if target is not None and target.breaker is not None:
-                target.breaker.release_trial()
+        if self.finished:
+            if breaker is not None:
+                breaker.release_trial()
             return
         if self.expired:
-            if target is not None and target.breaker is not None:
-                target.breaker.record_failure()
+            if breaker is not None:
+                breaker.record_failure()
             self.fail(504, "upstream timed out")
             return
-        if target is not None and target.breaker is not None:
-            target.breaker.record_failure()
+        if failure.check(BodyFailed):
+            # The client's body broke a rule or stopped: its fault, not the upstream's.
+            if breaker is not None:
+                breaker.release_trial()
+            status = failure.value.status
+            self.fail(status, REFUSALS.get(status, failure.value.reason))
+            return
+        if failure.check(ierror.ConnectError) and failure.value.osError in _LOCAL_ERRNOS:
+            if breaker is not None:
+                breaker.release_trial()
+            log.error(
+                "cannot connect to {url} for route {route}: {why} (local resources exhausted)",
+                request_id=self.request_id,
+                url=target.url if target else None,
+                route=self.route.name,
+                why=failure.getErrorMessage(),
+            )
+            self.fail(503, "gateway out of connections", [(b"Retry-After", b"1")])
+            return
+        if breaker is not None:
+            breaker.record_failure()
         if failure.check(ierror.TimeoutError, ierror.ConnectingCancelledError):
             status, message = 504, "upstream connect timed out"
         elif failure.check(*_CONNECT_ERRORS):
             status, message = 502, "upstream unavailable"
+        elif failure.check(ProtocolViolation, CancelledError):
+            status, message = 502, "bad upstream response"
         else:
             status, message = 502, "bad upstream response"
+            log.failure("unexpected upstream failure", failure, request_id=self.request_id)
         log.warn(
             "upstream {url} failed for route {route}: {why}",
             request_id=self.request_id,
@@ -400,23 +312,29 @@ class Exchange:
             return
         self.fail(status, message)
 
-    # -- the response body -------------------------------------------------------------------
+    # -- the response body (the IResponseSink of the upstream connection) --------------------
 
-    def relay_started(self, transport: Any) -> None:
-        self.body_transport = transport
-        if not self.client_gone:
-            self.request.registerProducer(transport, True)
+    def body_data(self, data: bytes) -> None:
+        self.request.write(data)
 
-    def relay_done(self, reason: Failure) -> None:
-        self.body_transport = None
+    def body_done(self) -> None:
+        self.response = None
         self.end_attempt()
-        if self.client_gone:
+        if self.finished:
             return
         request = self.request
-        request.unregisterProducer()
-        if reason.check(ResponseDone, PotentialDataLoss) and not self.expired:
-            self.finish()
-            request.finish()
+        request.unregister_producer()
+        if self.expired:
+            self.done()
+            request.abort()
+            return
+        self.done()
+        request.finish()
+
+    def body_failed(self, reason: Failure) -> None:
+        self.response = None
+        self.end_attempt()
+        if self.finished:
             return
         log.warn(
             "upstream {url} broke off the response body for route {route}: {why}",
@@ -425,8 +343,49 @@ class Exchange:
             route=self.route.name,
             why="timed out" if self.expired else reason.getErrorMessage(),
         )
-        self.finish()
-        self.abort_client()
+        self.done()
+        self.request.abort()
+
+    # -- WebSocket ---------------------------------------------------------------------------
+
+    def switch(self, response: Any) -> None:
+        """A 101: for a WebSocket handshake, join the connections; anything else is bad."""
+        metrics = self.route.metrics
+        if not self.websocket:
+            response.abort()
+            self.end_attempt()
+            self.fail(502, "bad upstream response")
+            return
+        if metrics is not None:
+            metrics.websocket_handshake(101).inc()
+        self.cancel_deadline()
+        self.state = ExchangeState.TUNNEL
+        request = self.request
+        fields = client_response_fields(
+            response.fields, request.response_fields, frozenset(), False, _KEEP_UPGRADE
+        )
+        rest = request.upgrade_rest
+        request.switch_protocols(fields)
+        tunnel = Tunnel(self.forwarder.clock, self.route.websocket_idle_timeout_s, self.closed)
+        if self.ctx is not None:
+            self.ctx.tunnel = tunnel
+        if metrics is not None:
+            metrics.websocket()[0].inc()
+        tunnel.splice(request.channel, response.protocol, b"".join(rest or ()), response.rest)
+
+    def closed(self, tunnel: Tunnel) -> None:
+        """The tunnel ended (either side, idle, or drain)."""
+        self.end_attempt()
+        metrics = self.route.metrics
+        if metrics is not None:
+            gauge, up, down = metrics.websocket()
+            gauge.dec()
+            if tunnel.bytes_up:
+                up.inc(tunnel.bytes_up)
+            if tunnel.bytes_down:
+                down.inc(tunnel.bytes_down)
+        self.state = ExchangeState.DONE
+        self.request.end_tunnel(tunnel.bytes_up, tunnel.bytes_down)
 
     # -- endings -----------------------------------------------------------------------------
 
@@ -435,30 +394,32 @@ class Exchange:
         self.expired = True
         if self.pending is not None:
             self.pending.cancel()
-        elif self.body_transport is not None:
-            self.body_transport.stopProducing()
+        elif self.response is not None:
+            response, self.response = self.response, None
+            response.abort()
 
     def client_lost(self, failure: Failure) -> None:
-        self.client_gone = True
-        self.finish()
+        if self.state is ExchangeState.TUNNEL:
+            return  # the tunnel sees it too, and ends the exchange
+        self.done()
         if self.pending is not None:
             self.pending.cancel()
-        if self.body_transport is not None:
-            self.body_transport.stopProducing()
+        if self.response is not None:
+            response, self.response = self.response, None
+            response.abort()
+        self.end_attempt()
 
-    def abort_client(self) -> None:
-        transport = getattr(self.request.channel, "transport", None)
-        if transport is not None:
-            transport.abortConnection()
-
-    def fail(
-        self, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
-    ) -> None:
-        self.finish()
-        if self.request.startedWriting:
-            self.abort_client()
-        else:
-            send_error(self.request, status, message, headers or ())
+    def fail(self, status: int, message: str, fields: Optional[List[Pair]] = None) -> None:
+        self.done()
+        request = self.request
+        if request.started:
+            request.abort()
+            return
+        if self.websocket and self.route.metrics is not None:
+            self.route.metrics.websocket_handshake(status).inc()
+        request_id = self.ctx.request_id if self.ctx is not None else b""
+        answer = error_answer(status, message, fields or (), request_id)
+        request.respond(answer.status, answer.fields, answer.body)
 
     def end_attempt(self) -> None:
         """The current target is done with this request (success or not)."""
@@ -466,29 +427,43 @@ class Exchange:
         if held is not None:
             held.release()
 
-    def finish(self) -> None:
+    def cancel_deadline(self) -> None:
+        deadline, self.deadline = self.deadline, None
+        if deadline is not None and deadline.active():
+            deadline.cancel()
+
+    def done(self) -> None:
         """The exchange is over: no more timers."""
-        if not self.finished:
-            self.finished = True
-            if self.deadline is not None and self.deadline.active():
-                self.deadline.cancel()
-            self.deadline = None
+        if self.state is not ExchangeState.DONE:
+            self.state = ExchangeState.DONE
+            self.cancel_deadline()
+
+
+class _Empty:
+    def has(self, name: bytes) -> bool:
+        return False
+
+
+_NO_FIELDS: Any = _Empty()
+_NONE: frozenset[bytes] = frozenset()
 
 
 class Forwarder:
-    """Forwards requests of every route; one per runtime, shared by all routes."""
+    """Forwards requests of every route; one per runtime, shared by all routes.
 
-    def __init__(self, clock: IReactorTime, preserve_host: bool = True) -> None:
+    ``replace_server``: the gateway sends its own ``Server`` field (``server.server_header``),
+    so the upstream's is dropped.
+    """
+
+    def __init__(
+        self, clock: IReactorTime, preserve_host: bool = True, replace_server: bool = False
+    ) -> None:
         self.clock = clock
         self.preserve_host = preserve_host
+        self.replace_server = replace_server
 
-    def forward(
-        self,
-        request: Request,
-        route: RuntimeRoute,
-        path: bytes,
-        ctx: RequestContext | None = None,
-    ) -> None:
+    def forward(self, request: Any, route: Any, path: bytes, ctx: Any = None) -> Exchange:
         """Start forwarding ``request`` to ``route`` as ``path`` (raw path and query)."""
-        request.defaultContentType = None
-        Exchange(self, request, route, path, ctx).start()
+        exchange = Exchange(self, request, route, path, ctx)
+        exchange.start()
+        return exchange

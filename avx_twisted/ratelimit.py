@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
 from .config import RateLimitConfig
-from .errors import write_error
+from .errors import Answer, error_answer
 
 
 @dataclass(frozen=True)
@@ -228,7 +228,7 @@ class RateLimitFilter:
         #: A counter incremented for every refusal (metrics), or None.
         self.refused: Any = None
 
-    def __call__(self, request: Any, ctx: Any) -> bytes | None | Deferred[bytes | None]:
+    def __call__(self, request: Any, ctx: Any) -> Answer | None | Deferred[Answer | None]:
         identity = None
         if self.identity_method is not None and ctx.identity is not None:
             if ctx.identity.method == self.identity_method:
@@ -239,22 +239,22 @@ class RateLimitFilter:
         decision = self.store.take(key, self.rate, self.burst)  # type: ignore[arg-type]
         if isinstance(decision, Deferred):
             return decision.addCallbacks(
-                self.apply, self.unavailable, (request, ctx), None, (request,), None
+                self.apply, self.unavailable, (request, ctx), None, (request, ctx), None
             )
         return self.apply(decision, request, ctx)
 
-    def unavailable(self, failure: Any, request: Any) -> bytes:
+    def unavailable(self, failure: Any, request: Any, ctx: Any) -> Answer:
         """The shared store could not answer and its errors deny: 503 (never the upstream)."""
         from .redis_store import BackendUnavailable
 
         failure.trap(BackendUnavailable)
-        return write_error(request, 503, "rate limit backend unavailable", [(b"Retry-After", b"1")])
+        return error_answer(
+            503, "rate limit backend unavailable", [(b"Retry-After", b"1")], ctx.request_id
+        )
 
-    def apply(self, decision: Decision, request: Any, ctx: Any) -> bytes | None:
-        """Put the decision's headers on the answer; the 429 body when refused."""
-        out = request.responseHeaders
-        for name, value in rate_limit_headers(decision):
-            out.setRawHeaders(name, [value])
+    def apply(self, decision: Decision, request: Any, ctx: Any) -> Answer | None:
+        """Put the decision's headers on the answer; the 429 when refused."""
+        request.response_fields.extend(rate_limit_headers(decision))
         if decision.allowed:
             return None
         if self.refused is not None:
@@ -265,4 +265,4 @@ class RateLimitFilter:
             route=self.route,
             request_id=getattr(ctx, "request_id", b"").decode("latin-1"),
         )
-        return write_error(request, 429, "rate limit exceeded")
+        return error_answer(429, "rate limit exceeded", request_id=ctx.request_id)

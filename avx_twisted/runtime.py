@@ -39,6 +39,8 @@ class RuntimeRoute:
         self.timeout_s = config.timeout_ms / 1000.0
         self.max_body_bytes = config.max_body_bytes
         self.retries = config.retries
+        self.websocket = config.websocket
+        self.websocket_idle_timeout_s = config.websocket_idle_timeout_ms / 1000.0
         #: The route's filter chain (see filters.py), in order; set by the Runtime.
         self.filters: list[Filter] = []
         #: Request headers never forwarded on this route (credentials, client copies of claims).
@@ -110,7 +112,11 @@ class Runtime:
                 for r in self.routes
             ]
         )
-        self.forwarder = Forwarder(reactor, preserve_host=config.server.preserve_host)
+        self.forwarder = Forwarder(
+            reactor,
+            preserve_host=config.server.preserve_host,
+            replace_server=bool(config.server.server_header),
+        )
 
     def _rate_store(self, config: GatewayConfig) -> IRateLimitStore:
         limits = config.rate_limiting

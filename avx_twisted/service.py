@@ -18,12 +18,12 @@ from twisted.python.failure import Failure
 
 from . import __version__
 from .config import ConfigError, GatewayConfig
-from .gateway import GatewayResource
+from .gateway import GatewayHandler
+from .h1 import ServerFactory, ServerLimits
 from .logs import AccessLogWriter, access_logger, apply_level
 from .metrics import GatewayMetrics
 from .probes import Probes
 from .runtime import Runtime
-from .site import GatewaySite
 
 
 class GatewayService(MultiService):
@@ -66,24 +66,28 @@ class GatewayService(MultiService):
                 config.logging.access_log, config.logging.format, clock=reactor
             )
             access_log = access_logger(self.access_writer)
-        self.resource = GatewayResource(self.runtime, internal, self.metrics, access_log)
-        # The site refuses bodies over the largest route limit while reading them; each route
-        # checks its own limit again before forwarding.
+        self.handler = GatewayHandler(self.runtime, internal, self.metrics, access_log)
+        # The HTTP core refuses bodies over the largest route limit while reading them; each
+        # route applies its own limit again before forwarding.
         max_body_bytes = max(
             (route.max_body_bytes for route in config.routes),
             default=config.server.max_body_bytes,
         )
         server = config.server
-        self.site = GatewaySite(
-            self.resource,
-            reactor=reactor,
-            max_body_bytes=max_body_bytes,
-            header_timeout_s=server.client_header_timeout_ms / 1000.0,
-            body_timeout_s=server.client_body_timeout_ms / 1000.0,
-            idle_timeout_s=server.keepalive_timeout_ms / 1000.0,
+        self.site = ServerFactory(
+            self.handler,
+            reactor,
+            ServerLimits(
+                max_body_bytes=max_body_bytes,
+                header_timeout_s=server.client_header_timeout_ms / 1000.0,
+                body_timeout_s=server.client_body_timeout_ms / 1000.0,
+                idle_timeout_s=server.keepalive_timeout_ms / 1000.0,
+            ),
+            server_header=server.server_header.encode("ascii") or None,
         )
         if self.metrics is not None:
-            self.site.open_connections = self.metrics.open_connections
+            gauge = self.metrics.open_connections
+            self.site.on_connection = lambda delta: gauge.inc(delta)
         self.ports: list[IListeningPort] = []
         self.admin_ports: list[IListeningPort] = []
 
@@ -136,8 +140,9 @@ class GatewayService(MultiService):
             signal.signal(signal.SIGHUP, self._previous_hup)
             self._previous_hup = None
         self._exit_cleanly()
-        in_flight = self.resource.in_flight
+        in_flight = self.handler.in_flight
         in_flight.draining = True
+        self.site.drain()
         self.log.info(
             "draining: {count} requests in flight, waiting up to {timeout} ms",
             count=in_flight.count,
@@ -154,6 +159,7 @@ class GatewayService(MultiService):
                     "drain timeout: {count} requests still in flight are cut off",
                     count=in_flight.count,
                 )
+                self.site.abort_all()  # tunnels and answers still going are cut off
             if self.access_writer is not None:
                 self.access_writer.stop()
             waits = [closing, self.runtime.clients.close()]
@@ -246,7 +252,7 @@ class GatewayService(MultiService):
                 keys=", ".join(needs_restart),
             )
         old, self.runtime = self.runtime, runtime
-        self.resource.runtime = runtime
+        self.handler.runtime = runtime
         self.config = config
         old.handed_over(runtime)
         runtime.start()

@@ -74,6 +74,11 @@ def f_mib(kb: Optional[float]) -> str:
     return "–" if kb is None else f"{kb / 1024:.1f}"
 
 
+def reference_for(results: Json, row: Json) -> Optional[Json]:
+    """The Twisted + httptools reference row of ``row``'s runtime (PyPy rows: the PyPy one)."""
+    return row_by_id(results, "httptools-pypy" if row.get("runtime") == "PyPy" else "httptools")
+
+
 def cpu_text(row: Json) -> str:
     """The CPU column of the tiny run: proxy / other on the proxy's core / load core busy
     (wrk + origin)."""
@@ -112,8 +117,10 @@ COLUMNS = [
     "RSS after MiB",
     "Tiny vs nginx",
     "Tiny vs aiohttp",
+    "Tiny vs reference",
     "MB/s vs nginx",
     "MB/s vs aiohttp",
+    "MB/s vs reference",
 ]
 
 
@@ -133,13 +140,16 @@ def table_rows(results: Json) -> List[List[str]]:
             label += f" ({status_text(row)})"
         tiny_rps = metric(row, "tiny", "rps")
         big_mbps = metric(row, "big", "mbps")
-        ratios = ["", "", "", ""]
+        ratios = ["", "", "", "", "", ""]
         if row.get("ratios") and ok:
+            ref = reference_for(results, row)
             ratios = [
                 f_ratio(ratio(tiny_rps, metric(nginx, "tiny", "rps"))),
                 f_ratio(ratio(tiny_rps, metric(aio, "tiny", "rps"))),
+                f_ratio(ratio(tiny_rps, metric(ref, "tiny", "rps"))),
                 f_ratio(ratio(big_mbps, metric(nginx, "big", "mbps"))),
                 f_ratio(ratio(big_mbps, metric(aio, "big", "mbps"))),
+                f_ratio(ratio(big_mbps, metric(ref, "big", "mbps"))),
             ]
         out.append(
             [
@@ -275,6 +285,7 @@ def targets(results: Json) -> List[Tuple[str, str, Optional[bool]]]:
         )
     else:
         out.append(("A 200 MB response adds < 16 MB", huge.get("error", "–"), None))
+    out.append(upload_target(memory.get("upload") or {}))
     idle = memory.get("idle") or {}
     if idle.get("rss_after_kb"):
         n = idle.get("open", 0)
@@ -293,6 +304,49 @@ def targets(results: Json) -> List[Tuple[str, str, Optional[bool]]]:
             ("10,000 idle keep-alive connections within 150 MB", idle.get("error", "–"), None)
         )
     return out
+
+
+def upload_target(upload: Json) -> Tuple[str, str, Optional[bool]]:
+    size = upload.get("size_bytes")
+    what = (
+        f"A {_size(size)} upload adds < 16 MB (CPython, full stack)"
+        if size
+        else ("A 1 GB upload adds < 16 MB (CPython, full stack)")
+    )
+    cells = [(key, upload[key]) for key in ("length", "chunked") if upload.get(key)]
+    if not cells:
+        return what, upload.get("error") or ("skipped" if upload.get("skipped") else "–"), None
+    texts = []
+    met = True
+    for key, cell in cells:
+        complete = upload_complete(upload, cell)
+        texts.append(
+            f"+{f_mib(cell['added_kb'])} MiB with {UPLOAD_MODES[key]}"
+            + ("" if complete else " (TRANSFER INCOMPLETE)")
+        )
+        met = met and complete and cell["added_kb"] / 1024 < 16
+    if upload.get("error"):
+        texts.append(f"error: {upload['error']}")
+        met = False
+    return what, ", ".join(texts), met
+
+
+UPLOAD_MODES = {"length": "Content-Length", "chunked": "a chunked body"}
+
+
+def upload_complete(upload: Json, cell: Json) -> bool:
+    """HTTP 200 and the origin read every byte."""
+    return cell.get("status") == 200 and cell.get("origin_received") == upload.get("size_bytes")
+
+
+def _size(size: Any) -> str:
+    if not isinstance(size, int):
+        return "?"
+    if size >= 10**9 and size % 10**8 == 0:
+        return f"{size / 1e9:g} GB"
+    if size >= 10**6 and size % 10**5 == 0:
+        return f"{size / 1e6:g} MB"
+    return f"{size:,} bytes"
 
 
 def _count(value: Any) -> str:
@@ -326,6 +380,7 @@ TEXT_COLUMNS = [
     "RSS MiB idle/after",
     "vs nginx tiny/MBs",
     "vs aiohttp tiny/MBs",
+    "vs reference tiny/MBs",
 ]
 
 
@@ -333,8 +388,9 @@ def text_rows(results: Json) -> List[List[str]]:
     out = []
     for full in table_rows(results):
         (label, runtime, cores, rps, p50, p99, _, mbps, _, bp99, cpu, idle, after) = full[:13]
-        vs_nginx = f"{full[13]}/{full[15]}" if full[13] else ""
-        vs_aio = f"{full[14]}/{full[16]}" if full[14] else ""
+        vs_nginx = f"{full[13]}/{full[16]}" if full[13] else ""
+        vs_aio = f"{full[14]}/{full[17]}" if full[14] else ""
+        vs_ref = f"{full[15]}/{full[18]}" if full[15] else ""
         out.append(
             [
                 label,
@@ -349,6 +405,7 @@ def text_rows(results: Json) -> List[List[str]]:
                 f"{idle}/{after}",
                 vs_nginx,
                 vs_aio,
+                vs_ref,
             ]
         )
     return out
@@ -428,8 +485,9 @@ def render_markdown(results: Json, profile: Optional[str] = None) -> str:
     add = out.append
     add("# Benchmarks\n")
     add(
-        "How fast avx-gateway proxies, next to nginx, Twisted's own `ReverseProxyResource` and a "
-        "minimal aiohttp proxy, all on one machine over loopback. This page is generated: "
+        "How fast avx-gateway proxies, next to nginx, Twisted's own `ReverseProxyResource`, a "
+        "minimal aiohttp proxy and a bare Twisted + httptools proxy (the ceiling of this "
+        "reactor), all on one machine over loopback. This page is generated: "
         "`make bench` (or `bash bench/run.sh`, `--quick` for 3 s cells) measures and rewrites "
         "it; `.venv/bin/python bench/render.py bench/results/latest.json` re-renders it from the "
         "saved results (`bench/results/`, not committed). Numbers from a shared 2-core VM are "
@@ -449,6 +507,7 @@ def render_markdown(results: Json, profile: Optional[str] = None) -> str:
         ("cpython", "CPython (gateway venv)"),
         ("pypy", "PyPy (`.venv-pypy`)"),
         ("aiohttp", "aiohttp (`bench/.venv`)"),
+        ("httptools", "httptools (reference proxy, upload origin)"),
         ("nginx", "nginx"),
         ("wrk", "wrk"),
         ("curl", "curl"),
@@ -487,8 +546,9 @@ def render_markdown(results: Json, profile: Optional[str] = None) -> str:
         "bottleneck; a load core near 100 % with the proxy well below means the load side was, "
         "and that row's numbers are a lower bound. Rows given both cores show only the proxy "
         "and load-core figures.\n"
-        "- **Ratios** (our single-core rows only) divide by the nginx and aiohttp rows of the "
-        "same run.\n"
+        "- **Ratios** (our single-core rows only) divide by the nginx, aiohttp and "
+        "Twisted + httptools reference rows of the same run; *vs reference* takes the reference "
+        "of the same runtime (CPython rows the CPython one, PyPy rows the PyPy one).\n"
     )
     add("The proxies:\n")
     add(
@@ -506,9 +566,16 @@ def render_markdown(results: Json, profile: Optional[str] = None) -> str:
         "5. **aiohttp proxy** (`bench/aiohttp_proxy.py`): `aiohttp.web` server, one "
         "`ClientSession` (pooled keep-alive connections), body streamed in 64 KiB chunks; plain "
         "asyncio loop, no uvloop.\n"
-        "6. The same gateway rows and ReverseProxyResource under **PyPy** (`.venv-pypy`), when "
-        "that venv exists.\n"
-        "7. **Workers**: the one-route gateway with `server.workers = 1` and `= 2`, given *all* "
+        "6. **Twisted+httptools reference proxy** (`bench/httptools_proxy.py`): the ceiling of "
+        "this reactor, no features at all: a bare Twisted `Protocol` parsing requests with "
+        "httptools' `HttpRequestParser`, one request at a time per connection (reading paused "
+        "while one is in flight), a per-process pool of keep-alive origin connections (at most "
+        "64 idle) parsed with `HttpResponseParser`, `Content-Length` bodies relayed as they "
+        "come and chunked ones re-chunked, backpressure both ways through `registerProducer`, "
+        "`TCP_NODELAY` on.\n"
+        "7. The same gateway rows, ReverseProxyResource and the reference proxy under **PyPy** "
+        "(`.venv-pypy`), when that venv exists.\n"
+        "8. **Workers**: the one-route gateway with `server.workers = 1` and `= 2`, given *all* "
         f"cores (`taskset -c {settings.get('all_cores')}`). On a 2-core machine wrk and the "
         "origin share those cores with the workers, so this pair shows what a second process "
         "buys when nothing is left idle, not how workers scale on a bigger machine.\n"
@@ -534,12 +601,20 @@ def render_markdown(results: Json, profile: Optional[str] = None) -> str:
             add(half["command"])
     memory = results.get("memory") or {}
     huge, idle = memory.get("huge") or {}, memory.get("idle") or {}
+    upload = memory.get("upload") or {}
     if huge.get("gateway_command"):
         add("# memory checks: a full-stack gateway, then")
         add(huge["gateway_command"])
         for key in ("fast", "slow"):
             if (huge.get(key) or {}).get("command"):
                 add(huge[key]["command"])
+    if upload.get("gateway_command"):
+        add("# a fresh one (with a /sink route) and an origin that discards bodies for the upload")
+        add(upload["sink_command"])
+        add(upload["gateway_command"])
+        for key in ("length", "chunked"):
+            if (upload.get(key) or {}).get("command"):
+                add(upload[key]["command"])
     if idle.get("client_command"):
         add("# and a fresh one for the idle connections")
         add(idle["gateway_command"])
@@ -626,6 +701,8 @@ def render_markdown(results: Json, profile: Optional[str] = None) -> str:
             )
     elif huge.get("error"):
         add(f"- **A 200 MB response**: error: {huge['error']}")
+    upload = memory.get("upload") or {}
+    add(upload_text(upload))
     if idle.get("rss_after_kb"):
         add(
             f"- **{idle.get('connections', 0):,} idle keep-alive connections** "
@@ -656,6 +733,47 @@ def render_markdown(results: Json, profile: Optional[str] = None) -> str:
     text = wrap_markdown("\n".join(out))
     profile_text = profile if profile is not None else PROFILE_PLACEHOLDER
     return text.rstrip("\n") + "\n\n" + PROFILE_HEADING + "\n\n" + profile_text.strip("\n") + "\n"
+
+
+def upload_text(upload: Json) -> str:
+    """The Memory section's item on the upload check."""
+    what = (
+        f"**A {_size(upload.get('size_bytes'))} upload**"
+        if upload.get("size_bytes")
+        else ("**The upload check**")
+    )
+    if upload.get("skipped"):
+        return f"- {what}: skipped (`--upload-size 0`)."
+    cells = [(key, upload[key]) for key in ("length", "chunked") if upload.get(key)]
+    if not cells:
+        error = upload.get("error")
+        return f"- {what}: error: {error}" if error else f"- {what}: not measured."
+    lines = [
+        f"- {what} through the full-stack gateway (`POST /sink` from `bench/upload_client.py` on "
+        "the load core, the same random 1 MiB block over and over, as fast as the gateway takes "
+        "it; the route's `max_body_bytes` raised above the size; the origin, "
+        "`bench/sink_origin.py`, reads and discards the body and answers how many bytes it got; "
+        "20 small uploads first; a thread samples the gateway's VmRSS every 10 ms):"
+    ]
+    for key, cell in cells:
+        rate = ""
+        if cell.get("seconds") and cell.get("sent"):
+            rate = f" ({cell['sent'] / cell['seconds'] / 1e6:.0f} MB/s)"
+        got = cell.get("origin_received")
+        extra = "" if upload_complete(upload, cell) else " — TRANSFER INCOMPLETE"
+        for field in ("error", "send_error", "response"):
+            if cell.get(field):
+                extra += f"; {field.replace('_', ' ')}: {cell[field]}"
+        lines.append(
+            f"  - with {UPLOAD_MODES[key]}: HTTP {cell.get('status')}, "
+            f"{_count(cell.get('sent'))} bytes sent, {_count(got)} read by the origin, in "
+            f"{cell.get('seconds') or 0:.1f} s{rate}; RSS {f_mib(cell['rss_before_kb'])} → peak "
+            f"{f_mib(cell['rss_peak_kb'])} MiB (+{f_mib(cell['added_kb'])} MiB), "
+            f"{f_mib(cell['rss_after_kb'])} MiB after{extra}"
+        )
+    if upload.get("error"):
+        lines.append(f"  - error: {upload['error']}")
+    return "\n".join(lines)
 
 
 def wrap_markdown(text: str, width: int = 100) -> str:

@@ -1,17 +1,23 @@
-"""avx-gateway benchmark: the gateway against nginx, Twisted's ReverseProxyResource and aiohttp.
+"""avx-gateway benchmark: the gateway against nginx, Twisted's ReverseProxyResource, aiohttp and
+a bare Twisted + httptools reference proxy.
 
-Run through ``bash bench/run.sh`` (which installs nginx and wrk and the aiohttp venv first); every
-option is passed on. One run:
+Run through ``bash bench/run.sh`` (which installs nginx and wrk, the aiohttp venv and httptools
+first); every option is passed on. One run:
 
 1. starts an nginx origin (1 worker, its own config in a temp dir) serving ``/tiny`` (13 bytes),
    ``/big`` (1 MiB) and ``/huge`` (200 MB), pinned with the load generator to the second core;
 2. for each proxy (pinned to the first core): starts it, records its RSS, warms it up, measures
    ``/tiny`` and ``/big`` with ``wrk --latency`` (64 keep-alive connections), records its RSS
    again and, for the gateway, measures latency at half the rate it just reached;
-3. the memory checks: RSS of a 200 MB response passing through, and of 10,000 idle keep-alive
-   client connections;
+3. the memory checks (bench/memory.py): RSS of a 200 MB response passing through, of a 1 GB
+   upload passing through to an origin that discards it (bench/sink_origin.py), and of 10,000
+   idle keep-alive client connections;
 4. writes ``bench/results/latest.json`` (and a timestamped copy) and renders it with
    ``bench/render.py`` to stdout and ``docs/benchmarks.md``.
+
+The rest of bench/: procs.py (starting and stopping processes, RSS and CPU from /proc), wrk.py
+(wrk runs and their output), configs.py (what is sent and served, the nginx and gateway
+configs), machine.py (the "Machine" section), and the proxies and clients it starts.
 
 Everything listens on and talks to 127.0.0.1 (the idle-connection client also uses 127.0.0.2..
 as source addresses); every load run is bounded by ``wrk -d``; every process started here is
@@ -21,22 +27,14 @@ killed on exit.
 from __future__ import annotations
 
 import argparse
-import atexit
 import datetime
-import hashlib
 import json
 import os
-import platform
-import re
-import resource
-import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -47,167 +45,40 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
-import render  # noqa: E402  (bench/render.py, next to this file)
+# The other modules of bench/, next to this file.
+import memory  # noqa: E402
+import render  # noqa: E402
+from configs import (  # noqa: E402
+    API_KEY,
+    BIG_SIZE,
+    HEADERS,
+    HUGE_SIZE,
+    ORIGIN_HEADER,
+    TINY_BODY,
+    UPLOAD_SIZE,
+    gateway_toml,
+    nginx_proxy_conf,
+    origin_conf,
+)
+from machine import machine_info  # noqa: E402
+from procs import (  # noqa: E402
+    Processes,
+    children_cpu_seconds,
+    core_busy,
+    count_lines,
+    cpu_seconds,
+    free_port,
+    log,
+    rss_kb,
+    wait_ready,
+)
+from wrk import PACING_LUA, errors_of, run_wrk  # noqa: E402
 
-API_KEY = "bench-api-key-7c1d5e0f"
-ORIGIN_HEADER = "http://bench.example"
-HEADERS = [f"X-API-Key: {API_KEY}", f"Origin: {ORIGIN_HEADER}"]
-TINY_BODY = b"Hello, world\n"  # 13 bytes
-BIG_SIZE = 1 << 20  # 1 MiB
-HUGE_SIZE = 200 * 1000 * 1000  # 200 MB
-NOFILE = 65536
 WORKERS_NOT_IMPLEMENTED = "worker processes are not implemented yet"
 
 Json = Dict[str, Any]
 
-#: wrk script for the half-rate run: one constant-rate schedule of send slots, INTERVAL_MS
-#: apart, handed to whichever connection is free next (wrk calls delay() before each request).
-#: wrk links LuaJIT, whose ffi gives a monotonic clock in ms.
-PACING_LUA = """\
-local ffi = require("ffi")
-ffi.cdef[[
-typedef struct { long tv_sec; long tv_nsec; } avx_timespec;
-int clock_gettime(int clk_id, avx_timespec *tp);
-]]
-local ts = ffi.new("avx_timespec")
-local function now_ms()
-  ffi.C.clock_gettime(1, ts)
-  return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
-end
-local interval = INTERVAL_MS
-local next_slot = nil
-function delay()
-  local now = now_ms()
-  if next_slot == nil or next_slot < now then
-    next_slot = now
-  end
-  local wait = next_slot - now
-  next_slot = next_slot + interval
-  return math.floor(wait + 0.5)
-end
-"""
-
-
-def log(message: str) -> None:
-    stamp = time.strftime("%H:%M:%S")
-    print(f"[bench {stamp}] {message}", file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------- processes
-
-
-def _raise_nofile() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    for limit in ((NOFILE, max(hard, NOFILE)), (min(NOFILE, hard), hard)):
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, limit)
-            return
-        except (ValueError, OSError):
-            continue
-
-
-class Processes:
-    """Every process this run starts, each in its own session so it can be killed with its
-    children; the PIDs of those still running are kept in ``pids`` for run.sh's exit trap."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.pidfile = workdir / "pids"
-        self.procs: List[subprocess.Popen] = []
-        atexit.register(self.stop_all)
-
-    def start(
-        self,
-        cmd: List[str],
-        name: str,
-        cores: Optional[str] = None,
-        stdin: Any = subprocess.DEVNULL,
-        stdout: Any = None,
-    ) -> subprocess.Popen:
-        if cores is not None:
-            cmd = ["taskset", "-c", cores, *cmd]
-        logfile = self.workdir / f"{name}.log"
-        out = open(logfile, "ab")
-        proc = subprocess.Popen(
-            cmd,
-            stdin=stdin,
-            stdout=out if stdout is None else stdout,
-            stderr=out,
-            start_new_session=True,
-            preexec_fn=_raise_nofile,
-            cwd=str(self.workdir),
-        )
-        out.close()
-        proc.name = name  # type: ignore[attr-defined]
-        proc.logfile = logfile  # type: ignore[attr-defined]
-        proc.cmdline = shlex.join(cmd)  # type: ignore[attr-defined]
-        self.procs.append(proc)
-        self._write_pidfile()
-        return proc
-
-    def stop(self, proc: subprocess.Popen, timeout: float = 10.0) -> None:
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        # Whatever is left in its session (children of a master, a straggler) goes too.
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
-        if proc in self.procs:
-            self.procs.remove(proc)
-        self._write_pidfile()
-
-    def _write_pidfile(self) -> None:
-        """Only what is still running: run.sh's trap must never signal a reused PID."""
-        self.pidfile.write_text("".join(f"{p.pid}\n" for p in self.procs))
-
-    def stop_all(self) -> None:
-        for proc in list(reversed(self.procs)):
-            self.stop(proc, timeout=3.0)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(
-    proc: subprocess.Popen, url: str, timeout: float = 60.0, headers: Optional[List[str]] = None
-) -> None:
-    """Wait until ``url`` answers 200 (or the process dies, or time runs out)."""
-    deadline = time.monotonic() + timeout
-    req = urllib.request.Request(url)
-    for header in headers or HEADERS:
-        name, _, value = header.partition(":")
-        req.add_header(name.strip(), value.strip())
-    last = "no answer"
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"exited with status {proc.returncode}: {tail(proc)}")
-        try:
-            with urllib.request.urlopen(req, timeout=2) as resp:
-                resp.read()
-                if resp.status == 200:
-                    return
-                last = f"status {resp.status}"
-        except urllib.error.HTTPError as e:
-            last = f"status {e.code}"
-        except OSError as e:
-            last = str(e)
-        time.sleep(0.1)
-    raise RuntimeError(f"not ready after {timeout:.0f} s ({last}): {tail(proc)}")
+# --------------------------------------------------------------------------- checks
 
 
 def _fetch(url: str, headers: Dict[str, str]) -> Any:
@@ -239,322 +110,6 @@ def check_full_stack(base: str) -> Json:
     return checks
 
 
-def tail(proc: subprocess.Popen, lines: int = 8) -> str:
-    try:
-        text = Path(proc.logfile).read_text(errors="replace")  # type: ignore[attr-defined]
-    except OSError:
-        return ""
-    return " | ".join(text.strip().splitlines()[-lines:])
-
-
-# --------------------------------------------------------------------------- RSS
-
-
-def _children() -> Dict[int, List[int]]:
-    tree: Dict[int, List[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        tree.setdefault(ppid, []).append(int(entry))
-    return tree
-
-
-def rss_kb(pid: int, tree: bool = True) -> Optional[int]:
-    """VmRSS of ``pid`` in kB, summed over its descendants when ``tree`` (nginx master + worker,
-    gateway supervisor + workers). None when the process is gone."""
-    pids = [pid]
-    if tree:
-        children = _children()
-        i = 0
-        while i < len(pids):
-            pids.extend(children.get(pids[i], []))
-            i += 1
-    total = 0
-    found = False
-    for p in pids:
-        try:
-            with open(f"/proc/{p}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-                        found = True
-                        break
-        except OSError:
-            continue
-    return total if found else None
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` and its descendants, in seconds."""
-    children = _children()
-    pids = [pid]
-    i = 0
-    while i < len(pids):
-        pids.extend(children.get(pids[i], []))
-        i += 1
-    ticks = 0
-    for p in pids:
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])
-        except (OSError, IndexError, ValueError):
-            continue
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def children_cpu_seconds() -> float:
-    """User + system CPU time of this process's waited-for children (wrk, once it has ended)."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def core_busy() -> Dict[str, float]:
-    """Busy seconds (all but idle and iowait) of each CPU since boot, from /proc/stat."""
-    out: Dict[str, float] = {}
-    tick = os.sysconf("SC_CLK_TCK")
-    with open("/proc/stat") as f:
-        for line in f:
-            if line.startswith("cpu") and line[3].isdigit():
-                name, *fields = line.split()
-                values = [int(v) for v in fields[:8]]
-                out[name[3:]] = (sum(values) - values[3] - values[4]) / tick
-    return out
-
-
-def count_lines(path: Path) -> Optional[int]:
-    try:
-        with open(path, "rb") as f:
-            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
-    except OSError:
-        return None
-
-
-def nofile_limit(pid: int) -> Optional[int]:
-    """The soft open-files limit of ``pid``."""
-    try:
-        with open(f"/proc/{pid}/limits") as f:
-            for line in f:
-                if line.startswith("Max open files"):
-                    return int(line.split()[3])
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-class RssSampler:
-    """Samples ``rss_kb(pid)`` every ``interval`` seconds in a thread; ``peak`` is the largest."""
-
-    def __init__(self, pid: int, interval: float = 0.01) -> None:
-        self.pid = pid
-        self.interval = interval
-        self.peak = 0
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            value = rss_kb(self.pid, tree=False)
-            if value is not None:
-                self.peak = max(self.peak, value)
-                self.samples += 1
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-# --------------------------------------------------------------------------- wrk
-
-_UNITS_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_UNITS_B = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
-
-
-def _ms(text: str) -> float:
-    m = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
-    if not m:
-        raise ValueError(f"bad latency {text!r}")
-    return float(m.group(1)) * _UNITS_S[m.group(2)] * 1000.0
-
-
-def parse_wrk(out: str) -> Json:
-    result: Json = {}
-    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    result["rps"] = float(m.group(1)) if m else None
-    m = re.search(r"Transfer/sec:\s+([\d.]+)(B|KB|MB|GB|TB)", out)
-    result["mbps"] = float(m.group(1)) * _UNITS_B[m.group(2)] / 1e6 if m else None
-    m = re.search(r"(\d+) requests in ([\d.]+\w+)", out)
-    result["requests"] = int(m.group(1)) if m else None
-    m = re.search(r"Latency\s+([\d.]+\w+)\s+([\d.]+\w+)\s+([\d.]+\w+)", out)
-    result["avg_ms"] = _ms(m.group(1)) if m else None
-    result["max_ms"] = _ms(m.group(3)) if m else None
-    for pct in ("50", "75", "90", "99"):
-        m = re.search(rf"^\s+{pct}%\s+([\d.]+\w+)", out, re.M)
-        result[f"p{pct}_ms"] = _ms(m.group(1)) if m else None
-    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    result["non2xx"] = int(m.group(1)) if m else 0
-    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    result["socket_errors"] = (
-        dict(zip(("connect", "read", "write", "timeout"), map(int, m.groups()))) if m else {}
-    )
-    return result
-
-
-def run_wrk(
-    settings: Json,
-    url: str,
-    duration: float,
-    connections: Optional[int] = None,
-    script: Optional[Path] = None,
-) -> Json:
-    cmd = [
-        "taskset",
-        "-c",
-        settings["load_core"],
-        "wrk",
-        "-t1",
-        f"-c{connections or settings['connections']}",
-        f"-d{max(1, int(round(duration)))}s",
-        "--timeout",
-        "10s",
-        "--latency",
-    ]
-    for header in HEADERS:
-        cmd += ["-H", header]
-    if script is not None:
-        cmd += ["-s", str(script)]
-    cmd.append(url)
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
-    if done.returncode != 0 or "Requests/sec" not in done.stdout:
-        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr.strip()} {done.stdout}")
-    result = parse_wrk(done.stdout)
-    result["command"] = shlex.join(cmd)
-    return result
-
-
-def errors_of(result: Json) -> int:
-    return int(result.get("non2xx") or 0) + sum((result.get("socket_errors") or {}).values())
-
-
-# --------------------------------------------------------------------------- configs
-
-
-def nginx_common(workdir: Path, name: str) -> str:
-    temp = workdir / f"{name}-temp"
-    temp.mkdir(exist_ok=True)
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    paths = "".join(
-        f"    {kind}_temp_path {temp}/{kind};\n"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    return (
-        f"{user}worker_processes 1;\nworker_rlimit_nofile {NOFILE};\n"
-        f"pid {workdir}/{name}.pid;\nerror_log {workdir}/{name}-error.log warn;\n"
-        "events { worker_connections 20000; multi_accept on; }\n"
-        "http {\n    access_log off;\n    default_type application/octet-stream;\n"
-        "    sendfile on;\n    tcp_nopush on;\n    tcp_nodelay on;\n"
-        "    keepalive_timeout 120s;\n    keepalive_requests 1000000;\n" + paths
-    )
-
-
-def origin_conf(workdir: Path, port: int) -> str:
-    www = workdir / "www"
-    return nginx_common(workdir, "origin") + (
-        "    server {\n"
-        f"        listen 127.0.0.1:{port} backlog=4096;\n"
-        '        location = /tiny { default_type text/plain; return 200 "Hello, world\\n"; }\n'
-        f"        location = /big {{ alias {www}/big.bin; }}\n"
-        f"        location = /huge {{ alias {www}/huge.bin; }}\n"
-        "        location / { return 404; }\n"
-        "    }\n}\n"
-    )
-
-
-def nginx_proxy_conf(workdir: Path, port: int, origin_port: int) -> str:
-    return nginx_common(workdir, "nginx-proxy") + (
-        "    upstream origin {\n"
-        f"        server 127.0.0.1:{origin_port};\n"
-        "        keepalive 64;\n        keepalive_requests 1000000;\n    }\n"
-        "    server {\n"
-        f"        listen 127.0.0.1:{port} backlog=1024;\n"
-        "        location / {\n"
-        "            proxy_pass http://origin;\n"
-        "            proxy_http_version 1.1;\n"
-        '            proxy_set_header Connection "";\n'
-        "        }\n    }\n}\n"
-    )
-
-
-def gateway_toml(
-    workdir: Path,
-    port: int,
-    origin_port: int,
-    full: bool,
-    workers: int = 1,
-    keepalive_ms: int = 60000,
-) -> str:
-    lines = [
-        "[server]",
-        f'listen = ["tcp:{port}:interface=127.0.0.1:backlog=1024"]',
-        f"workers = {workers}",
-        "drain_timeout_ms = 1000",
-        f"keepalive_timeout_ms = {keepalive_ms}",
-        "",
-        "[[routes]]",
-        'name = "bench"',
-        'path = "/*"',
-    ]
-    if full:
-        lines += ['auth = ["api_key"]', "cors = true"]
-    lines += ["", "[routes.upstream]", f'urls = ["http://127.0.0.1:{origin_port}"]', ""]
-    if not full:
-        lines += [
-            "[middleware]",
-            "enable_cors = false",
-            "enable_rate_limiting = false",
-            "enable_logging = false",
-            "enable_metrics = false",
-        ]
-    else:
-        digest = hashlib.sha256(API_KEY.encode()).hexdigest()
-        lines += [
-            "[middleware]",
-            "enable_cors = true",
-            "enable_rate_limiting = true",
-            "enable_logging = true",
-            "enable_metrics = true",
-            "",
-            "[rate_limiting]",
-            "requests_per_second = 1000000000",
-            "burst_size = 1000000000",
-            'key = "ip"',
-            "",
-            "[cors]",
-            f'allowed_origins = ["{ORIGIN_HEADER}"]',
-            "",
-            "[auth.api_key]",
-            'header = "X-API-Key"',
-            f'keys = [{{ name = "bench", sha256 = "{digest}" }}]',
-            "",
-            "[logging]",
-            'format = "json"',
-            f'access_log = "{workdir}/access-{port}.log"',
-        ]
-    return "\n".join(lines) + "\n"
-
-
 # --------------------------------------------------------------------------- the run
 
 
@@ -581,7 +136,7 @@ class Bench:
         }
         self.origin_port = 0
         self.origin_pid = 0
-        self._cores = self.settings["proxy_core"]
+        self.cores = self.settings["proxy_core"]  # where the next proxy started is pinned
         self.results: Json = {}
 
     # -- setup
@@ -627,21 +182,21 @@ class Bench:
             conf.write_text(gateway_toml(self.workdir, port, self.origin_port, full, workers))
             twistd = str(venv / "bin" / "twistd")
             cmd = [twistd, "--pidfile=", "-n", "avx-gateway", "--config", str(conf)]
-            return self.procs.start(cmd, f"gateway-{kind}-w{workers}-{port}", cores=self._cores)
+            return self.procs.start(cmd, f"gateway-{kind}-w{workers}-{port}", cores=self.cores)
 
         return start
 
     def nginx_starter(self) -> Callable[[int], Any]:
         def start(port: int) -> subprocess.Popen:
             conf = nginx_proxy_conf(self.workdir, port, self.origin_port)
-            return self.start_nginx("nginx-proxy", conf, self._cores)
+            return self.start_nginx("nginx-proxy", conf, self.cores)
 
         return start
 
     def script_starter(self, python: Path, script: str, *args: str) -> Callable[[int], Any]:
         def start(port: int) -> subprocess.Popen:
             cmd = [str(python), str(BENCH / script), str(port), *args]
-            return self.procs.start(cmd, f"{Path(script).stem}-{port}", cores=self._cores)
+            return self.procs.start(cmd, f"{Path(script).stem}-{port}", cores=self.cores)
 
         return start
 
@@ -649,7 +204,7 @@ class Bench:
 
     def run_row(self, row: Json, starter: Callable[[int], Any], cores: str) -> Json:
         args = self.args
-        self._cores = cores
+        self.cores = cores
         row["cores"] = cores
         port = free_port()
         log(f"{row['label']}: starting on 127.0.0.1:{port}, cores {cores}")
@@ -717,12 +272,12 @@ class Bench:
             core: round(100.0 * (cores1[core] - cores0.get(core, 0.0)) / wall, 1) for core in cores1
         }
         result["core_busy_pct"] = busy
-        if self._cores in busy:  # a single-core proxy
+        if self.cores in busy:  # a single-core proxy
             result["other_on_proxy_core_pct"] = round(
-                max(0.0, busy[self._cores] - result["proxy_cpu_pct"]), 1
+                max(0.0, busy[self.cores] - result["proxy_cpu_pct"]), 1
             )
         load = self.settings["load_core"]
-        if load != self._cores and load in busy:
+        if load != self.cores and load in busy:
             result["load_core_busy_pct"] = busy[load]
         return result
 
@@ -744,117 +299,6 @@ class Bench:
             f"p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms"
         )
         return result
-
-    # -- memory
-
-    def memory_huge(self, venv: Path) -> Json:
-        out: Json = {"size_bytes": HUGE_SIZE}
-        port = free_port()
-        self._cores = self.settings["proxy_core"]
-        proc = self.gateway_starter(venv, full=True)(port)
-        out["gateway_command"] = proc.cmdline
-        url = f"http://127.0.0.1:{port}/huge"
-        try:
-            wait_ready(proc, f"http://127.0.0.1:{port}/tiny", timeout=60)
-            time.sleep(0.5)
-            out["rss_start_kb"] = rss_kb(proc.pid)
-            for rate, key in ((None, "fast"), (self.args.slow_rate, "slow")):
-                for _ in range(20):  # the pool, the access log thread, buffers: all warm
-                    urllib.request.urlopen(
-                        urllib.request.Request(
-                            f"http://127.0.0.1:{port}/tiny", headers={"X-API-Key": API_KEY}
-                        )
-                    ).read()
-                time.sleep(0.3)
-                before = rss_kb(proc.pid, tree=False) or 0
-                cmd = ["taskset", "-c", self.settings["load_core"], "curl", "-sS"]
-                cmd += ["-o", "/dev/null", "-w", "%{http_code} %{size_download} %{time_total}"]
-                cmd += ["-H", f"X-API-Key: {API_KEY}"]
-                if rate:
-                    cmd += ["--limit-rate", rate]
-                cmd.append(url)
-                with RssSampler(proc.pid) as sampler:
-                    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-                code, size, seconds = (done.stdout.split() + ["", "", ""])[:3]
-                after = rss_kb(proc.pid, tree=False) or 0
-                out[key] = {
-                    "command": shlex.join(cmd),
-                    "status": code,
-                    "bytes": int(size or 0),
-                    "seconds": float(seconds or 0),
-                    "rss_before_kb": before,
-                    "rss_peak_kb": sampler.peak,
-                    "rss_after_kb": after,
-                    "added_kb": max(sampler.peak, after) - before,
-                    "samples": sampler.samples,
-                }
-                log(
-                    f"200 MB response ({key}): status {code}, {size} bytes in {seconds} s, "
-                    f"RSS {before} -> peak {sampler.peak} kB"
-                )
-        except Exception as e:
-            out["error"] = str(e)[:500]
-            log(f"200 MB response: ERROR {e}")
-        finally:
-            self.procs.stop(proc)
-        return out
-
-    def memory_idle(self, venv: Path) -> Json:
-        count = self.args.idle_connections
-        out: Json = {"connections": count}
-        port = free_port()
-        self._cores = self.settings["proxy_core"]
-        conf = self.workdir / f"gateway-idle-{port}.toml"
-        conf.write_text(
-            gateway_toml(self.workdir, port, self.origin_port, full=True, keepalive_ms=300000)
-        )
-        cmd = [str(venv / "bin" / "twistd"), "--pidfile=", "-n", "avx-gateway"]
-        cmd += ["--config", str(conf)]
-        proc = self.procs.start(cmd, f"gateway-idle-{port}", cores=self._cores)
-        out["gateway_command"] = proc.cmdline
-        client = None
-        try:
-            wait_ready(proc, f"http://127.0.0.1:{port}/tiny", timeout=60)
-            time.sleep(0.5)
-            out["rss_before_kb"] = rss_kb(proc.pid)
-            client_cmd = [sys.executable, str(BENCH / "idle_conns.py"), "--port", str(port)]
-            client_cmd += ["--count", str(count), "--hold", "120"]
-            for header in HEADERS:
-                client_cmd += ["--header", header]
-            client = self.procs.start(
-                client_cmd,
-                "idle-client",
-                cores=self.settings["load_core"],
-                stdout=subprocess.PIPE,
-            )
-            out["client_command"] = client.cmdline
-            line = client.stdout.readline()  # type: ignore[union-attr]
-            if not line:
-                raise RuntimeError(f"idle client exited: {tail(client)}")
-            out.update(json.loads(line))
-            time.sleep(2.0)
-            out["rss_after_kb"] = rss_kb(proc.pid)
-            out["gateway_nofile"] = nofile_limit(proc.pid)
-            out["gateway_alive"] = proc.poll() is None
-            client.send_signal(signal.SIGTERM)
-            line = client.stdout.readline()  # type: ignore[union-attr]
-            if line:
-                out.update(json.loads(line))
-            per_conn = (out["rss_after_kb"] - out["rss_before_kb"]) / max(1, out["open"])
-            out["kb_per_connection"] = round(per_conn, 2)
-            log(
-                f"{out['open']} idle connections ({out['failed']} failed, "
-                f"{out.get('still_open')} still open at the end): RSS "
-                f"{out['rss_before_kb']} -> {out['rss_after_kb']} kB"
-            )
-        except Exception as e:
-            out["error"] = str(e)[:500]
-            log(f"idle connections: ERROR {e}")
-        finally:
-            if client is not None:
-                self.procs.stop(client)
-            self.procs.stop(proc)
-        return out
 
     # -- everything
 
@@ -917,6 +361,16 @@ class Bench:
                 one,
                 {},
             ),
+            (
+                "httptools",
+                "Twisted+httptools reference proxy",
+                "CPython",
+                self.script_starter(
+                    cpy / "bin" / "python", "httptools_proxy.py", str(self.origin_port)
+                ),
+                one,
+                {"reference": True},
+            ),
         ]
         has_pypy = (pypy / "bin" / "twistd").exists()
         plan += [
@@ -945,6 +399,16 @@ class Bench:
                 ),
                 one,
                 {},
+            ),
+            (
+                "httptools-pypy",
+                "Twisted+httptools reference proxy",
+                "PyPy",
+                self.script_starter(
+                    pypy / "bin" / "python", "httptools_proxy.py", str(self.origin_port)
+                ),
+                one,
+                {"reference": True},
             ),
             (
                 "gw-w1",
@@ -979,8 +443,9 @@ class Bench:
             self.save()
         if not args.skip_memory:
             self.results["memory"] = {
-                "huge": self.memory_huge(cpy),
-                "idle": self.memory_idle(cpy),
+                "huge": memory.huge_response(self, cpy),
+                "upload": (memory.upload(self, cpy) if args.upload_size > 0 else {"skipped": True}),
+                "idle": memory.idle_connections(self, cpy),
             }
         finished = datetime.datetime.now(datetime.timezone.utc)
         self.results["meta"]["finished"] = finished.isoformat(timespec="seconds")
@@ -1001,74 +466,6 @@ class Bench:
             return
         (results_dir / f"results-{stamp}.json").write_text(text)
         (results_dir / "latest.json").write_text(text)
-
-
-# --------------------------------------------------------------------------- machine
-
-
-def _first_line(cmd: List[str]) -> str:
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"unavailable ({e})"
-    text = (done.stdout + done.stderr).strip()
-    return text.splitlines()[0] if text else "unavailable"
-
-
-def machine_info(args: argparse.Namespace) -> Json:
-    model = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    mem_kb = 0
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemTotal:"):
-                mem_kb = int(line.split()[1])
-    pypy = Path(args.pypy_venv) if args.pypy_venv else ROOT / ".venv-pypy"
-    versions_py = "import sys, twisted; print(sys.version.replace(chr(10), ' '), '| Twisted', twisted.__version__)"  # noqa: E501
-    info: Json = {
-        "nproc": _first_line(["nproc"]),
-        "cpu": model,
-        "memory_gib": round(mem_kb / 1024 / 1024, 1),
-        "kernel": platform.release(),
-        "os": _os_name(),
-        "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
-        "cpython": _first_line([str(ROOT / ".venv" / "bin" / "python"), "-c", versions_py]),
-        "pypy": (
-            _first_line([str(pypy / "bin" / "python"), "-c", versions_py])
-            if (pypy / "bin" / "python").exists()
-            else "not available"
-        ),
-        "aiohttp": _first_line(
-            [
-                str(Path(args.aiohttp_venv) / "bin" / "python"),
-                "-c",
-                "import sys, aiohttp; print('aiohttp', aiohttp.__version__, 'on Python', "
-                "sys.version.split()[0])",
-            ]
-        ),
-        "nginx": _first_line(["nginx", "-v"]),
-        "wrk": _first_line(["wrk", "-v"]),
-        "curl": _first_line(["curl", "--version"]).split(" (")[0],
-        "gateway_git": _first_line(["git", "-C", str(ROOT), "describe", "--always", "--dirty"]),
-    }
-    return info
-
-
-def _os_name() -> str:
-    try:
-        for line in Path("/etc/os-release").read_text().splitlines():
-            if line.startswith("PRETTY_NAME="):
-                return line.split("=", 1)[1].strip('"')
-    except OSError:
-        pass
-    return platform.platform()
 
 
 # --------------------------------------------------------------------------- main
@@ -1093,10 +490,17 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         help="comma-separated row ids to run (gw-plain, gw-full, nginx, twisted-rp, aiohttp, "
-        "gw-plain-pypy, gw-full-pypy, twisted-rp-pypy, gw-w1, gw-w2); a partial run is saved as "
+        "httptools, gw-plain-pypy, gw-full-pypy, twisted-rp-pypy, httptools-pypy, gw-w1, gw-w2; "
+        "'none': no row, only the memory checks); a partial run is saved as "
         "results-*-partial.json and leaves latest.json and the doc alone unless --doc is given",
     )
     parser.add_argument("--skip-memory", action="store_true", help="skip the memory checks")
+    parser.add_argument(
+        "--upload-size",
+        type=int,
+        default=UPLOAD_SIZE,
+        help=f"bytes of the upload memory check (default {UPLOAD_SIZE:,}; 0: skip it)",
+    )
     parser.add_argument("--pypy-venv", help="PyPy venv (default .venv-pypy)")
     parser.add_argument("--aiohttp-venv", default=str(BENCH / ".venv"))
     parser.add_argument("--results-dir", default=str(BENCH / "results"))

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Benchmark avx-gateway against nginx, Twisted's ReverseProxyResource and aiohttp (and under PyPy
-# when .venv-pypy exists); results go to bench/results/ and docs/benchmarks.md.
+# Benchmark avx-gateway against nginx, Twisted's ReverseProxyResource, aiohttp and a bare
+# Twisted + httptools reference proxy (and under PyPy when .venv-pypy exists); results go to
+# bench/results/ and docs/benchmarks.md.
 #
 #   bash bench/run.sh            # default: 10 s cells, 5 s warm-up (about 8 minutes)
 #   bash bench/run.sh --quick    # 3 s cells, 2 s warm-up
 #   bash bench/run.sh --help     # every option (bench/run.py)
 #
 # Installs what is missing: nginx, wrk and curl (apt-get, as root), the gateway's .venv (through
-# the Makefile), and a bench-only venv with aiohttp (bench/.venv). All load goes to 127.0.0.1;
-# every process started here is stopped on exit.
+# the Makefile), a bench-only venv with aiohttp (bench/.venv), and httptools in the gateway's
+# venvs (.venv, and the PyPy one when it exists: built from source there, so pypy3-dev and a C
+# compiler come first). All load goes to 127.0.0.1; every process started here is stopped on exit.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -49,12 +51,47 @@ if ! bench/.venv/bin/python -c 'import aiohttp' >/dev/null 2>&1; then
     bench/.venv/bin/python -m pip install -q aiohttp
 fi
 
+KEEP_WORKDIR=""
+PYPY_VENV=".venv-pypy"
+previous=""
+for arg in "$@"; do
+    case "$arg" in
+        --keep-workdir) KEEP_WORKDIR=1 ;;
+        --pypy-venv=*) PYPY_VENV="${arg#--pypy-venv=}" ;;
+    esac
+    [ "$previous" = "--pypy-venv" ] && PYPY_VENV="$arg"
+    previous="$arg"
+done
+
+# httptools for the reference proxy (bench/httptools_proxy.py, run with the gateway's venvs) and
+# the upload check's origin (bench/sink_origin.py, run with .venv). Soon a dependency of the
+# gateway itself (setup.cfg); until then installed here when a venv lacks it. A venv that cannot
+# get it only loses its rows (they fail with the import error), not the run.
+ensure_httptools() {
+    local python="$1/bin/python"
+    [ -x "$python" ] || return 0
+    "$python" -c 'import httptools' >/dev/null 2>&1 && return 0
+    if "$python" -c 'import sys; sys.exit(sys.implementation.name != "pypy")' 2>/dev/null; then
+        # No PyPy wheels: httptools builds from source, against Python.h and with a C compiler.
+        local include
+        include="$("$python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
+        if { [ ! -f "$include/Python.h" ] || ! command -v cc >/dev/null 2>&1; } \
+            && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+            echo "bench: installing pypy3-dev gcc (to build httptools for $1)" >&2
+            apt-get update -q || true
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+                pypy3-dev gcc || true
+        fi
+    fi
+    echo "bench: installing httptools into $1" >&2
+    "$python" -m pip install -q httptools \
+        || echo "bench: could not install httptools into $1; its reference row will fail" >&2
+}
+ensure_httptools .venv
+ensure_httptools "$PYPY_VENV"
+
 WORKDIR="$(mktemp -d /tmp/avx-bench.XXXXXX)"
 BENCH_PID=""
-KEEP_WORKDIR=""
-for arg in "$@"; do
-    [ "$arg" = "--keep-workdir" ] && KEEP_WORKDIR=1
-done
 cleanup() {
     status=$?
     trap - EXIT INT TERM

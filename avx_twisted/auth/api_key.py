@@ -11,9 +11,8 @@ import hashlib
 import hmac
 from urllib.parse import unquote_to_bytes
 
-from twisted.web.http_headers import Headers
-
 from ..config import ApiKeyConfig
+from ..h1 import Fields
 from . import NO_CLAIMS, AuthError, Identity
 
 __all__ = ["ApiKeyAuthenticator"]
@@ -34,14 +33,14 @@ class ApiKeyAuthenticator:
         )
         self._challenge = f'ApiKey header="{config.header}"'
 
-    def authenticate(self, headers: Headers, query: bytes) -> Identity:
+    def authenticate(self, headers: Fields, query: bytes) -> Identity:
         """The identity of the key in ``headers`` (or the raw ``query``, without ``?``).
 
         The header wins over the query parameter. Raises :class:`AuthError` 401 ``missing``
         when no key was presented, ``malformed`` when several different keys were, and
         ``unknown_key`` when the key is not configured.
         """
-        presented = self._single(headers.getRawHeaders(self.credential_header), "header")
+        presented = self._single(headers.get_all(self.credential_header), "header")
         if presented is None and self._query_param:
             presented = self._single(self._query_values(query), "query parameter")
         if presented is None:

@@ -6,7 +6,7 @@ from typing import Any, Sequence, Union
 
 from twisted.logger import Logger
 
-from ..errors import write_error
+from ..errors import Answer, error_answer
 from . import AuthError, Identity
 from .api_key import ApiKeyAuthenticator
 from .jwt import JwtAuthenticator
@@ -34,7 +34,7 @@ class AuthFilter:
         #: Called with (route, reason) for every refusal (metrics hook).
         self.on_refused: Any = None
 
-    def __call__(self, request: Any, ctx: Any) -> bytes | None:
+    def __call__(self, request: Any, ctx: Any) -> Answer | None:
         errors: list[AuthError] = []
         for authenticator in self.authenticators:
             try:
@@ -63,20 +63,16 @@ class AuthFilter:
             ]
         elif worst.www_authenticate:
             headers = [(b"WWW-Authenticate", worst.www_authenticate.encode("latin-1"))]
-        body = write_error(request, worst.status, worst.description)
-        for name, value in headers:
-            request.responseHeaders.addRawHeader(name, value)
-        return body
+        return error_answer(worst.status, worst.description, headers, ctx.request_id)
 
     def _authenticate(self, authenticator: Authenticator, request: Any) -> Identity:
         if isinstance(authenticator, JwtAuthenticator):
-            values = request.requestHeaders.getRawHeaders(b"authorization")
+            values = request.fields.get_all(b"authorization")
             identity = authenticator.authenticate(values[-1] if values else None)
             if self.scopes:
                 authenticator.check_scopes(identity, self.scopes)
             return identity
-        query = request.uri.partition(b"?")[2]
-        return authenticator.authenticate(request.requestHeaders, query)
+        return authenticator.authenticate(request.fields, request.query)
 
 
 def _rank(error: AuthError) -> tuple[int, int]:

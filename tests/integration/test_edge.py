@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from unittest.mock import ANY
 
 import pytest_twisted
 
@@ -144,7 +145,7 @@ async def test_over_the_limit_is_429_with_headers_and_never_reaches_upstream(clo
     assert remaining == [b"2", b"1", b"0"]
     response, body = await call(gw, "GET", "/api/x")
     assert response.code == 429
-    assert json.loads(body) == {"error": "rate limit exceeded", "status": 429}
+    assert json.loads(body) == {"error": "rate limit exceeded", "status": 429, "request_id": ANY}
     assert response.headers.getRawHeaders(b"retry-after") == [b"10"]
     assert response.headers.getRawHeaders(b"ratelimit-remaining") == [b"0"]
     assert len(seen.seen) == 3

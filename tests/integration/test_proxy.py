@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from unittest.mock import ANY
 import time
 
 import pytest_twisted
@@ -78,7 +79,7 @@ async def test_path_climbing_above_root_is_400_and_not_forwarded(closer):
     )
     assert data.startswith(b"HTTP/1.1 400")
     body = json.loads(data.partition(b"\r\n\r\n")[2])
-    assert body == {"error": "bad request path", "status": 400}
+    assert body == {"error": "bad request path", "status": 400, "request_id": ANY}
     assert seen.seen == []
 
 

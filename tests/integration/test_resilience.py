@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from unittest.mock import ANY
 import time
 
 import pytest_twisted
@@ -66,7 +67,7 @@ async def test_hanging_upstream_gets_504_and_its_connection_is_aborted(closer):
     started = time.monotonic()
     response, body = await get(gw)
     assert response.code == 504
-    assert json.loads(body) == {"error": "upstream timed out", "status": 504}
+    assert json.loads(body) == {"error": "upstream timed out", "status": 504, "request_id": ANY}
     assert 0.25 < time.monotonic() - started < 2
     await sleep(0.05)
     assert len(lost) == 1  # the gateway cut the upstream connection (not pooled for reuse)
@@ -155,7 +156,7 @@ async def test_breaker_opens_then_503_with_retry_after_without_touching_upstream
     response, body = await get(gw)
     assert response.code == 503
     assert response.headers.getRawHeaders(b"retry-after") == [b"1"]
-    assert json.loads(body) == {"error": "upstream circuit open", "status": 503}
+    assert json.loads(body) == {"error": "upstream circuit open", "status": 503, "request_id": ANY}
     assert len(failing.seen) == 2  # the open circuit kept the third request away
 
     state["code"] = 200
@@ -232,7 +233,7 @@ async def test_no_healthy_target_is_503_and_health_reports_it(closer):
     await sleep(0.2)
     response, body = await get(gw)
     assert response.code == 503
-    assert json.loads(body) == {"error": "no upstream target available", "status": 503}
+    assert json.loads(body) == {"error": "no upstream target available", "status": 503, "request_id": ANY}
     response, body = await get(gw, "/health")
     assert response.code == 503
     report = json.loads(body)

@@ -1,0 +1,146 @@
+"""What bench/run.py sends and serves, and the config files it writes: nginx as the origin and
+as a proxy, and the gateway's TOML."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import List, Optional
+
+API_KEY = "bench-api-key-7c1d5e0f"
+ORIGIN_HEADER = "http://bench.example"
+HEADERS = [f"X-API-Key: {API_KEY}", f"Origin: {ORIGIN_HEADER}"]
+TINY_BODY = b"Hello, world\n"  # 13 bytes
+BIG_SIZE = 1 << 20  # 1 MiB
+HUGE_SIZE = 200 * 1000 * 1000  # 200 MB
+UPLOAD_SIZE = 1000 * 1000 * 1000  # 1 GB, the upload memory check
+NOFILE = 65536
+
+
+def nginx_common(workdir: Path, name: str) -> str:
+    temp = workdir / f"{name}-temp"
+    temp.mkdir(exist_ok=True)
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    paths = "".join(
+        f"    {kind}_temp_path {temp}/{kind};\n"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    return (
+        f"{user}worker_processes 1;\nworker_rlimit_nofile {NOFILE};\n"
+        f"pid {workdir}/{name}.pid;\nerror_log {workdir}/{name}-error.log warn;\n"
+        "events { worker_connections 20000; multi_accept on; }\n"
+        "http {\n    access_log off;\n    default_type application/octet-stream;\n"
+        "    sendfile on;\n    tcp_nopush on;\n    tcp_nodelay on;\n"
+        "    keepalive_timeout 120s;\n    keepalive_requests 1000000;\n" + paths
+    )
+
+
+def origin_conf(workdir: Path, port: int) -> str:
+    www = workdir / "www"
+    return nginx_common(workdir, "origin") + (
+        "    server {\n"
+        f"        listen 127.0.0.1:{port} backlog=4096;\n"
+        '        location = /tiny { default_type text/plain; return 200 "Hello, world\\n"; }\n'
+        f"        location = /big {{ alias {www}/big.bin; }}\n"
+        f"        location = /huge {{ alias {www}/huge.bin; }}\n"
+        "        location / { return 404; }\n"
+        "    }\n}\n"
+    )
+
+
+def nginx_proxy_conf(workdir: Path, port: int, origin_port: int) -> str:
+    return nginx_common(workdir, "nginx-proxy") + (
+        "    upstream origin {\n"
+        f"        server 127.0.0.1:{origin_port};\n"
+        "        keepalive 64;\n        keepalive_requests 1000000;\n    }\n"
+        "    server {\n"
+        f"        listen 127.0.0.1:{port} backlog=1024;\n"
+        "        location / {\n"
+        "            proxy_pass http://origin;\n"
+        "            proxy_http_version 1.1;\n"
+        '            proxy_set_header Connection "";\n'
+        "        }\n    }\n}\n"
+    )
+
+
+def gateway_toml(
+    workdir: Path,
+    port: int,
+    origin_port: int,
+    full: bool,
+    workers: int = 1,
+    keepalive_ms: int = 60000,
+    sink_port: Optional[int] = None,
+    sink_max_body: int = 2 * UPLOAD_SIZE,
+) -> str:
+    """The gateway's config: ``/*`` to the origin on ``origin_port``. With ``sink_port``, also
+    an exact route ``/sink`` to that origin taking bodies up to ``sink_max_body`` bytes, with
+    deadlines long enough for a 1 GB upload (the upload memory check)."""
+    lines = [
+        "[server]",
+        f'listen = ["tcp:{port}:interface=127.0.0.1:backlog=1024"]',
+        f"workers = {workers}",
+        "drain_timeout_ms = 1000",
+        f"keepalive_timeout_ms = {keepalive_ms}",
+    ]
+    if sink_port is not None:
+        lines.append("client_body_timeout_ms = 600000")
+    lines += [
+        "",
+        "[[routes]]",
+        'name = "bench"',
+        'path = "/*"',
+    ]
+    if full:
+        lines += ['auth = ["api_key"]', "cors = true"]
+    lines += ["", "[routes.upstream]", f'urls = ["http://127.0.0.1:{origin_port}"]', ""]
+    if sink_port is not None:
+        lines += _sink_route(sink_port, sink_max_body, full)
+    if not full:
+        lines += [
+            "[middleware]",
+            "enable_cors = false",
+            "enable_rate_limiting = false",
+            "enable_logging = false",
+            "enable_metrics = false",
+        ]
+    else:
+        digest = hashlib.sha256(API_KEY.encode()).hexdigest()
+        lines += [
+            "[middleware]",
+            "enable_cors = true",
+            "enable_rate_limiting = true",
+            "enable_logging = true",
+            "enable_metrics = true",
+            "",
+            "[rate_limiting]",
+            "requests_per_second = 1000000000",
+            "burst_size = 1000000000",
+            'key = "ip"',
+            "",
+            "[cors]",
+            f'allowed_origins = ["{ORIGIN_HEADER}"]',
+            "",
+            "[auth.api_key]",
+            'header = "X-API-Key"',
+            f'keys = [{{ name = "bench", sha256 = "{digest}" }}]',
+            "",
+            "[logging]",
+            'format = "json"',
+            f'access_log = "{workdir}/access-{port}.log"',
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _sink_route(sink_port: int, max_body: int, full: bool) -> List[str]:
+    lines = [
+        "[[routes]]",
+        'name = "sink"',
+        'path = "/sink"',
+        f"max_body_bytes = {max_body}",
+        "timeout_ms = 600000",
+    ]
+    if full:
+        lines += ['auth = ["api_key"]', "cors = true"]
+    return lines + ["", "[routes.upstream]", f'urls = ["http://127.0.0.1:{sink_port}"]', ""]
