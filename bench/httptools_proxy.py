@@ -1,17 +1,21 @@
 """A bare Twisted + httptools keep-alive reverse proxy: the reference row of bench/run.py.
 
-No features at all (no routing, no middleware, no timeouts, no retries but one): it shows how
-fast a reverse proxy on this reactor can be, so the gateway has a ceiling to be compared with.
+No features at all (no routing, no middleware, no timeouts, no limits): it shows how fast a
+reverse proxy on this reactor can be, so the gateway has a ceiling to be compared with.
 
 - Server side: a plain ``twisted.internet.protocol.Protocol`` parses requests with
   ``httptools.HttpRequestParser``. One request per connection at a time: while a request is
   in flight (its body fully read, its response not yet done) the connection stops reading;
-  pipelined requests that were already read are queued and served in order.
+  pipelined requests that were already read are queued and served in order. Upgrade requests
+  get 400.
 - Upstream: a single origin, over a small per-process pool of keep-alive connections (at most
-  ``--pool`` idle ones kept), responses parsed with ``httptools.HttpResponseParser``.
-- Bodies: a ``Content-Length`` body is relayed as it is, in the pieces it arrives in; a chunked
-  (or close-delimited) body is re-chunked, both ways. ``HEAD``, 1xx, 204 and 304 answers carry
-  none.
+  ``--pool`` idle ones kept), responses parsed with ``httptools.HttpResponseParser``. The one
+  retry: a request without a body whose pooled connection the origin closed before answering
+  goes once more on a new connection.
+- Bodies: a ``Content-Length`` body is relayed as it is, in the pieces it arrives in (after
+  the piece holding the head, without going through the parser at all); a chunked (or
+  close-delimited) body is re-chunked, both ways. ``HEAD``, 204 and 304 answers carry none;
+  a 1xx status line is passed on (not to HTTP/1.0 clients) before the real answer.
 - Backpressure, both ways: the transport being written to has a producer registered
   (``registerProducer``) that pauses reading on the other side while its buffer is full.
 - Hop-by-hop headers are dropped both ways; ``Host`` is the client's. ``TCP_NODELAY`` on every
@@ -536,8 +540,8 @@ class UpstreamConn(protocol.Protocol):
         reusable = reusable and self.sent_all
         self.exchange = None
         ex.upstream = None
+        self.release(reusable)  # first, so that a pipelined next request can take it
         ex.client.exchange_done(ex)
-        self.release(reusable)
 
     def _unregister(self, client: Any) -> None:
         producer, self.producer = self.producer, None

@@ -320,8 +320,12 @@ def upload_target(upload: Json) -> Tuple[str, str, Optional[bool]]:
     met = True
     for key, cell in cells:
         complete = upload_complete(upload, cell)
+        spooled = ""
+        written = cell.get("gateway_disk_write_bytes")
+        if written is not None and written >= 16 * 10**6:
+            spooled = f" (spooled: {written / 1e6:,.0f} MB written to storage)"
         texts.append(
-            f"+{f_mib(cell['added_kb'])} MiB with {UPLOAD_MODES[key]}"
+            f"+{f_mib(cell['added_kb'])} MiB with {UPLOAD_MODES[key]}{spooled}"
             + ("" if complete else " (TRANSFER INCOMPLETE)")
         )
         met = met and complete and cell["added_kb"] / 1024 < 16
@@ -740,7 +744,7 @@ def upload_text(upload: Json) -> str:
     what = (
         f"**A {_size(upload.get('size_bytes'))} upload**"
         if upload.get("size_bytes")
-        else ("**The upload check**")
+        else "**The upload check**"
     )
     if upload.get("skipped"):
         return f"- {what}: skipped (`--upload-size 0`)."
@@ -752,8 +756,11 @@ def upload_text(upload: Json) -> str:
         f"- {what} through the full-stack gateway (`POST /sink` from `bench/upload_client.py` on "
         "the load core, the same random 1 MiB block over and over, as fast as the gateway takes "
         "it; the route's `max_body_bytes` raised above the size; the origin, "
-        "`bench/sink_origin.py`, reads and discards the body and answers how many bytes it got; "
-        "20 small uploads first; a thread samples the gateway's VmRSS every 10 ms):"
+        "`bench/sink_origin.py`, reads and discards the body and answers how many bytes it got "
+        "and when the first and last came; 20 small uploads first; a thread samples the "
+        "gateway's VmRSS every 10 ms; *written to storage* is the gateway's `write_bytes` from "
+        "`/proc/PID/io` meanwhile, where a body spooled to a temp file shows up instead of in "
+        "RSS):"
     ]
     for key, cell in cells:
         rate = ""
@@ -769,11 +776,29 @@ def upload_text(upload: Json) -> str:
             f"{_count(cell.get('sent'))} bytes sent, {_count(got)} read by the origin, in "
             f"{cell.get('seconds') or 0:.1f} s{rate}; RSS {f_mib(cell['rss_before_kb'])} → peak "
             f"{f_mib(cell['rss_peak_kb'])} MiB (+{f_mib(cell['added_kb'])} MiB), "
-            f"{f_mib(cell['rss_after_kb'])} MiB after{extra}"
+            f"{f_mib(cell['rss_after_kb'])} MiB after{_streaming(cell)}{extra}"
         )
     if upload.get("error"):
         lines.append(f"  - error: {upload['error']}")
     return "\n".join(lines)
+
+
+def _streaming(cell: Json) -> str:
+    """When the origin's first byte came, and what the gateway wrote to storage."""
+    text = ""
+    first = cell.get("origin_first_byte_after_start_s")
+    after_done = cell.get("origin_first_byte_after_client_done_s")
+    if first is not None and after_done is not None:
+        how = (
+            f"{after_done:.1f} s after the client's last: stored, then forwarded"
+            if after_done > 0
+            else "before the client's last: streamed"
+        )
+        text += f"; the origin's first byte {first:.2f} s after the start, {how}"
+    written = cell.get("gateway_disk_write_bytes")
+    if written is not None:
+        text += f"; {written / 1e6:,.0f} MB written to storage"
+    return text
 
 
 def wrap_markdown(text: str, width: int = 100) -> str:
