@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from .errors import write_error
+from .errors import error_answer
 
 if TYPE_CHECKING:
     from .service import GatewayService
@@ -26,6 +26,15 @@ if TYPE_CHECKING:
 _REDACTED = "<redacted>"
 _SECRET_KEYS = frozenset(["secret", "sha256", "token_sha256"])
 _JSON = [b"application/json"]
+
+
+def _error(request: Request, status: int, message: str, fields: Any = ()) -> bytes:
+    """The gateway's JSON error on a twisted.web request: status and fields set, body back."""
+    answer = error_answer(status, message, fields)
+    request.setResponseCode(status)
+    for name, value in answer.fields:
+        request.responseHeaders.setRawHeaders(name, [value])
+    return answer.body
 
 
 def redact(value: Any) -> Any:
@@ -67,7 +76,7 @@ class AdminResource(Resource):
                 "admin: refused request without a valid token from {client}",
                 client=getattr(request.getClientAddress(), "host", None),
             )
-            return write_error(
+            return _error(
                 request,
                 401,
                 "admin token required",
@@ -81,14 +90,14 @@ class AdminResource(Resource):
                 handlers = {b"POST": self.post_target_state}
                 args = (unquote(parts[1].decode("latin-1")), parts[2] == b"enable")
         if handlers is None:
-            return write_error(request, 404, "no such admin endpoint")
+            return _error(request, 404, "no such admin endpoint")
         handler = handlers.get(request.method)
         if handler is None:
             allow = b", ".join(sorted(handlers))
-            return write_error(request, 405, "method not allowed", [(b"Allow", allow)])
+            return _error(request, 405, "method not allowed", [(b"Allow", allow)])
         status, payload = handler(*args)
         if status >= 400:
-            return write_error(request, status, payload)
+            return _error(request, status, payload)
         request.setResponseCode(status)
         request.responseHeaders.setRawHeaders(b"Content-Type", _JSON)
         return json.dumps(payload, indent=2).encode() + b"\n"

@@ -367,8 +367,6 @@ class Exchange:
         rest = request.upgrade_rest
         request.switch_protocols(fields)
         tunnel = Tunnel(self.forwarder.clock, self.route.websocket_idle_timeout_s, self.closed)
-        if self.ctx is not None:
-            self.ctx.tunnel = tunnel
         if metrics is not None:
             metrics.websocket()[0].inc()
         tunnel.splice(request.channel, response.protocol, b"".join(rest or ()), response.rest)

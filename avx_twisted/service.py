@@ -162,7 +162,7 @@ class GatewayService(MultiService):
                 self.site.abort_all()  # tunnels and answers still going are cut off
             if self.access_writer is not None:
                 self.access_writer.stop()
-            waits = [closing, self.runtime.clients.close()]
+            waits = [closing, self.runtime.clients.close(), self.site.close_all(1.0)]
             close_store = getattr(self.runtime.rate_store, "close", None)
             if close_store is not None:
                 waits.append(maybeDeferred(close_store))

@@ -15,6 +15,7 @@ import enum
 from collections import deque
 from typing import Any, Callable, Deque, Iterable, List, Optional, Set
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, ISSLTransport, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -635,6 +636,7 @@ class ServerFactory(Factory):
         self.date = DateCache(clock.seconds)
         self.draining = False
         self.connections: Set[ServerProtocol] = set()
+        self._all_closed: List[Deferred[None]] = []
         #: Called with +1/-1 as connections open and close (a gauge), or None.
         self.on_connection: Optional[Callable[[int], None]] = None
 
@@ -648,6 +650,25 @@ class ServerFactory(Factory):
             self.connections.discard(protocol)
             if self.on_connection is not None:
                 self.on_connection(-1)
+        if not self.connections and self._all_closed:
+            waiting, self._all_closed = self._all_closed, []
+            for d in waiting:
+                d.callback(None)
+
+    def close_all(self, timeout_s: float) -> Deferred[None]:
+        """Close every connection once what was written to it went out (the end of a drain);
+        those still open after ``timeout_s`` are aborted. Fires when all are gone."""
+        d: Deferred[None] = Deferred()
+        if not self.connections:
+            d.callback(None)
+            return d
+        self._all_closed.append(d)
+        for protocol in list(self.connections):
+            if protocol.transport is not None:
+                protocol.transport.loseConnection()
+        timer = self.clock.callLater(timeout_s, self.abort_all)
+        d.addBoth(lambda result: timer.cancel() if timer.active() else None)
+        return d
 
     def drain(self) -> None:
         """No new requests: idle connections close now, busy ones after their answer."""

@@ -93,6 +93,7 @@ async def test_no_route_is_404_json(closer):
     assert json.loads(await response.content()) == {
         "error": "no route matches this path",
         "status": 404,
+        "request_id": response.headers.getRawHeaders(b"x-request-id")[0].decode(),
     }
 
 
@@ -289,6 +290,7 @@ async def test_refused_upstream_is_502_fast(closer):
     assert json.loads(await response.content()) == {
         "error": "upstream unavailable",
         "status": 502,
+        "request_id": response.headers.getRawHeaders(b"x-request-id")[0].decode(),
     }
     assert time.monotonic() - started < 2
 

@@ -290,7 +290,7 @@ async def test_stop_drains_in_flight_and_ready_turns_503(closer):
     assert response.code == 200
     assert await response.content() == b"done"
     await stopping
-    assert not gw.resource.in_flight.count
+    assert not gw.handler.in_flight.count
 
 
 @ensure

@@ -6,11 +6,16 @@ import hashlib
 import hmac
 
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.http_headers import Headers
 
 from avx_twisted.auth import AuthError, Identity
 from avx_twisted.auth.api_key import ApiKeyAuthenticator
 from avx_twisted.config import ApiKey, ApiKeyConfig
+from avx_twisted.h1 import Fields
+
+
+def fields(mapping: dict[bytes, list[bytes]] | None = None) -> Fields:
+    """Request header fields from a name -> values mapping."""
+    return Fields([(name, value) for name, values in (mapping or {}).items() for value in values])
 
 
 def sha256(key: bytes) -> str:
@@ -32,26 +37,26 @@ class HeaderTests(SynchronousTestCase):
     """Keys presented in the configured header."""
 
     def test_known_key_gives_its_configured_name(self) -> None:
-        identity = authenticator().authenticate(Headers({b"X-API-Key": [b"ops-key"]}), b"")
+        identity = authenticator().authenticate(fields({b"X-API-Key": [b"ops-key"]}), b"")
         self.assertEqual(identity, Identity("api_key", "ops", {}, frozenset()))
         self.assertEqual(dict(identity.claims), {})
         self.assertEqual(identity.scopes, frozenset())
 
     def test_header_name_is_case_insensitive(self) -> None:
-        identity = authenticator().authenticate(Headers({b"x-api-key": [b"ci-key"]}), b"")
+        identity = authenticator().authenticate(fields({b"x-api-key": [b"ci-key"]}), b"")
         self.assertEqual(identity.name, "ci")
 
     def test_surrounding_whitespace_is_ignored(self) -> None:
-        identity = authenticator().authenticate(Headers({b"X-API-Key": [b" ci-key "]}), b"")
+        identity = authenticator().authenticate(fields({b"X-API-Key": [b" ci-key "]}), b"")
         self.assertEqual(identity.name, "ci")
 
     def test_configured_header(self) -> None:
         auth = authenticator(header="X-Gateway-Key")
         self.assertEqual(auth.credential_header, b"x-gateway-key")
-        identity = auth.authenticate(Headers({b"X-Gateway-Key": [b"batch-key"]}), b"")
+        identity = auth.authenticate(fields({b"X-Gateway-Key": [b"batch-key"]}), b"")
         self.assertEqual(identity.name, "batch")
         e = self.assertRaises(
-            AuthError, auth.authenticate, Headers({b"X-API-Key": [b"batch-key"]}), b""
+            AuthError, auth.authenticate, fields({b"X-API-Key": [b"batch-key"]}), b""
         )
         self.assertEqual(e.reason, "missing")
         self.assertEqual(e.www_authenticate, 'ApiKey header="X-Gateway-Key"')
@@ -61,35 +66,35 @@ class HeaderTests(SynchronousTestCase):
 
     def test_unknown_key_is_refused(self) -> None:
         e = self.assertRaises(
-            AuthError, authenticator().authenticate, Headers({b"X-API-Key": [b"nope"]}), b""
+            AuthError, authenticator().authenticate, fields({b"X-API-Key": [b"nope"]}), b""
         )
         self.assertEqual((e.status, e.reason), (401, "unknown_key"))
         self.assertEqual(e.www_authenticate, 'ApiKey header="X-API-Key"')
         self.assertNotIn("nope", e.description)
 
     def test_missing_key_is_refused(self) -> None:
-        e = self.assertRaises(AuthError, authenticator().authenticate, Headers(), b"")
+        e = self.assertRaises(AuthError, authenticator().authenticate, fields(), b"")
         self.assertEqual((e.status, e.reason), (401, "missing"))
         self.assertEqual(e.www_authenticate, 'ApiKey header="X-API-Key"')
 
     def test_empty_header_counts_as_missing(self) -> None:
         e = self.assertRaises(
-            AuthError, authenticator().authenticate, Headers({b"X-API-Key": [b"  "]}), b""
+            AuthError, authenticator().authenticate, fields({b"X-API-Key": [b"  "]}), b""
         )
         self.assertEqual(e.reason, "missing")
 
     def test_two_different_keys_are_refused(self) -> None:
-        headers = Headers({b"X-API-Key": [b"ci-key", b"ops-key"]})
+        headers = fields({b"X-API-Key": [b"ci-key", b"ops-key"]})
         e = self.assertRaises(AuthError, authenticator().authenticate, headers, b"")
         self.assertEqual((e.status, e.reason), (401, "malformed"))
 
     def test_repeated_same_key_is_accepted(self) -> None:
-        headers = Headers({b"X-API-Key": [b"ci-key", b"ci-key"]})
+        headers = fields({b"X-API-Key": [b"ci-key", b"ci-key"]})
         self.assertEqual(authenticator().authenticate(headers, b"").name, "ci")
 
     def test_no_configured_keys_refuses_everything(self) -> None:
         auth = ApiKeyAuthenticator(ApiKeyConfig())
-        e = self.assertRaises(AuthError, auth.authenticate, Headers({b"X-API-Key": [b"x"]}), b"")
+        e = self.assertRaises(AuthError, auth.authenticate, fields({b"X-API-Key": [b"x"]}), b"")
         self.assertEqual(e.reason, "unknown_key")
 
 
@@ -110,7 +115,7 @@ class ConstantTimeTests(SynchronousTestCase):
     def test_first_key_matching_still_compares_all(self) -> None:
         calls = self.count_compares()
         self.assertEqual(
-            authenticator().authenticate(Headers({b"X-API-Key": [b"ci-key"]}), b"").name, "ci"
+            authenticator().authenticate(fields({b"X-API-Key": [b"ci-key"]}), b"").name, "ci"
         )
         self.assertEqual(len(calls), len(KEYS))
         self.assertEqual({b for _, b in calls}, {bytes.fromhex(k.sha256) for k in KEYS})
@@ -118,13 +123,13 @@ class ConstantTimeTests(SynchronousTestCase):
     def test_unknown_key_compares_all(self) -> None:
         calls = self.count_compares()
         self.assertRaises(
-            AuthError, authenticator().authenticate, Headers({b"X-API-Key": [b"zzz"]}), b""
+            AuthError, authenticator().authenticate, fields({b"X-API-Key": [b"zzz"]}), b""
         )
         self.assertEqual(len(calls), len(KEYS))
 
     def test_compares_digests_not_keys(self) -> None:
         calls = self.count_compares()
-        authenticator().authenticate(Headers({b"X-API-Key": [b"ops-key"]}), b"")
+        authenticator().authenticate(fields({b"X-API-Key": [b"ops-key"]}), b"")
         self.assertTrue(all(a == hashlib.sha256(b"ops-key").digest() for a, _ in calls))
 
 
@@ -133,44 +138,44 @@ class QueryParameterTests(SynchronousTestCase):
 
     def test_query_is_ignored_when_not_configured(self) -> None:
         auth = authenticator()
-        e = self.assertRaises(AuthError, auth.authenticate, Headers(), b"api_key=ci-key")
+        e = self.assertRaises(AuthError, auth.authenticate, fields(), b"api_key=ci-key")
         self.assertEqual(e.reason, "missing")
 
     def test_query_parameter_when_configured(self) -> None:
         auth = authenticator(query_param="api_key")
-        self.assertEqual(auth.authenticate(Headers(), b"a=1&api_key=ci-key&b=2").name, "ci")
+        self.assertEqual(auth.authenticate(fields(), b"a=1&api_key=ci-key&b=2").name, "ci")
 
     def test_query_value_is_percent_decoded(self) -> None:
         auth = ApiKeyAuthenticator(
             ApiKeyConfig(query_param="key", keys=(ApiKey("odd", sha256(b"a/b c+d")),))
         )
-        self.assertEqual(auth.authenticate(Headers(), b"key=a%2Fb+c%2Bd").name, "odd")
+        self.assertEqual(auth.authenticate(fields(), b"key=a%2Fb+c%2Bd").name, "odd")
 
     def test_query_parameter_name_is_matched_exactly(self) -> None:
         auth = authenticator(query_param="api_key")
-        e = self.assertRaises(AuthError, auth.authenticate, Headers(), b"api_keys=ci-key")
+        e = self.assertRaises(AuthError, auth.authenticate, fields(), b"api_keys=ci-key")
         self.assertEqual(e.reason, "missing")
 
     def test_header_wins_over_query(self) -> None:
         auth = authenticator(query_param="api_key")
-        headers = Headers({b"X-API-Key": [b"ops-key"]})
+        headers = fields({b"X-API-Key": [b"ops-key"]})
         self.assertEqual(auth.authenticate(headers, b"api_key=ci-key").name, "ops")
 
     def test_two_different_query_keys_are_refused(self) -> None:
         auth = authenticator(query_param="api_key")
         e = self.assertRaises(
-            AuthError, auth.authenticate, Headers(), b"api_key=ci-key&api_key=ops-key"
+            AuthError, auth.authenticate, fields(), b"api_key=ci-key&api_key=ops-key"
         )
         self.assertEqual(e.reason, "malformed")
 
     def test_empty_query_value_is_missing(self) -> None:
         auth = authenticator(query_param="api_key")
-        e = self.assertRaises(AuthError, auth.authenticate, Headers(), b"api_key=&x=1")
+        e = self.assertRaises(AuthError, auth.authenticate, fields(), b"api_key=&x=1")
         self.assertEqual(e.reason, "missing")
 
     def test_unknown_query_key(self) -> None:
         auth = authenticator(query_param="api_key")
-        e = self.assertRaises(AuthError, auth.authenticate, Headers(), b"api_key=other")
+        e = self.assertRaises(AuthError, auth.authenticate, fields(), b"api_key=other")
         self.assertEqual(e.reason, "unknown_key")
 
 
@@ -185,7 +190,7 @@ class StripQueryTests(SynchronousTestCase):
     def test_encoded_parameter_name_is_removed_too(self) -> None:
         auth = authenticator(query_param="api_key")
         self.assertEqual(auth.strip_query(b"api%5Fkey=ci-key&x=1"), b"x=1")
-        self.assertEqual(auth.authenticate(Headers(), b"api%5Fkey=ci-key&x=1").name, "ci")
+        self.assertEqual(auth.authenticate(fields(), b"api%5Fkey=ci-key&x=1").name, "ci")
 
     def test_only_the_parameter_leaves_an_empty_query(self) -> None:
         auth = authenticator(query_param="api_key")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.http_headers import Headers
 
 from avx_twisted.config import CorsConfig
 from avx_twisted.cors import CorsPolicy, vary_value
+from avx_twisted.h1 import Fields
 
 APP = "https://app.example.com"
 VARY_PREFLIGHT = (b"Vary", b"Origin, Access-Control-Request-Method, Access-Control-Request-Headers")
@@ -19,21 +19,21 @@ def policy(**kwargs: object) -> CorsPolicy:
     return CorsPolicy(CorsConfig(**kwargs))  # type: ignore[arg-type]
 
 
-def headers(**fields: str) -> Headers:
+def headers(**fields: str) -> Fields:
     """Request headers from keyword arguments (``request_method`` -> ``Request-Method``)."""
-    h = Headers()
+    h = Fields()
     for name, value in fields.items():
-        h.addRawHeader(name.replace("_", "-").encode(), value.encode())
+        h.add(name.replace("_", "-").encode(), value.encode())
     return h
 
 
 def preflight_headers(
     origin: str = APP, method: str = "PUT", request_headers: str | None = None
-) -> Headers:
+) -> Fields:
     """The headers of a browser preflight."""
     h = headers(origin=origin, access_control_request_method=method)
     if request_headers is not None:
-        h.addRawHeader(b"Access-Control-Request-Headers", request_headers.encode())
+        h.add(b"Access-Control-Request-Headers", request_headers.encode())
     return h
 
 
@@ -118,7 +118,7 @@ class PreflightTests(SynchronousTestCase):
     def test_request_headers_over_several_lines(self) -> None:
         p = policy(allowed_headers=("X-A",))
         h = preflight_headers(request_headers="x-a")
-        h.addRawHeader(b"Access-Control-Request-Headers", b"x-b")
+        h.add(b"Access-Control-Request-Headers", b"x-b")
         self.assertEqual(p.preflight(h), (204, [VARY_PREFLIGHT]))
 
     def test_origin_compares_case_insensitively(self) -> None:
@@ -148,7 +148,7 @@ class PreflightTests(SynchronousTestCase):
 
     def test_several_origin_headers_are_refused(self) -> None:
         h = preflight_headers()
-        h.addRawHeader(b"Origin", APP.encode())
+        h.add(b"Origin", APP.encode())
         self.assertEqual(policy().preflight(h), (204, [VARY_PREFLIGHT]))
 
     def test_wildcard_methods_and_headers_name_the_requested_ones(self) -> None:
@@ -230,7 +230,7 @@ class ResponseHeadersTests(SynchronousTestCase):
         self.assertEqual(p.response_headers(headers(origin="https://evil.example")), [VARY_ORIGIN])
 
     def test_no_origin_gets_only_vary(self) -> None:
-        self.assertEqual(policy().response_headers(Headers()), [VARY_ORIGIN])
+        self.assertEqual(policy().response_headers(Fields()), [VARY_ORIGIN])
 
     def test_policy_allowing_nothing_adds_nothing(self) -> None:
         self.assertEqual(policy(allowed_origins=()).response_headers(headers(origin=APP)), [])

@@ -1,0 +1,34 @@
+"""A real WebSocket upstream (the ``websockets`` library, in a thread) and a real client."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+from websockets.sync.client import connect
+from websockets.sync.server import Server, ServerConnection, serve
+
+__all__ = ["WsUpstream", "connect"]
+
+
+def echo(connection: ServerConnection) -> None:
+    """Echo every message back, text as text and binary as binary, until the client closes."""
+    for message in connection:
+        connection.send(message)
+
+
+class WsUpstream:
+    """``handler`` served on an ephemeral loopback port from a thread; ``stop()`` ends it."""
+
+    def __init__(self, handler: Callable[[ServerConnection], None] = echo, **options: Any) -> None:
+        self.server: Server = serve(
+            handler, "127.0.0.1", 0, max_size=None, compression=None, **options
+        )
+        self.port = self.server.socket.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.thread.join(5)
