@@ -114,6 +114,8 @@ class Exchange:
     def start(self) -> None:
         if self.ctx is not None:
             self.ctx.exchange = self  # the gateway's finish hook reports client loss
+        elif self.request.on_done is None:
+            self.request.on_done = self._request_done
         self.deadline = self.forwarder.clock.callLater(self.route.timeout_s, self.timed_out)
         self.attempt()
 
@@ -395,6 +397,10 @@ class Exchange:
         elif self.response is not None:
             response, self.response = self.response, None
             response.abort()
+
+    def _request_done(self, request: Any, failure: Optional[Failure]) -> None:
+        if failure is not None:
+            self.client_lost(failure)
 
     def client_lost(self, failure: Failure) -> None:
         if self.state is ExchangeState.TUNNEL:

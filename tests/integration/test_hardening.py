@@ -81,8 +81,8 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 
 from avx_twisted.config import GatewayConfig
-from avx_twisted.service import GatewayService
 from avx_twisted.h1 import ServerFactory, ServerLimits, ServerProtocol
+from avx_twisted.service import GatewayService
 from tests.support.servers import FnResource, Upstream, gateway, upstream
 
 ensure = pytest_twisted.ensureDeferred

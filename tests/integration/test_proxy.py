@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from unittest.mock import ANY
 import time
+from unittest.mock import ANY
 
 import pytest_twisted
 from twisted.internet import reactor

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from unittest.mock import ANY
 import time
+from unittest.mock import ANY
 
 import pytest_twisted
 from twisted.internet import reactor
@@ -233,7 +233,11 @@ async def test_no_healthy_target_is_503_and_health_reports_it(closer):
     await sleep(0.2)
     response, body = await get(gw)
     assert response.code == 503
-    assert json.loads(body) == {"error": "no upstream target available", "status": 503, "request_id": ANY}
+    assert json.loads(body) == {
+        "error": "no upstream target available",
+        "status": 503,
+        "request_id": ANY,
+    }
     response, body = await get(gw, "/health")
     assert response.code == 503
     report = json.loads(body)
