@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 
 from .errors import REFUSALS, error_answer
 from .h1 import (
+    REASONS,
     BodyFailed,
     ProtocolViolation,
     Tunnel,
@@ -251,7 +252,9 @@ class Exchange:
             length = response.head.content_length
         self.state = ExchangeState.RELAYING
         self.response = response
-        request.start(status, fields, length, response.head.reason or None)
+        # Registered statuses get our reason phrase; others keep the upstream's.
+        reason = None if status in REASONS else response.head.reason or None
+        request.start(status, fields, length, reason)
         if length != 0:
             request.register_producer(response.producer)
         response.deliver(self)
