@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .api import Gateway, GatewayBuilder  # noqa: E402
-from .config import ConfigError, GatewayConfig  # noqa: E402
+from ._version import __version__
+from .api import Gateway, GatewayBuilder
+from .config import ConfigError, GatewayConfig
 
 __all__ = ["ConfigError", "Gateway", "GatewayBuilder", "GatewayConfig", "__version__"]

@@ -1,4 +1,4 @@
-"""Validation of a raw config mapping into :mod:`avx_twisted.config` objects.
+"""Validation of a raw config mapping into :mod:`avx_twisted._configmodel` objects.
 
 One pass over the mapping builds the typed, frozen objects and collects every problem with its
 key path, the bad value and what is allowed; :class:`Parser` raises one ConfigError for all.
@@ -12,9 +12,9 @@ import math
 import os
 import re
 from dataclasses import replace
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
-from .config import (
+from ._configmodel import (
     AUTH_METHODS,
     HMAC_ALGORITHMS,
     LOG_LEVELS,
@@ -25,10 +25,10 @@ from .config import (
     ApiKey,
     ApiKeyConfig,
     AuthConfig,
+    BaseGatewayConfig,
     CircuitBreakerConfig,
     ConfigError,
     CorsConfig,
-    GatewayConfig,
     HealthCheckConfig,
     HealthConfig,
     JwtConfig,
@@ -40,11 +40,15 @@ from .config import (
     ServerConfig,
     UpstreamConfig,
 )
+from .urls import parse_url
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 _MISSING = object()
+
+#: The class of the whole config the parser builds (:class:`avx_twisted.config.GatewayConfig`).
+_Config = TypeVar("_Config", bound=BaseGatewayConfig)
 
 
 def _show(value: Any) -> str:
@@ -278,7 +282,8 @@ class Parser:
     def file(self, path: str) -> str:
         return path if os.path.isabs(path) else os.path.join(self.base_dir, path)
 
-    def parse(self, data: Mapping[str, Any]) -> GatewayConfig:
+    def parse(self, data: Mapping[str, Any], config_class: type[_Config]) -> _Config:
+        """Build a ``config_class`` from ``data``; raise one ConfigError for every problem."""
         top = _Table(self, "", data, _TOP_KEYS)
         server = self.server(top.table("server", _SERVER_KEYS))
         middleware = self.middleware(
@@ -300,7 +305,7 @@ class Parser:
         logging = self.logging(top.table("logging", ("format", "access_log", "level")))
         admin = self.admin(top.table("admin", ("listen", "token_sha256")))
         routes = self.routes(top, server, rate, auth)
-        config = GatewayConfig(
+        config = config_class(
             server=server,
             routes=routes,
             middleware=middleware,
@@ -648,8 +653,6 @@ class Parser:
         )
 
     def upstream(self, t: _Table | None, path: str) -> UpstreamConfig | None:
-        from .upstream import Target
-
         if t is None:
             self.error(path, "is required: [routes.upstream] with urls = [...]")
             return None
@@ -661,7 +664,7 @@ class Parser:
                 return "must list at least one URL"
             for url in urls:
                 try:
-                    Target(url)
+                    parse_url(url)
                 except ValueError as e:
                     return f"has {url!r}: {e}"
             return None
@@ -728,7 +731,7 @@ class Parser:
 
     # -- whole-config checks -------------------------------------------------------------------
 
-    def cross_checks(self, config: GatewayConfig) -> None:
+    def cross_checks(self, config: BaseGatewayConfig) -> None:
         from .routing import PatternError, RouteRule, RouteTable
 
         seen: dict[str, int] = {}

@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import hmac
 import json
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 from urllib.parse import unquote
 
 from twisted.logger import Logger
@@ -21,7 +21,25 @@ from twisted.web.server import Request, Site
 from .errors import error_answer
 
 if TYPE_CHECKING:
-    from .service import GatewayService
+    from .config import GatewayConfig
+    from .runtime import Runtime
+
+
+class AdminService(Protocol):
+    """What the admin API needs of the gateway it manages (the
+    :class:`~avx_twisted.service.GatewayService` is one)."""
+
+    @property
+    def config(self) -> GatewayConfig:
+        """The configuration in use."""
+
+    @property
+    def runtime(self) -> Runtime:
+        """The runtime in use: its routes and their upstream targets."""
+
+    def reload(self) -> bool:
+        """Re-read the configuration file and swap the runtime; False if it was refused."""
+
 
 _REDACTED = "<redacted>"
 _SECRET_KEYS = frozenset(["secret", "sha256", "token_sha256"])
@@ -59,7 +77,7 @@ class AdminResource(Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, service: GatewayService, token_sha256: str) -> None:
+    def __init__(self, service: AdminService, token_sha256: str) -> None:
         super().__init__()
         self.service = service
         self.token = bytes.fromhex(token_sha256)
@@ -162,7 +180,7 @@ class AdminResource(Resource):
         return 200, {"url": url, "enabled": enabled, "routes": changed}
 
 
-def admin_site(service: GatewayService, token_sha256: str) -> Site:
+def admin_site(service: AdminService, token_sha256: str) -> Site:
     """The admin listener's factory (no per-request access log line)."""
     site = Site(AdminResource(service, token_sha256))
     site.log = lambda request: None  # type: ignore[method-assign]

@@ -3,18 +3,32 @@
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Protocol, Sequence, TypeVar
 
 from zope.interface import Interface, implementer
 
-if TYPE_CHECKING:
-    from avx_twisted.upstream import Target
+
+class BalancedTarget(Protocol):
+    """What a balancer needs of a target (:class:`avx_twisted.upstream.Target` is one): its
+    configured weight and the requests in flight to it. Targets are also used as dict keys."""
+
+    @property
+    def weight(self) -> int:
+        """The target's share under the "weighted" strategy (>= 1)."""
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent to the target and not finished yet."""
+
+
+#: A balancer hands back one of the candidates it was given, of whatever target class they are.
+_T = TypeVar("_T", bound=BalancedTarget)
 
 
 class IBalancer(Interface):
     """A strategy choosing one target out of the currently usable ones."""
 
-    def pick(candidates: Sequence[Target]) -> Target | None:
+    def pick(candidates: Sequence[_T]) -> _T | None:
         """Choose one of `candidates` (already filtered to available ones, in config order);
         None if empty."""
 
@@ -30,7 +44,7 @@ class RoundRobin:
     def __init__(self) -> None:
         self._next = 0
 
-    def pick(self, candidates: Sequence[Target]) -> Target | None:
+    def pick(self, candidates: Sequence[_T]) -> _T | None:
         """Return the next candidate in rotation, or None if there are none."""
         if not candidates:
             return None
@@ -46,7 +60,7 @@ class RandomChoice:
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng if rng is not None else random.Random()
 
-    def pick(self, candidates: Sequence[Target]) -> Target | None:
+    def pick(self, candidates: Sequence[_T]) -> _T | None:
         """Return a random candidate, or None if there are none."""
         if not candidates:
             return None
@@ -65,7 +79,7 @@ class LeastConnections:
     def __init__(self) -> None:
         self._next = 0
 
-    def pick(self, candidates: Sequence[Target]) -> Target | None:
+    def pick(self, candidates: Sequence[_T]) -> _T | None:
         """Return a least-loaded candidate, or None if there are none."""
         count = len(candidates)
         if not count:
@@ -89,13 +103,13 @@ class Weighted:
     """
 
     def __init__(self) -> None:
-        self._current: dict[Target, int] = {}
+        self._current: dict[BalancedTarget, int] = {}
 
-    def pick(self, candidates: Sequence[Target]) -> Target | None:
+    def pick(self, candidates: Sequence[_T]) -> _T | None:
         """Return the next candidate in the smooth weighted sequence, or None if none."""
         current = self._current
         total = 0
-        best: Target | None = None
+        best: _T | None = None
         best_weight = 0
         for target in candidates:
             weight = current.get(target, 0) + target.weight

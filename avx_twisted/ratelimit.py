@@ -37,6 +37,11 @@ class Decision:
     retry_after_s: float
 
 
+class BackendUnavailable(Exception):
+    """A shared store (Redis) did not answer and ``on_backend_error = "deny"``: the request
+    gets 503. A networked :class:`IRateLimitStore` fails its Deferred with this."""
+
+
 class IRateLimitStore(Interface):
     """Where token buckets live: in this process, or shared between gateway instances."""
 
@@ -245,8 +250,6 @@ class RateLimitFilter:
 
     def unavailable(self, failure: Any, request: Any, ctx: Any) -> Answer:
         """The shared store could not answer and its errors deny: 503 (never the upstream)."""
-        from .redis_store import BackendUnavailable
-
         failure.trap(BackendUnavailable)
         return error_answer(
             503, "rate limit backend unavailable", [(b"Retry-After", b"1")], ctx.request_id

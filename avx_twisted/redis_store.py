@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .ratelimit import Decision, IRateLimitStore, MemoryStore
+from .ratelimit import BackendUnavailable, Decision, IRateLimitStore, MemoryStore
 
 TOKEN_BUCKET_LUA = """
 local rate = tonumber(ARGV[1])
@@ -46,10 +46,6 @@ redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 return {allowed, tostring(tokens)}
 """
-
-
-class BackendUnavailable(Exception):
-    """Redis did not answer and ``on_backend_error = "deny"``: the request gets 503."""
 
 
 def parse_redis_url(url: str) -> tuple[str, int, int]:

@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger, globalLogPublisher
 from twisted.python.failure import Failure
 
-from . import __version__
+from ._version import __version__
 from .config import ConfigError, GatewayConfig
 from .gateway import GatewayHandler
 from .h1 import ServerFactory, ServerLimits

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import random
 from typing import TYPE_CHECKING, Any, Collection, Sequence
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from avx_twisted.balancing import IBalancer, balancer_for
+from avx_twisted.urls import DEFAULT_PORTS, parse_url
 
 if TYPE_CHECKING:
     from avx_twisted.breaker import CircuitBreaker
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 # RFC 3986 pchar plus "/" and "%": kept as-is in the base path, anything else is %-encoded.
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 
@@ -22,14 +22,14 @@ class Target:
     def __init__(self, url: str, weight: int = 1) -> None:
         if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
             raise ValueError(f"weight {weight!r} is not a positive integer")
-        scheme, host, port, path = _parse_url(url)
+        scheme, host, port, path = parse_url(url)
         self.url = url
         self.scheme = scheme.encode("ascii")
         self.host = host
         self.port = port
         self.base_path = quote(path.rstrip("/"), safe=_PATH_SAFE).encode("ascii")
         netloc = f"[{host}]" if ":" in host else host
-        if port != _DEFAULT_PORTS[scheme]:
+        if port != DEFAULT_PORTS[scheme]:
             netloc = f"{netloc}:{port}"
         self.netloc = netloc.encode("ascii")
         self.base_uri = self.scheme + b"://" + self.netloc + self.base_path
@@ -72,40 +72,6 @@ class Target:
 
     def __repr__(self) -> str:
         return f"<Target {self.url} weight={self.weight} in_flight={self.in_flight}>"
-
-
-def _parse_url(url: str) -> tuple[str, str, int, str]:
-    """Validate an upstream URL and return (scheme, host, port, path)."""
-    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
-        raise ValueError("URL contains whitespace or control characters")
-    try:
-        parts = urlsplit(url)
-    except ValueError as e:
-        raise ValueError(f"malformed URL: {e}")
-    if not parts.scheme:
-        raise ValueError("missing scheme (expected http:// or https://)")
-    if parts.scheme not in _DEFAULT_PORTS:
-        raise ValueError(f"scheme {parts.scheme!r} is not http or https")
-    if "@" in parts.netloc:
-        raise ValueError("userinfo (user@host) is not allowed")
-    if "#" in url:
-        raise ValueError("fragment ('#...') is not allowed")
-    if "?" in url:
-        raise ValueError("query string ('?...') is not allowed")
-    host = parts.hostname
-    if not host:
-        raise ValueError("missing host")
-    if not host.isascii():
-        raise ValueError(f"host {host!r} is not ASCII (use its punycode form)")
-    try:
-        port = parts.port
-    except ValueError:
-        port = 0
-    if port == 0:
-        raise ValueError(f"invalid port in {parts.netloc!r} (expected 1-65535)")
-    if port is None:
-        port = _DEFAULT_PORTS[parts.scheme]
-    return parts.scheme, host, port, parts.path
 
 
 class Upstream:

@@ -3,79 +3,14 @@
 Both authenticators are built once from the configuration and called synchronously per request.
 They return an :class:`Identity` or raise :class:`AuthError`, which carries everything the
 gateway needs to answer (status, ``WWW-Authenticate``) and to count the refusal (``reason``).
-The authenticators live in :mod:`avx_twisted.auth.jwt` and :mod:`avx_twisted.auth.api_key` and
-are imported on first use, so importing this package stays cheap.
+The authenticators live in their own modules and are imported from there
+(``from avx_twisted.auth.jwt import JwtAuthenticator``,
+``from avx_twisted.auth.api_key import ApiKeyAuthenticator``), so importing this package stays
+cheap.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Mapping
+from ._identity import NO_CLAIMS, AuthError, Identity
 
-if TYPE_CHECKING:
-    from .api_key import ApiKeyAuthenticator
-    from .jwt import JwtAuthenticator
-
-__all__ = ["Identity", "AuthError", "JwtAuthenticator", "ApiKeyAuthenticator", "NO_CLAIMS"]
-
-NO_CLAIMS: Mapping[str, Any] = MappingProxyType({})
-
-
-@dataclass(frozen=True)
-class Identity:
-    """A caller whose credential was verified.
-
-    ``name`` is what logs, metrics and rate limits know the caller by: the JWT ``sub`` (empty if
-    the token has none) or the API key's configured name. ``claims`` are the verified JWT claims
-    (read-only; empty for API keys) and ``scopes`` come from the ``scope``/``scp`` claims.
-    """
-
-    method: str
-    name: str
-    claims: Mapping[str, Any]
-    scopes: frozenset[str]
-
-
-class AuthError(Exception):
-    """Why a credential was refused.
-
-    ``status`` is 401 (no or bad credential) or 403 (good credential, not enough scope);
-    ``reason`` is a short machine label for metrics (``missing``, ``malformed``, ``expired``,
-    ``not_yet_valid``, ``bad_signature``, ``bad_issuer``, ``bad_audience``, ``unknown_kid``,
-    ``bad_algorithm``, ``missing_claim``, ``unknown_key``, ``insufficient_scope``);
-    ``description`` is short human text that is safe to send to the client (it never echoes the
-    credential); ``www_authenticate`` is the ready challenge header value, or None.
-    """
-
-    def __init__(
-        self,
-        status: int,
-        reason: str,
-        description: str,
-        www_authenticate: str | None = None,
-    ) -> None:
-        super().__init__(status, reason, description)
-        self.status = status
-        self.reason = reason
-        self.description = description
-        self.www_authenticate = www_authenticate
-
-    def __str__(self) -> str:
-        return f"{self.status} {self.reason}: {self.description}"
-
-    def __repr__(self) -> str:
-        return f"AuthError({self.status!r}, {self.reason!r}, {self.description!r})"
-
-
-def __getattr__(name: str) -> Any:
-    """Import an authenticator's module only when it is first asked for (PEP 562)."""
-    if name == "JwtAuthenticator":
-        from .jwt import JwtAuthenticator
-
-        return JwtAuthenticator
-    if name == "ApiKeyAuthenticator":
-        from .api_key import ApiKeyAuthenticator
-
-        return ApiKeyAuthenticator
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["Identity", "AuthError", "NO_CLAIMS"]

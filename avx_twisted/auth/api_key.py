@@ -13,7 +13,7 @@ from urllib.parse import unquote_to_bytes
 
 from ..config import ApiKeyConfig
 from ..h1 import Fields
-from . import NO_CLAIMS, AuthError, Identity
+from ._identity import NO_CLAIMS, AuthError, Identity
 
 __all__ = ["ApiKeyAuthenticator"]
 

@@ -7,7 +7,7 @@ from typing import Any, Sequence, Union
 from twisted.logger import Logger
 
 from ..errors import Answer, error_answer
-from . import AuthError, Identity
+from ._identity import AuthError, Identity
 from .api_key import ApiKeyAuthenticator
 from .jwt import JwtAuthenticator
 

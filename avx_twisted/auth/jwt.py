@@ -36,7 +36,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IAgent
 
 from ..config import HMAC_ALGORITHMS, ConfigError, JwtConfig
-from . import AuthError, Identity
+from ._identity import AuthError, Identity
 
 __all__ = ["JwtAuthenticator"]
 

@@ -1,0 +1,271 @@
+"""The typed, frozen configuration objects and :class:`ConfigError`.
+
+Every default lives here. These classes know nothing of TOML or of validation: the parser
+(:mod:`avx_twisted._configparse`) builds them, and :mod:`avx_twisted.config` is the public face
+that re-exports them with :class:`~avx_twisted.config.GatewayConfig`'s readers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+STRATEGIES = ("round_robin", "random", "least_connections", "weighted")
+RATE_LIMIT_KEYS = ("ip", "global", "route", "api_key", "jwt_sub")
+AUTH_METHODS = ("jwt", "api_key")
+HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
+PUBLIC_KEY_ALGORITHMS = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+)
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``errors`` lists every problem, one line each."""
+
+    def __init__(self, errors: Sequence[str], source: str = "config") -> None:
+        self.errors = list(errors)
+        self.source = source
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        n = len(self.errors)
+        head = f"{self.source}: {n} error{'s' if n != 1 else ''}"
+        return "\n".join([head] + [f"  {e}" for e in self.errors])
+
+
+# ---------------------------------------------------------------------------------------------
+# Typed configuration objects (frozen: built once, shared by everything that serves requests)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """``[server]``: where the gateway listens and its global limits."""
+
+    host: str = "0.0.0.0"
+    port: int = 8080
+    workers: int = 1
+    timeout_ms: int = 30000
+    connect_timeout_ms: int = 5000
+    listen: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
+    preserve_host: bool = True
+    max_body_bytes: int = 10 * 1024 * 1024
+    drain_timeout_ms: int = 10000
+    client_header_timeout_ms: int = 10000
+    client_body_timeout_ms: int = 60000
+    keepalive_timeout_ms: int = 60000
+    #: "" passes the upstream's ``Server`` and sends none on the gateway's own answers.
+    server_header: str = ""
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """Twisted server endpoint strings to listen on (``listen`` or host/port)."""
+        if self.listen:
+            return self.listen
+        host = self.host.replace(":", "\\:")
+        return (f"tcp:{self.port}:interface={host}",)
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    """A token bucket: ``[rate_limiting]`` or a route's ``rate_limit``."""
+
+    requests_per_second: float = 100.0
+    burst_size: int = 200
+    key: str = "ip"
+    backend: str = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    on_backend_error: str = "allow"
+
+
+@dataclass(frozen=True)
+class HealthCheckConfig:
+    """``[routes.upstream.health_check]``: active checks of each target."""
+
+    path: str = "/health"
+    interval_ms: int = 5000
+    timeout_ms: int = 1000
+    healthy_threshold: int = 2
+    unhealthy_threshold: int = 3
+    expected_status: tuple[int, ...] = (200,)
+
+
+@dataclass(frozen=True)
+class CircuitBreakerConfig:
+    """``[routes.upstream.circuit_breaker]``: one breaker per upstream target."""
+
+    failure_threshold: int = 5
+    recovery_timeout_ms: int = 30000
+    half_open_requests: int = 1
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    """``[routes.upstream]``: the targets of a route and how one is picked."""
+
+    urls: tuple[str, ...]
+    strategy: str = "round_robin"
+    weights: tuple[int, ...] | None = None
+    ca_file: str | None = None
+    health_check: HealthCheckConfig | None = None
+    circuit_breaker: CircuitBreakerConfig = field(default_factory=CircuitBreakerConfig)
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    """One ``[[routes]]`` entry; per-route overrides are already resolved against the globals."""
+
+    name: str
+    path: str
+    upstream: UpstreamConfig
+    host: str | None = None
+    strip_path: bool = False
+    methods: tuple[str, ...] | None = None
+    timeout_ms: int = 30000
+    max_body_bytes: int = 10 * 1024 * 1024
+    retries: int = 0
+    auth: tuple[str, ...] = ()
+    scopes: tuple[str, ...] = ()
+    cors: bool = True
+    rate_limit: RateLimitConfig | None = None
+    #: Tunnel ``Upgrade: websocket`` requests on this route.
+    websocket: bool = True
+    websocket_idle_timeout_ms: int = 300000
+
+
+@dataclass(frozen=True)
+class MiddlewareConfig:
+    """``[middleware]``: which cross-cutting features are on."""
+
+    enable_cors: bool = False
+    enable_rate_limiting: bool = False
+    enable_logging: bool = True
+    enable_metrics: bool = True
+
+
+@dataclass(frozen=True)
+class CorsConfig:
+    """``[cors]``: the CORS policy applied to routes with ``cors = true``."""
+
+    allowed_origins: tuple[str, ...] = ()
+    allowed_methods: tuple[str, ...] = ("GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
+    allowed_headers: tuple[str, ...] = ("Authorization", "Content-Type")
+    expose_headers: tuple[str, ...] = ()
+    allow_credentials: bool = False
+    max_age_s: int = 600
+
+
+@dataclass(frozen=True)
+class JwtConfig:
+    """``[auth.jwt]``: how bearer tokens are verified."""
+
+    algorithms: tuple[str, ...] = ("HS256",)
+    secret: str | None = None
+    secret_env: str | None = None
+    public_key_file: str | None = None
+    jwks_url: str | None = None
+    issuer: str | None = None
+    audience: str | None = None
+    leeway_s: int = 0
+    forward_claims: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """One accepted API key, stored only as its SHA-256 hex digest."""
+
+    name: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ApiKeyConfig:
+    """``[auth.api_key]``: where keys are read and which are accepted."""
+
+    header: str = "X-API-Key"
+    query_param: str = ""
+    keys: tuple[ApiKey, ...] = ()
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """``[auth]``: the configured authenticators (absent ones are None)."""
+
+    jwt: JwtConfig | None = None
+    api_key: ApiKeyConfig | None = None
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``."""
+
+    path: str = "/metrics"
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    """``[health]``: paths of the probe endpoints."""
+
+    health_path: str = "/health"
+    liveness_path: str = "/healthz"
+    readiness_path: str = "/ready"
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """``[logging]``."""
+
+    format: str = "json"
+    access_log: str = "-"
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    """``[admin]``: the runtime admin API (absent = off)."""
+
+    listen: str = "tcp:9901:interface=127.0.0.1"
+    token_sha256: str = ""
+
+
+@dataclass(frozen=True)
+class BaseGatewayConfig:
+    """The whole, validated gateway configuration: its fields and what is computed from them.
+
+    :class:`avx_twisted.config.GatewayConfig` is this class with the ways to read a config
+    (``load``, ``from_toml``, ``from_dict``); the parser builds that subclass.
+    """
+
+    server: ServerConfig
+    routes: tuple[RouteConfig, ...]
+    middleware: MiddlewareConfig = field(default_factory=MiddlewareConfig)
+    rate_limiting: RateLimitConfig = field(default_factory=RateLimitConfig)
+    cors: CorsConfig = field(default_factory=CorsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    admin: AdminConfig | None = None
+    source: str = "<config>"
+
+    def internal_paths(self) -> dict[str, str]:
+        """Paths the gateway answers itself, by purpose; routes may not claim them."""
+        paths = {
+            "health.health_path": self.health.health_path,
+            "health.liveness_path": self.health.liveness_path,
+            "health.readiness_path": self.health.readiness_path,
+        }
+        if self.middleware.enable_metrics:
+            paths["metrics.path"] = self.metrics.path
+        return paths
