@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import TYPE_CHECKING, Any, Sequence
-
-if TYPE_CHECKING:
-    from .auth import Identity
+from typing import Any, Sequence
 
 _Network = Any  # ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -85,7 +82,8 @@ class RequestContext:
         self.client_ip = client_ip
         self.peer = peer
         self.peer_trusted = peer_trusted
-        self.identity: Identity | None = None
+        #: What authentication found (an ``auth.Identity``), or None.
+        self.identity: Any = None
         self.request_id = request_id
         self.started = started
         self.route: str = "unmatched"
