@@ -178,9 +178,13 @@ class ClientProtocol(Protocol):
             result.errback(Failure(failure))
 
     def _end_stream(self) -> None:
+        """The request body is done with this connection (sent, failed, answered early or
+        lost): stop feeding it, and let go of the client if this transport had paused it."""
         stream, self._stream = self._stream, None
-        if stream is not None and self.transport is not None:
-            self.transport.unregisterProducer()
+        if stream is not None:
+            if self.transport is not None:
+                self.transport.unregisterProducer()
+            stream.detach()
 
     # -- receiving ----------------------------------------------------------------------------
 
@@ -198,6 +202,14 @@ class ClientProtocol(Protocol):
             offset = self._parser.feed(data)
         except ProtocolViolation as violation:
             self._feeding = False
+            if self._finished and self.state is ClientState.RECEIVING:
+                # Garbage after a whole response: the response stands, the connection goes.
+                self._stray = True
+                if self._sink is not None:
+                    self._message_complete()
+                else:
+                    self.abort()
+                return
             self._broken(Failure(violation))
             return
         self._feeding = False
@@ -278,10 +290,7 @@ class ClientProtocol(Protocol):
         """The response ended: tell the sink, then pool or close the connection."""
         if not self._body_sent:
             # The upstream answered before taking the whole body: stop sending, never reuse.
-            stream = self._stream
             self._end_stream()
-            if stream is not None:
-                stream.detach()
             self._body_sent = True
             self._reusable = False
         sink, self._sink = self._sink, None
@@ -333,7 +342,7 @@ class ClientProtocol(Protocol):
     def close(self) -> Deferred[None]:
         """Close the connection; fires once it is closed."""
         d: Deferred[None] = Deferred()
-        if self.transport is None or not self.transport.connected:
+        if self.transport is None or not self.connected:
             d.callback(None)
             return d
         self._closed.append(d)
@@ -346,12 +355,15 @@ class ClientProtocol(Protocol):
         self.abort()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        previous, self.state = self.state, ClientState.CLOSED
+        # What was going on is told by what is still held, not by ``state``: an abort has
+        # made the state CLOSED already.
+        self.state = ClientState.CLOSED
+        self.connected = 0
         self._end_stream()
         timer, self.idle_timer = self.idle_timer, None
         if timer is not None and timer.active():
             timer.cancel()
-        if previous is ClientState.TUNNEL and self.tunnel is not None:
+        if self.tunnel is not None:
             self.tunnel.lost(self, reason)
         result, self._result = self._result, None
         if result is not None and not result.called:
@@ -360,17 +372,19 @@ class ClientProtocol(Protocol):
             else:
                 result.errback(Failure(UpstreamClosed(reason, self.reused)))
         sink, self._sink = self._sink, None
-        if self._response is not None:
-            self._response.producer.detach()
-            self._response = None
+        response, self._response = self._response, None
+        if response is not None:
+            response.producer.detach()
         if self._finished or (
             self._close_delimited and reason is not None and reason.check(ConnectionDone)
         ):
             self._finished = True  # complete before the close (or ended by a clean close)
             if sink is not None:
                 sink.body_done()
-        elif previous is ClientState.RECEIVING or self._close_delimited:
-            self._ended = reason
+        elif response is not None or self._close_delimited:
+            # A body was on its way (or already broken off by bad framing: keep that reason).
+            if self._ended is None:
+                self._ended = reason
             if sink is not None:
                 sink.body_failed(reason)
         self._released(self)

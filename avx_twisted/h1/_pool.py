@@ -109,8 +109,9 @@ class UpstreamPool:
         """Close every idle connection; fires when they are closed."""
         self.closing = True
         waits = []
-        for idle in self._idle.values():
-            for protocol in idle:
+        # Copies: a transport may report the close at once, and the protocol leaves its list.
+        for idle in list(self._idle.values()):
+            for protocol in list(idle):
                 timer, protocol.idle_timer = protocol.idle_timer, None
                 if timer is not None and timer.active():
                     timer.cancel()
@@ -145,6 +146,7 @@ class _Exchange:
         self.result: Deferred[UpstreamResponse] = Deferred(self._cancel)
         self._connecting: Optional[Deferred[ClientProtocol]] = None
         self._sent: Optional[Deferred[UpstreamResponse]] = None
+        self._cancelled = False
 
     def start(self, reuse: bool) -> None:
         protocol = self.pool._take(self.key) if reuse else None
@@ -156,7 +158,7 @@ class _Exchange:
 
     def _connected(self, protocol: ClientProtocol) -> None:
         self._connecting = None
-        if self.result.called:  # cancelled meanwhile
+        if self._cancelled or self.result.called:  # cancelled (the connect may win the race)
             protocol.close()
             return
         self._send(protocol)
@@ -190,6 +192,7 @@ class _Exchange:
             self.result.errback(failure)
 
     def _cancel(self, _: Deferred[Any]) -> None:
+        self._cancelled = True
         connecting, self._connecting = self._connecting, None
         if connecting is not None:
             connecting.cancel()
