@@ -36,8 +36,29 @@ endif
 
 .PHONY: run test unit lint check clean bench redis-server
 
+# httptools has no PyPy wheels: it builds from source against PyPy's Python.h with a C compiler.
+ifdef IS_PYPY
+define BUILD_DEPS
+include="$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"; \
+if [ ! -f "$$include/Python.h" ] || ! command -v cc >/dev/null 2>&1; then \
+  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+    echo "installing pypy3-dev gcc with apt-get (httptools builds from source on PyPy)"; \
+    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q pypy3-dev gcc \
+      || exit 1; \
+  else \
+    echo "httptools builds from source on PyPy: install PyPy's headers and a C compiler," >&2; \
+    echo "  e.g. sudo apt-get install pypy3-dev gcc" >&2; \
+    exit 1; \
+  fi; \
+fi
+endef
+else
+BUILD_DEPS = true
+endif
+
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { $(VENV_FAILED); }
+	@$(BUILD_DEPS)
 	$(PY) -m pip install -q --upgrade pip $(PIP_FLAGS)
 	$(PY) -m pip install -q $(PIP_FLAGS) -e '.[test]' --config-settings editable_mode=compat
 	@rm -f $(VENV)/.installed-*

@@ -82,6 +82,15 @@ class GatewayHandler:
         self.in_flight = InFlight()
         self.metrics = metrics
         self.access_log = access_log
+        #: The in-flight gauge to move per request; None when it reads ``in_flight`` at scrape
+        #: time instead (one process: nothing to do per request).
+        self.in_flight_gauge: Any = None
+        if metrics is not None:
+            if metrics.multiprocess_dir is None:
+                in_flight = self.in_flight
+                metrics.in_flight.set_function(lambda: in_flight.count)
+            else:
+                self.in_flight_gauge = metrics.in_flight
 
     def handle(self, request: Any) -> None:
         internal = self.internal.get(request.path)
@@ -156,8 +165,8 @@ class GatewayHandler:
             )
         request.context = ctx
         self.in_flight.begin(request)
-        if self.metrics is not None:
-            self.metrics.in_flight.inc()
+        if self.in_flight_gauge is not None:
+            self.in_flight_gauge.inc()
         request.on_done = self._finished
         return ctx
 
@@ -184,8 +193,9 @@ class GatewayHandler:
         sent = request.sent_bytes
         received = body_size(request)
         metrics = self.metrics
+        if self.in_flight_gauge is not None:
+            self.in_flight_gauge.dec()
         if metrics is not None:
-            metrics.in_flight.dec()
             route = metrics.route(ctx.route)
             route.request(request.method, status).inc()
             route.duration.observe(duration)

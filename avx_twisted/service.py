@@ -87,7 +87,11 @@ class GatewayService(MultiService):
         )
         if self.metrics is not None:
             gauge = self.metrics.open_connections
-            self.site.on_connection = lambda delta: gauge.inc(delta)
+            if self.metrics.multiprocess_dir is None:
+                connections = self.site.connections
+                gauge.set_function(lambda: len(connections))
+            else:
+                self.site.on_connection = lambda delta: gauge.inc(delta)
         self.ports: list[IListeningPort] = []
         self.admin_ports: list[IListeningPort] = []
 

@@ -41,7 +41,6 @@ class UpstreamPool:
         self.limits = limits if limits is not None else ClientLimits()
         self._idle: Dict[Any, List[ClientProtocol]] = {}
         self._factories: Dict[Any, _ConnectionFactory] = {}
-        self._busy: Dict[ClientProtocol, None] = {}
         self.closing = False
 
     def request(

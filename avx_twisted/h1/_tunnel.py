@@ -78,8 +78,13 @@ class Tunnel:
         if self._open <= 0:
             self._finish()
 
+    #: After an idle close, how long the two sides get to flush before they are aborted.
+    close_grace_s = 2.0
+
     def close(self) -> None:
         """End the tunnel now (drain timeout): both connections go."""
+        if self.closed_by is None:
+            self.closed_by = "drain"
         for side in (self.client, self.upstream):
             if side is not None and side.transport is not None:
                 side.transport.abortConnection()
@@ -93,8 +98,16 @@ class Tunnel:
             for side in (self.client, self.upstream):
                 if side is not None and side.transport is not None:
                     side.transport.loseConnection()
+            # A peer that stopped reading never lets a close flush: abort what is left.
+            self._timer = self.clock.callLater(self.close_grace_s, self._abort_rest)
             return
         self._timer = self.clock.callLater(self.idle_timeout_s - idle, self._check_idle)
+
+    def _abort_rest(self) -> None:
+        self._timer = None
+        for side in (self.client, self.upstream):
+            if side is not None and side.transport is not None:
+                side.transport.abortConnection()
 
     def _finish(self) -> None:
         timer, self._timer = self._timer, None
