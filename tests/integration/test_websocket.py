@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from typing import Any
 
@@ -314,3 +315,73 @@ async def test_h2c_upgrade_is_not_tunnelled(closer, echo_upstream):
         timeout=3,
     )
     assert not data.startswith(b"HTTP/1.1 101")
+
+
+@ensure
+async def test_a_drain_lets_requests_finish_and_closes_tunnels_at_its_end(closer, echo_upstream):
+    gw = gateway(
+        {
+            "server": {"host": "127.0.0.1", "port": 0, "drain_timeout_ms": 500},
+            "routes": [{"path": "/*", "upstream": {"urls": [echo_upstream.url]}}],
+        }
+    )
+    opened = threading.Event()
+
+    def client() -> tuple[str, float]:
+        with connect(ws_url(gw), ping_interval=None) as ws:
+            ws.send("before")
+            ws.recv()
+            opened.set()
+            started = time.monotonic()
+            try:
+                while True:
+                    ws.recv(timeout=5)
+            except ConnectionClosed:
+                return "closed", time.monotonic() - started
+            except TimeoutError:
+                return "still open", time.monotonic() - started
+
+    done = in_thread(client)
+    await in_thread(opened.wait, 5)
+    started = time.monotonic()
+    await gw.stopService()
+    result, after = await done
+    assert result == "closed"
+    assert 0.4 <= time.monotonic() - started < 3
+    assert after >= 0.4
+
+
+@ensure
+async def test_a_reload_leaves_open_tunnels_alone(closer, echo_upstream, tmp_path):
+    path = tmp_path / "gw.toml"
+    config = (
+        '[server]\nhost = "127.0.0.1"\nport = 0\n[[routes]]\npath = "/*"\n'
+        f'[routes.upstream]\nurls = ["{echo_upstream.url}"]\n'
+    )
+    path.write_text(config)
+    from twisted.internet import reactor
+
+    from avx_twisted.config import GatewayConfig
+    from avx_twisted.service import GatewayService
+
+    gw = closer.add(GatewayService(GatewayConfig.load(str(path)), reactor))
+    gw.startService()
+    opened = threading.Event()
+    go_on = threading.Event()
+
+    def client() -> list[str]:
+        with connect(ws_url(gw)) as ws:
+            ws.send("one")
+            got = [ws.recv()]
+            opened.set()
+            go_on.wait(5)
+            ws.send("two")
+            got.append(ws.recv())
+            return got
+
+    done = in_thread(client)
+    await in_thread(opened.wait, 5)
+    path.write_text(config.replace('path = "/*"', 'path = "/*"\ntimeout_ms = 1000'))
+    assert gw.reload()
+    go_on.set()
+    assert await done == ["one", "two"]
