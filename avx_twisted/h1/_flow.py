@@ -104,7 +104,7 @@ class RequestBody:
 
     def buffered(self) -> Optional[bytes]:
         """The whole body if it is here already (sent with the head in one write), else None."""
-        if self.complete and not self._streamed:
+        if self.complete and not self._streamed and self.failure is None:
             return b"".join(self._chunks)
         return None
 

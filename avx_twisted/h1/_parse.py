@@ -83,10 +83,12 @@ class RequestParser:
         self._fields_size = 0
         self._in_head = False
         self._head_raw = 0
+        self._began = False
         self._body = 0
         self._body_limit = limits.max_body_bytes
 
     def feed(self, data: bytes) -> Optional[int]:
+        self._began = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -105,8 +107,13 @@ class RequestParser:
                 raise ProtocolViolation(413, "declared body too large") from e
             raise ProtocolViolation(400, "malformed request: " + str(e)) from e
         if self._in_head:
-            # httptools buffers a field until its end: bound what it may hold.
-            self._head_raw += len(data)
+            # httptools buffers a field until its end: bound what it may hold. Where in this
+            # read a head began is unknown (pipelined requests may come before it): a head that
+            # began in it counts from the read's last line break, the line still arriving.
+            if self._began:
+                self._head_raw = len(data) - data.rfind(b"\n") - 1
+            else:
+                self._head_raw += len(data)
             pending = self._head_raw - self._target_size - 16
             if pending > self._limits.max_header_bytes:
                 raise ProtocolViolation(431, "header section too large")
@@ -121,6 +128,7 @@ class RequestParser:
 
     def on_message_begin(self) -> None:
         self._in_head = True
+        self._began = True
         self._head_raw = 0
         self._target = []
         self._target_size = 0
@@ -161,6 +169,12 @@ class RequestParser:
             violation.head = head
             raise
         if parser.should_upgrade():
+            if head.has_body:
+                # httptools skips the body of an upgrade request: it would be parsed as the
+                # next request if the upgrade is declined (request smuggling).
+                violation = ProtocolViolation(400, "upgrade request with a body")
+                violation.head = head
+                raise violation
             upgrade = fields.get(b"upgrade")
             if upgrade is not None:
                 head.upgrade = upgrade.split(b",")[0].strip().lower()
@@ -180,6 +194,11 @@ class RequestParser:
 def _request_framing(head: RequestHead, limits: ServerLimits) -> None:
     """RFC 9112's rules for a server that llhttp leaves to us; sets the head's derived parts."""
     fields = head.fields
+    if head.version != b"1.1" and head.version != b"1.0":
+        raise ProtocolViolation(505, "unsupported HTTP version")
+    if head.method == b"CONNECT":
+        # llhttp hands over what follows a CONNECT head as another protocol's bytes.
+        raise ProtocolViolation(400, "CONNECT is not supported")
     hosts = fields.get_all(b"host")
     if len(hosts) > 1:
         raise ProtocolViolation(400, "more than one Host header")
@@ -196,10 +215,11 @@ def _request_framing(head: RequestHead, limits: ServerLimits) -> None:
     if lengths:
         if len(lengths) > 1 or not lengths[0].isdigit():
             raise ProtocolViolation(400, "invalid Content-Length")
-        digits = lengths[0].lstrip(b"0")
-        if len(digits) > 18 or int(lengths[0]) > limits.max_body_bytes:
+        # Leading zeros stripped first: int() refuses over 4300 digits (CPython 3.11+).
+        digits = lengths[0].lstrip(b"0") or b"0"
+        if len(digits) > 18 or int(digits) > limits.max_body_bytes:
             raise ProtocolViolation(413, "declared body too large")
-        head.content_length = int(lengths[0])
+        head.content_length = int(digits)
     expect = fields.get(b"expect")
     if expect is not None and expect.lower() == b"100-continue" and head.version == b"1.1":
         head.expect_continue = True
@@ -309,7 +329,7 @@ class ResponseParser:
         if lengths and not head.chunked:
             if len(set(lengths)) > 1 or not lengths[0].isdigit():
                 raise ProtocolViolation(502, "invalid Content-Length in the response")
-            head.content_length = int(lengths[0])
+            head.content_length = int(lengths[0].lstrip(b"0") or b"0")
         self._listener.response_head(head, parser.should_keep_alive())
 
     def on_body(self, data: bytes) -> None:

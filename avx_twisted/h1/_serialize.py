@@ -56,7 +56,7 @@ def head_bytes(first_line: bytes, fields: Iterable[Pair]) -> bytes:
     parts = [first_line]
     append = parts.append
     for name, value in fields:
-        if b"\r" in value or b"\n" in value or b"\x00" in value:
+        if b"\r" in value or b"\n" in value or b"\x00" in value or b"\n" in name or b"\r" in name:
             check_field(name, value)
         append(name)
         append(b": ")

@@ -41,7 +41,10 @@ class ConnectionState(enum.Enum):
 
     WAITING -> ACTIVE      a request head arrived (or its first byte, for the header timer)
     ACTIVE  -> WAITING     the last queued request was answered; the connection stays open
-    WAITING/ACTIVE -> REFUSING   a refusal was queued; nothing more is parsed
+    WAITING/ACTIVE -> REFUSING   a refusal was queued, or bytes came after a request that
+                           closes the connection; nothing more is parsed
+    ACTIVE/REFUSING -> CLOSING   the last answer went out (``Connection: close``, a refusal):
+                           the connection is closing; nothing more is parsed or handed over
     ACTIVE  -> TUNNEL      the current request switched protocols (101)
     any     -> CLOSED      connectionLost
     """
@@ -49,6 +52,7 @@ class ConnectionState(enum.Enum):
     WAITING = "waiting"
     ACTIVE = "active"
     REFUSING = "refusing"
+    CLOSING = "closing"
     TUNNEL = "tunnel"
     CLOSED = "closed"
 
@@ -182,11 +186,15 @@ class ServerRequest:
         """Body bytes (dropped for HEAD, 204 and 304)."""
         if self.state is not ResponseState.STREAMING or self._no_body or not data:
             return
-        self.sent_bytes += len(data)
+        size = len(data)
         if self._chunked:
             data = chunk(data)
         elif self._remaining is not None:
-            self._remaining -= len(data)
+            if size > self._remaining:
+                self.abort()  # more than declared would be read as the next response
+                return
+            self._remaining -= size
+        self.sent_bytes += size
         self.channel.transport.write(data)
 
     def finish(self) -> None:
@@ -278,6 +286,7 @@ class ServerProtocol(Protocol):
         self._idle_timer: Optional[IDelayedCall] = None
         self._linger_timer: Optional[IDelayedCall] = None
         self._held: Optional[List[bytes]] = None
+        self._held_call: Optional[IDelayedCall] = None
         self._feeding = False
         self.tunnel: Any = None
         self.secure = False
@@ -306,8 +315,10 @@ class ServerProtocol(Protocol):
         if state is ConnectionState.TUNNEL:
             self.tunnel.data_from(self, data)
             return
-        if state is ConnectionState.REFUSING or state is ConnectionState.CLOSED:
+        if state is ConnectionState.REFUSING or state is ConnectionState.CLOSING:
             return  # lingering after a refusal: read and drop
+        if state is ConnectionState.CLOSED:
+            return
         if self._held is not None:
             self._held.append(data)  # undecided upgrade: hold until the answer says what's next
             return
@@ -340,9 +351,11 @@ class ServerProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         previous, self.state = self.state, ConnectionState.CLOSED
-        for timer in (self._head_timer, self._body_timer, self._idle_timer, self._linger_timer):
+        timers = (self._head_timer, self._body_timer, self._idle_timer, self._linger_timer)
+        for timer in timers + (self._held_call,):
             self._cancel(timer)
         self._head_timer = self._body_timer = self._idle_timer = self._linger_timer = None
+        self._held_call = None
         self.factory.connection_lost(self)
         if previous is ConnectionState.TUNNEL and self.tunnel is not None:
             self.tunnel.lost(self, reason)
@@ -358,6 +371,14 @@ class ServerProtocol(Protocol):
     def head_received(self, head: RequestHead) -> None:
         self._cancel(self._head_timer)
         self._head_timer = None
+        if self.state is ConnectionState.CLOSING:
+            return  # an answer inside this read closed the connection: not a request of it
+        if self.state is ConnectionState.WAITING:
+            # An answer completed inside this read (from the body's consumer) went back to
+            # WAITING and started the idle timer: this request makes the connection busy again.
+            self.state = ConnectionState.ACTIVE
+            self._cancel(self._idle_timer)
+            self._idle_timer = None
         body = RequestBody(
             head.content_length,
             head.chunked,
@@ -413,7 +434,7 @@ class ServerProtocol(Protocol):
             return
         if request.close_after:
             if request.body.complete:
-                self.state = ConnectionState.REFUSING
+                self.state = ConnectionState.CLOSING
                 self.transport.loseConnection()
             else:
                 self._linger()  # the client may still be sending the body we did not read
@@ -436,7 +457,13 @@ class ServerProtocol(Protocol):
         """Hand the oldest request to the handler, if it does not have it yet. Never from
         inside the parser's callbacks: a handler may answer at once, and that may start the
         next request."""
-        if self._feeding or not self._queue or self.state is ConnectionState.CLOSED:
+        state = self.state
+        if (
+            self._feeding
+            or not self._queue
+            or state is ConnectionState.CLOSING
+            or state is ConnectionState.CLOSED
+        ):
             return
         request = self._queue[0]
         if request.handled:
@@ -451,6 +478,8 @@ class ServerProtocol(Protocol):
 
     def abort(self, request: ServerRequest) -> None:
         """The answer of ``request`` broke off: reset the connection."""
+        if self.state is not ConnectionState.TUNNEL and self.state is not ConnectionState.CLOSED:
+            self.state = ConnectionState.CLOSING
         done, request.on_done = request.on_done, None
         if done is not None:
             done(request, Failure(ConnectionAbortedError("response aborted")))
@@ -465,6 +494,12 @@ class ServerProtocol(Protocol):
         request = self._reading
         if request is not None and request.body.present and not request.body.complete:
             self._refuse_body(request, violation)
+            return
+        last = self._queue[-1] if self._queue else None
+        if last is not None and not last.head.keep_alive and last.refusal is None:
+            # llhttp refuses what follows a request that closes the connection: no request
+            # of this connection, never answered (RFC 9112 9.6).
+            self.state = ConnectionState.REFUSING
             return
         self._refuse(violation, violation.head)
 
@@ -483,7 +518,7 @@ class ServerProtocol(Protocol):
             self._linger()
 
     def _refuse(self, violation: ProtocolViolation, head: Optional[RequestHead] = None) -> None:
-        if self.state is ConnectionState.REFUSING or self.state is ConnectionState.CLOSED:
+        if self.state is not ConnectionState.WAITING and self.state is not ConnectionState.ACTIVE:
             return
         self.state = ConnectionState.REFUSING
         for timer in (self._head_timer, self._body_timer, self._idle_timer):
@@ -511,7 +546,12 @@ class ServerProtocol(Protocol):
 
     def _linger(self) -> None:
         """Half-close and drop input for a while, so the client reads the answer, not a reset."""
-        self.state = ConnectionState.REFUSING
+        if self.state is ConnectionState.CLOSING or self.state is ConnectionState.CLOSED:
+            return
+        self.state = ConnectionState.CLOSING
+        for timer in (self._head_timer, self._body_timer, self._idle_timer):
+            self._cancel(timer)
+        self._head_timer = self._body_timer = self._idle_timer = None
         transport = self.transport
         self._resume_all()
         if ITCPTransport.providedBy(transport) and not ISSLTransport.providedBy(transport):
@@ -570,9 +610,10 @@ class ServerProtocol(Protocol):
         data = b"".join(held)
         if data:
             # Not from inside the answer's finish(): the next request starts on its own turn.
-            self.clock.callLater(0, self._feed_held, data)
+            self._held_call = self.clock.callLater(0, self._feed_held, data)
 
     def _feed_held(self, data: bytes) -> None:
+        self._held_call = None
         if self.state is ConnectionState.WAITING or self.state is ConnectionState.ACTIVE:
             self.dataReceived(data)
 
