@@ -25,6 +25,9 @@ HOP_BY_HOP = frozenset(
 )
 
 
+_NONE: Any = ()  # what get_all answers for an absent name (immutable)
+
+
 class Fields:
     """A header section: ``(name, value)`` byte pairs in the order received, names as sent.
 
@@ -54,15 +57,24 @@ class Fields:
 
     def get_all(self, name: bytes) -> List[bytes]:
         """Every value of ``name`` (lower case), in order; empty when absent."""
-        return self._lookup().get(name, [])
+        index = self._index
+        if index is None:
+            index = self._lookup()
+        return index.get(name, _NONE)
 
     def get(self, name: bytes, default: Optional[bytes] = None) -> Optional[bytes]:
         """The last value of ``name`` (lower case), or ``default``."""
-        values = self._lookup().get(name)
+        index = self._index
+        if index is None:
+            index = self._lookup()
+        values = index.get(name)
         return values[-1] if values else default
 
     def has(self, name: bytes) -> bool:
-        return name in self._lookup()
+        index = self._index
+        if index is None:
+            index = self._lookup()
+        return name in index
 
     def add(self, name: bytes, value: bytes) -> None:
         """Append one field."""
