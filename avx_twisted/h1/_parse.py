@@ -144,19 +144,23 @@ class RequestParser:
             raise ProtocolViolation(414, "request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        limits = self._limits
-        self._fields_size += len(name) + len(value) + 2  # the field line, CRLF not counted
         if self._in_head:
-            if len(self._pairs) >= limits.max_header_fields:
-                raise ProtocolViolation(431, "too many header fields")
-            if self._fields_size > limits.max_header_bytes:
-                raise ProtocolViolation(431, "header section too large")
+            # Counted once the head is complete (feed bounds what a head may hold meanwhile).
             self._pairs.append((name, value.strip(_TOKEN_WS)))
-        elif self._fields_size > limits.max_header_bytes:  # trailer fields: counted, dropped
+            return
+        self._fields_size += len(name) + len(value) + 2  # trailer fields: counted, dropped
+        if self._fields_size > self._limits.max_header_bytes:
             raise ProtocolViolation(431, "trailer section too large")
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        pairs = self._pairs
+        limits = self._limits
+        if len(pairs) > limits.max_header_fields:
+            raise ProtocolViolation(431, "too many header fields")
+        # Each field line without its CRLF, as the limit is stated.
+        if sum([len(n) + len(v) for n, v in pairs]) + 2 * len(pairs) > limits.max_header_bytes:
+            raise ProtocolViolation(431, "header section too large")
         parser = self._parser
         target = b"".join(self._target)
         version = parser.get_http_version().encode("ascii")
@@ -246,7 +250,7 @@ def _request_framing(head: RequestHead, limits: ServerLimits) -> None:
         raise ProtocolViolation(400, "unsupported request-target form")
     if authority is not None and not valid_host(authority):
         raise ProtocolViolation(400, "invalid Host")
-    if hosts and not valid_host(hosts[0]):
+    if hosts and hosts[0] is not authority and not valid_host(hosts[0]):
         raise ProtocolViolation(400, "invalid Host")
     head.authority = authority
     head.path, _, head.query = path.partition(b"?")
@@ -302,16 +306,22 @@ class ResponseParser:
         self._reason.append(piece)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._size += len(name) + len(value) + 4
-        if self._size > self._limits.max_header_bytes:
-            raise ProtocolViolation(502, "response header section too large")
         if self._in_head:
-            if len(self._pairs) >= self._limits.max_header_fields:
-                raise ProtocolViolation(502, "too many response header fields")
+            # Counted once the head is complete (feed bounds what a head may hold meanwhile).
             self._pairs.append((name, value.strip(_TOKEN_WS)))
+            return
+        self._size += len(name) + len(value) + 4  # trailer fields: counted, dropped
+        if self._size > self._limits.max_header_bytes:
+            raise ProtocolViolation(502, "response trailer section too large")
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        pairs = self._pairs
+        limits = self._limits
+        if len(pairs) > limits.max_header_fields:
+            raise ProtocolViolation(502, "too many response header fields")
+        if sum([len(n) + len(v) for n, v in pairs]) + 4 * len(pairs) > limits.max_header_bytes:
+            raise ProtocolViolation(502, "response header section too large")
         parser = self._parser
         fields = Fields(self._pairs)
         head = ResponseHead(

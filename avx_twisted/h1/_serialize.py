@@ -53,17 +53,17 @@ def check_field(name: bytes, value: bytes) -> None:
 
 def head_bytes(first_line: bytes, fields: Iterable[Pair]) -> bytes:
     """One head: the first line (with its CRLF), the fields, the blank line. Fields are checked."""
-    parts = [first_line]
-    append = parts.append
-    for name, value in fields:
-        if b"\r" in value or b"\n" in value or b"\x00" in value or b"\n" in name or b"\r" in name:
+    lines = [b"%s: %s" % pair for pair in fields]
+    block = b"\r\n".join(lines)
+    # One scan of the whole block instead of one per field: the only CR and LF in it may be
+    # the separators just added, and there may be no NUL.
+    separators = len(lines) - 1
+    if block.count(b"\n") > separators or block.count(b"\r") > separators or b"\x00" in block:
+        for name, value in fields:
             check_field(name, value)
-        append(name)
-        append(b": ")
-        append(value)
-        append(b"\r\n")
-    append(b"\r\n")
-    return b"".join(parts)
+    if lines:
+        return first_line + block + b"\r\n\r\n"
+    return first_line + b"\r\n"
 
 
 def request_line(method: bytes, target: bytes) -> bytes:

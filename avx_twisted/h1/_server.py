@@ -25,7 +25,7 @@ from ._flow import BodyFailed, RequestBody
 from ._limits import ServerLimits
 from ._message import Fields, Pair, RequestHead
 from ._parse import ProtocolViolation, RequestParser
-from ._serialize import LAST_CHUNK, DateCache, chunk, head_bytes, status_line
+from ._serialize import LAST_CHUNK, BadField, DateCache, chunk, head_bytes, status_line
 
 log = Logger()
 
@@ -180,7 +180,12 @@ class ServerRequest:
             out.append(_CLOSE)
         elif self.head.version == b"1.0":
             out.append(_KEEP_ALIVE)
-        channel.write_head(status_line(status, reason), out)
+        try:
+            channel.write_head(status_line(status, reason), out)
+        except BadField as e:
+            # A field that would split the head (response splitting): nothing is written.
+            log.error("refusing to send a response field with CR, LF or NUL: {name!r}", name=e)
+            self.abort()
 
     def write(self, data: bytes) -> None:
         """Body bytes (dropped for HEAD, 204 and 304)."""
@@ -300,6 +305,8 @@ class ServerProtocol(Protocol):
         self.clock = factory.clock
         self.date = factory.date
         self._parser = RequestParser(self, self.limits)
+        self._pause_body = lambda: self._pause("body")
+        self._resume_body = lambda: self._resume("body")
         transport = self.transport
         self.secure = ISSLTransport.providedBy(transport)
         self.peer_host = getattr(transport.getPeer(), "host", "") or ""
@@ -383,9 +390,9 @@ class ServerProtocol(Protocol):
             head.content_length,
             head.chunked,
             self.limits.body_high_water,
-            lambda: self._pause("body"),
-            lambda: self._resume("body"),
-            lambda: self._continue(request),
+            self._pause_body,
+            self._resume_body,
+            (lambda: self._continue(request)) if head.expect_continue else _nothing,
         )
         request = ServerRequest(self, head, body)
         self._reading = request
