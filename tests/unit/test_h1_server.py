@@ -1202,4 +1202,3 @@ class UpgradeTests(SynchronousTestCase):
         self.assertEqual(conn.clock.getDelayedCalls(), [])
         conn.clock.advance(0)
         self.assertEqual(len(conn.handler.requests), 1)
-
