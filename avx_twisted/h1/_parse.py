@@ -65,7 +65,41 @@ def _violation_of(error: Exception) -> Optional[ProtocolViolation]:
     return context if isinstance(context, ProtocolViolation) else None
 
 
-class RequestParser:
+class _FieldCollector:
+    """Header fields as httptools reports them: the head's kept (values without OWS) and
+    counted once the head is complete; trailer fields counted and dropped. ``_status`` is what
+    a refusal answers (431 for a request, 502 for a response)."""
+
+    _status = 431
+    _what = "header"
+    _in_head = False
+    _pairs: List[Pair]
+    _trailer_size = 0
+    _max_fields = 0
+    _max_bytes = 0
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_head:
+            # Counted once the head is complete (feed bounds what a head may hold meanwhile).
+            self._pairs.append((name, value.strip(_TOKEN_WS)))
+            return
+        self._trailer_size += len(name) + len(value) + 2
+        if self._trailer_size > self._max_bytes:
+            raise ProtocolViolation(self._status, "trailer section too large")
+
+    def _check_head_fields(self) -> List[Pair]:
+        """The head's fields, once they are all in: refused past the field or size limit."""
+        pairs = self._pairs
+        if len(pairs) > self._max_fields:
+            raise ProtocolViolation(self._status, f"too many {self._what} fields")
+        # Each field line without its CRLF, as the limit is stated.
+        if sum([len(n) + len(v) for n, v in pairs]) + 2 * len(pairs) > self._max_bytes:
+            raise ProtocolViolation(self._status, f"{self._what} section too large")
+        self._trailer_size = 0
+        return pairs
+
+
+class RequestParser(_FieldCollector):
     """Parses requests of one connection; tells ``listener`` (the server protocol):
 
     ``head_received(head)``, ``body_received(data)``, ``message_done()``. ``feed`` returns the
@@ -76,11 +110,12 @@ class RequestParser:
     def __init__(self, listener: Any, limits: ServerLimits) -> None:
         self._listener = listener
         self._limits = limits
+        self._max_fields = limits.max_header_fields
+        self._max_bytes = limits.max_header_bytes
         self._parser = httptools.HttpRequestParser(self)
         self._target: List[bytes] = []
         self._target_size = 0
         self._pairs: List[Pair] = []
-        self._fields_size = 0
         self._in_head = False
         self._head_raw = 0
         self._began = False
@@ -133,7 +168,6 @@ class RequestParser:
         self._target = []
         self._target_size = 0
         self._pairs = []
-        self._fields_size = 0
         self._body = 0
 
     def on_url(self, piece: bytes) -> None:
@@ -143,30 +177,14 @@ class RequestParser:
         if line > self._limits.max_request_line_bytes:
             raise ProtocolViolation(414, "request line too long")
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self._in_head:
-            # Counted once the head is complete (feed bounds what a head may hold meanwhile).
-            self._pairs.append((name, value.strip(_TOKEN_WS)))
-            return
-        self._fields_size += len(name) + len(value) + 2  # trailer fields: counted, dropped
-        if self._fields_size > self._limits.max_header_bytes:
-            raise ProtocolViolation(431, "trailer section too large")
-
     def on_headers_complete(self) -> None:
         self._in_head = False
-        pairs = self._pairs
-        limits = self._limits
-        if len(pairs) > limits.max_header_fields:
-            raise ProtocolViolation(431, "too many header fields")
-        # Each field line without its CRLF, as the limit is stated.
-        if sum([len(n) + len(v) for n, v in pairs]) + 2 * len(pairs) > limits.max_header_bytes:
-            raise ProtocolViolation(431, "header section too large")
+        self._check_head_fields()
         parser = self._parser
         target = b"".join(self._target)
         version = parser.get_http_version().encode("ascii")
         fields = Fields(self._pairs)
         head = RequestHead(parser.get_method(), target, version, fields, parser.should_keep_alive())
-        self._fields_size = 0
         try:
             _request_framing(head, self._limits)
         except ProtocolViolation as violation:
@@ -257,7 +275,7 @@ def _request_framing(head: RequestHead, limits: ServerLimits) -> None:
     head.target = path
 
 
-class ResponseParser:
+class ResponseParser(_FieldCollector):
     """Parses the responses of one upstream connection; tells ``listener`` (the client protocol):
 
     ``response_begin()``, ``response_head(head, keep_alive)`` (1xx included),
@@ -266,12 +284,16 @@ class ResponseParser:
     not feed this parser again. ``feed`` returns the offset after a 101's head, else None.
     """
 
+    _status = 502
+    _what = "response header"
+
     def __init__(self, listener: Any, limits: ClientLimits) -> None:
         self._listener = listener
         self._limits = limits
+        self._max_fields = limits.max_header_fields
+        self._max_bytes = limits.max_header_bytes
         self._parser = httptools.HttpResponseParser(self)
         self._pairs: List[Pair] = []
-        self._size = 0
         self._reason: List[bytes] = []
         self._in_head = False
         self._head_raw = 0
@@ -298,30 +320,15 @@ class ResponseParser:
         self._in_head = True
         self._head_raw = 0
         self._pairs = []
-        self._size = 0
         self._reason = []
         self._listener.response_begin()
 
     def on_status(self, piece: bytes) -> None:
         self._reason.append(piece)
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self._in_head:
-            # Counted once the head is complete (feed bounds what a head may hold meanwhile).
-            self._pairs.append((name, value.strip(_TOKEN_WS)))
-            return
-        self._size += len(name) + len(value) + 4  # trailer fields: counted, dropped
-        if self._size > self._limits.max_header_bytes:
-            raise ProtocolViolation(502, "response trailer section too large")
-
     def on_headers_complete(self) -> None:
         self._in_head = False
-        pairs = self._pairs
-        limits = self._limits
-        if len(pairs) > limits.max_header_fields:
-            raise ProtocolViolation(502, "too many response header fields")
-        if sum([len(n) + len(v) for n, v in pairs]) + 4 * len(pairs) > limits.max_header_bytes:
-            raise ProtocolViolation(502, "response header section too large")
+        self._check_head_fields()
         parser = self._parser
         fields = Fields(self._pairs)
         head = ResponseHead(
@@ -330,7 +337,6 @@ class ResponseParser:
             parser.get_http_version().encode("ascii"),
             fields,
         )
-        self._size = 0
         encodings = fields.get_all(b"transfer-encoding")
         if encodings:
             last = encodings[-1].rsplit(b",", 1)[-1].strip().lower()
