@@ -87,6 +87,23 @@ class _FieldCollector:
         if self._trailer_size > self._max_bytes:
             raise ProtocolViolation(self._status, "trailer section too large")
 
+    _parser: Any
+
+    def _feed_llhttp(self, data: bytes) -> Optional[int]:
+        """Feed httptools: the offset where an upgraded protocol's bytes start, or None. A
+        violation raised inside a callback comes out as itself; httptools' own errors (and any
+        other error of a callback) as httptools.HttpParserError, for the caller to map."""
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            return int(e.args[0])
+        except httptools.HttpParserCallbackError as e:
+            violation = _violation_of(e)
+            if violation is not None:
+                raise violation from None
+            raise
+        return None
+
     def _check_head_fields(self) -> List[Pair]:
         """The head's fields, once they are all in: refused past the field or size limit."""
         pairs = self._pairs
@@ -125,14 +142,7 @@ class RequestParser(_FieldCollector):
     def feed(self, data: bytes) -> Optional[int]:
         self._began = False
         try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as e:
-            return int(e.args[0])
-        except httptools.HttpParserCallbackError as e:
-            violation = _violation_of(e)
-            if violation is not None:
-                raise violation from None
-            raise
+            upgraded = self._feed_llhttp(data)
         except httptools.HttpParserInvalidURLError as e:
             raise ProtocolViolation(400, "malformed request-target") from e
         except httptools.HttpParserInvalidMethodError as e:
@@ -141,6 +151,8 @@ class RequestParser(_FieldCollector):
             if "Content-Length overflow" in str(e):
                 raise ProtocolViolation(413, "declared body too large") from e
             raise ProtocolViolation(400, "malformed request: " + str(e)) from e
+        if upgraded is not None:
+            return upgraded
         if self._in_head:
             # httptools buffers a field until its end: bound what it may hold. Where in this
             # read a head began is unknown (pipelined requests may come before it): a head that
@@ -300,16 +312,11 @@ class ResponseParser(_FieldCollector):
 
     def feed(self, data: bytes) -> Optional[int]:
         try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as e:
-            return int(e.args[0])
-        except httptools.HttpParserCallbackError as e:
-            violation = _violation_of(e)
-            if violation is not None:
-                raise violation from None
-            raise
+            upgraded = self._feed_llhttp(data)
         except httptools.HttpParserError as e:
             raise ProtocolViolation(502, "malformed response: " + str(e)) from e
+        if upgraded is not None:
+            return upgraded
         if self._in_head:
             self._head_raw += len(data)
             if self._head_raw > self._limits.max_header_bytes + self._limits.max_status_line_bytes:
