@@ -396,7 +396,9 @@ class ServerProtocol(Protocol):
         )
         request = ServerRequest(self, head, body)
         self._reading = request
-        if body.present and not body.complete:
+        if body.present and not body.complete and not head.expect_continue:
+            # (A client that expects 100 Continue sends its body once it has it: the body's
+            # clock starts then, in _continue.)
             self._body_timer = self.clock.callLater(self.limits.body_timeout_s, self._body_timeout)
         self._queue.append(request)
         if len(self._queue) > self.limits.max_pipelined:
@@ -426,6 +428,10 @@ class ServerProtocol(Protocol):
         """The handler is reading the body: ``100 Continue`` if the client waits for it."""
         if request.head.expect_continue and not request.started and request.body.received == 0:
             self.transport.write(_CONTINUE)
+            if self._body_timer is None and request is self._reading:
+                self._body_timer = self.clock.callLater(
+                    self.limits.body_timeout_s, self._body_timeout
+                )
 
     def request_done(self, request: ServerRequest, reason: Optional[Failure]) -> None:
         """``request`` was answered completely: the next one, or close, or wait."""

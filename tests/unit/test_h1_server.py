@@ -873,6 +873,20 @@ class ContinueTests(SynchronousTestCase):
         self.assertEqual(conn.statuses(), [100, 200])
         self.assertFalse(conn.transport.disconnecting)
 
+    def test_the_body_clock_starts_with_the_100(self) -> None:
+        """A client that expects 100 Continue waits for it: the handler taking longer than the
+        body timeout to want the body is no 408; the body then has its whole timeout."""
+        conn = Connection(FakeHandler(None))
+        conn.send(post(b"hello", self.EXPECT)[:-5])
+        conn.clock.advance(LIMITS.body_timeout_s + 5)
+        self.assertEqual(conn.value(), b"")
+        read_body(conn.handler.requests[0])
+        self.assertEqual(conn.value(), CONTINUE)
+        conn.clock.advance(LIMITS.body_timeout_s - 1)
+        self.assertEqual(conn.statuses(), [100])
+        conn.clock.advance(1)
+        self.assertEqual(conn.statuses(), [100, 408])
+
     def test_not_when_the_handler_answers_first(self) -> None:
         """An answer before the body is read makes the client skip sending it: no 100, and
         the connection closes after (the body's bytes may be on their way)."""
