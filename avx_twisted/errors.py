@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from typing import Iterable, List, NamedTuple, Optional, Tuple
+from typing import Any, Iterable, List, NamedTuple, Optional, Tuple
 
 from .h1 import reason_phrase
 
@@ -20,6 +20,10 @@ class Answer(NamedTuple):
     status: int
     fields: List[Pair]
     body: bytes
+
+    def send(self, request: Any) -> None:
+        """Answer ``request`` (a ServerRequest) with this, in one write."""
+        request.respond(self.status, self.fields, self.body)
 
 
 #: What a client is told for a refusal of the HTTP core (the log says exactly why).

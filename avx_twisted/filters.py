@@ -36,11 +36,6 @@ class IFilter(Interface):
 Filter = Callable[[Any, RequestContext], FilterResult]
 
 
-def answer(request: Any, ctx: RequestContext, result: Answer) -> None:
-    """Send a filter's (or the gateway's) own answer on ``request``."""
-    request.respond(result.status, result.fields, result.body)
-
-
 def run_filters(
     filters: Sequence[Filter],
     request: Any,
@@ -63,7 +58,7 @@ def run_filters(
                 None,
             )
             return
-        answer(request, ctx, result)
+        result.send(request)
         return
     proceed()
 
@@ -81,13 +76,13 @@ def _resumed(
     if result is None:
         run_filters(filters, request, ctx, proceed, start)
     else:
-        answer(request, ctx, result)
+        result.send(request)
 
 
 def _filter_failed(failure: Failure, request: Any, ctx: RequestContext) -> None:
     log.failure("a request filter failed", failure)
     if not request.finished:
-        answer(request, ctx, error_answer(500, "internal error", request_id=ctx.request_id))
+        error_answer(500, "internal error", request_id=ctx.request_id).send(request)
 
 
 @implementer(IFilter)
@@ -101,11 +96,10 @@ class BodyLimit:
 
     def __call__(self, request: Any, ctx: RequestContext) -> Optional[Answer]:
         body = request.body
-        if body.declared is not None and body.declared > self.max_bytes:
+        declared = body.declared
+        if (declared is not None and declared > self.max_bytes) or body.received > self.max_bytes:
             return error_answer(413, "request body too large", request_id=ctx.request_id)
         if body.chunked:
-            if body.received > self.max_bytes:
-                return error_answer(413, "request body too large", request_id=ctx.request_id)
             body.limit = self.max_bytes
         return None
 

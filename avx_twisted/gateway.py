@@ -14,7 +14,7 @@ from zope.interface import implementer
 
 from .context import RequestContext
 from .errors import REFUSALS, Answer, error_answer
-from .filters import answer, body_size, run_filters
+from .filters import body_size, run_filters
 from .h1 import IRequestHandler
 from .logs import request_id
 from .metrics import GatewayMetrics
@@ -95,8 +95,7 @@ class GatewayHandler:
     def handle(self, request: Any) -> None:
         internal = self.internal.get(request.path)
         if internal is not None:
-            result = internal(request)
-            request.respond(result.status, result.fields, result.body)
+            internal(request).send(request)
             return
         runtime = self.runtime
         ctx = self._begin(request, runtime)
@@ -111,7 +110,7 @@ class GatewayHandler:
         if isinstance(match, MethodNotAllowed):
             preflight = self._preflight(request, ctx)
             if preflight is not None:
-                answer(request, ctx, preflight)
+                preflight.send(request)
                 return
             allow = ", ".join(match.allowed).encode("ascii")
             self._error(request, ctx, 405, "method not allowed", [(b"Allow", allow)])
@@ -178,7 +177,7 @@ class GatewayHandler:
         message: str,
         fields: tuple[tuple[bytes, bytes], ...] | list[tuple[bytes, bytes]] = (),
     ) -> None:
-        answer(request, ctx, error_answer(status, message, fields, ctx.request_id))
+        error_answer(status, message, fields, ctx.request_id).send(request)
 
     def _finished(self, request: Any, failure: Optional[Failure]) -> None:
         """Count the request and write its access-log event (once, whatever happened)."""

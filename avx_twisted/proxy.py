@@ -425,8 +425,7 @@ class Exchange:
         if self.websocket and self.route.metrics is not None:
             self.route.metrics.websocket_handshake(status).inc()
         request_id = self.ctx.request_id if self.ctx is not None else b""
-        answer = error_answer(status, message, fields or (), request_id)
-        request.respond(answer.status, answer.fields, answer.body)
+        error_answer(status, message, fields or (), request_id).send(request)
 
     def end_attempt(self) -> None:
         """The current target is done with this request (success or not)."""
