@@ -26,6 +26,7 @@ from .errors import REFUSALS, error_answer
 from .h1 import (
     REASONS,
     BodyFailed,
+    Fields,
     ProtocolViolation,
     Tunnel,
     UpstreamClosed,
@@ -214,7 +215,7 @@ class Exchange:
     def interim(self, head: Any) -> None:
         """A 1xx before the answer: 103 Early Hints go on to the client; 100 is ours to send."""
         if head.status == 103 and not self.request.started:
-            self.request.interim(103, client_response_fields(head.fields, _NO_FIELDS, _NONE, False))
+            self.request.interim(103, client_response_fields(head.fields, Fields(), _NONE, False))
 
     def got_response(self, response: Any) -> None:
         self.pending = None
@@ -445,12 +446,6 @@ class Exchange:
             self.cancel_deadline()
 
 
-class _Empty:
-    def has(self, name: bytes) -> bool:
-        return False
-
-
-_NO_FIELDS: Any = _Empty()
 _NONE: frozenset[bytes] = frozenset()
 
 
