@@ -240,6 +240,8 @@ class Exchange:
         if status == 101:
             self.switch(response)
             return
+        if self.websocket and self.route.metrics is not None:
+            self.route.metrics.websocket_handshake(status).inc()  # refused by the upstream
         request = self.request
         forwarder = self.forwarder
         fields = client_response_fields(

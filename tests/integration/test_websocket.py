@@ -139,30 +139,28 @@ async def test_close_codes_pass_both_ways(closer):
         up2.stop()
 
 
+def handshake_status(url: str) -> int:
+    """The status a handshake gets: 101, or the refusal's."""
+    try:
+        with connect(url):
+            return 101
+    except InvalidStatus as e:
+        return e.response.status_code
+
+
 @ensure
 async def test_upstream_refusing_the_upgrade_is_relayed_as_a_normal_response(closer):
-    def refuse(request: Any) -> Any:
-        return connection_refusal
-
     from websockets.datastructures import Headers
     from websockets.http11 import Response
 
-    connection_refusal = Response(403, "Forbidden", Headers({"Content-Length": "4"}), b"nope")
-
-    up = WsUpstream(lambda c: None, process_request=lambda connection, request: connection_refusal)
+    refusal = Response(403, "Forbidden", Headers({"Content-Length": "4"}), b"nope")
+    up = WsUpstream(lambda c: None, process_request=lambda connection, request: refusal)
     try:
         gw = ws_gateway(closer, up)
-
-        def client() -> int:
-            try:
-                with connect(ws_url(gw)):
-                    return 101
-            except InvalidStatus as e:
-                return e.response.status_code
-
-        assert await in_thread(client) == 403
+        assert await in_thread(handshake_status, ws_url(gw)) == 403
         text = await metrics_text(gw)
-        assert metric(text, "avx_websocket_tunnels_total", route="root", status="403") == 0
+        assert metric(text, "avx_websocket_tunnels_total", route="root", status="403") == 1
+        assert metric(text, "avx_websocket_tunnels_total", route="root", status="101") == 0
     finally:
         up.stop()
 
@@ -170,16 +168,8 @@ async def test_upstream_refusing_the_upgrade_is_relayed_as_a_normal_response(clo
 @ensure
 async def test_websocket_false_drops_the_upgrade(closer, echo_upstream):
     gw = ws_gateway(closer, echo_upstream, {"websocket": False})
-
-    def client() -> int:
-        try:
-            with connect(ws_url(gw)):
-                return 101
-        except InvalidStatus as e:
-            return e.response.status_code
-
     # The upstream sees a plain GET without Upgrade and says so (websockets answers 426).
-    assert await in_thread(client) == 426
+    assert await in_thread(handshake_status, ws_url(gw)) == 426
 
 
 @ensure
