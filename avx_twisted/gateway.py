@@ -31,14 +31,12 @@ class InFlight:
 
     def __init__(self) -> None:
         self.count = 0
-        self.draining = False
         self._idle: list[Deferred[None]] = []
 
-    def begin(self, request: Any) -> None:
-        """One more request in flight (``end`` is called when it finishes, whatever happens)."""
+    def begin(self) -> None:
+        """One more request in flight (``end`` is called when it finishes, whatever happens).
+        During a drain the HTTP core itself answers with ``Connection: close``."""
         self.count += 1
-        if self.draining:
-            request.close_after = True  # answer this one, with Connection: close
 
     def end(self) -> None:
         self.count -= 1
@@ -163,7 +161,7 @@ class GatewayHandler:
                 addresses.client_ip(peer, forwarded), peer, addresses.is_trusted(peer), rid, started
             )
         request.context = ctx
-        self.in_flight.begin(request)
+        self.in_flight.begin()
         if self.in_flight_gauge is not None:
             self.in_flight_gauge.inc()
         request.on_done = self._finished

@@ -145,8 +145,7 @@ class GatewayService(MultiService):
             self._previous_hup = None
         self._exit_cleanly()
         in_flight = self.handler.in_flight
-        in_flight.draining = True
-        self.site.drain()
+        self.site.drain()  # idle connections close; answers from now on say Connection: close
         self.log.info(
             "draining: {count} requests in flight, waiting up to {timeout} ms",
             count=in_flight.count,
