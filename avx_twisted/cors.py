@@ -4,7 +4,7 @@
 ``Access-Control-*`` headers added to actual responses. Everything that depends only on the
 configuration (origin sets, joined and encoded header values) is computed once at start-up; per
 request there is one set lookup for the origin and, for preflights, one per requested
-header. :func:`vary_value` merges our ``Vary`` into an upstream's.
+header. ``proxy_headers.vary_value`` merges our ``Vary`` into an upstream's.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Iterable
 from avx_twisted.config import CorsConfig
 
 from .errors import Answer
-from .h1 import Fields
+from .h1 import Fields, split_list
 
 Header = tuple[bytes, bytes]
 
@@ -62,13 +62,6 @@ def _canonical_origin(origin: str) -> bytes:
         host_bytes = host.encode("idna").lower()
     out = scheme.encode("ascii") + b"://" + host_bytes
     return out + b":" + port.encode("ascii") if port else out
-
-
-def _split_list(values: Iterable[bytes] | None) -> list[bytes]:
-    """The non-empty, stripped elements of a comma-separated header field (all its lines)."""
-    if not values:
-        return []
-    return [item.strip() for value in values for item in value.split(b",") if item.strip()]
 
 
 def _join(names: Iterable[str]) -> bytes:
@@ -218,7 +211,7 @@ class CorsPolicy:
     def _allowed_headers(self, headers: Fields) -> bytes | None:
         """The ``Access-Control-Allow-Headers`` value for this preflight, or None if refused."""
         raw = headers.get_all(b"access-control-request-headers")
-        requested = [name.lower() for name in _split_list(raw)]
+        requested = [name.lower() for name in split_list(raw)]
         if self._any_header:
             if not all(_TOKEN.match(name) for name in requested):
                 return None
@@ -234,7 +227,7 @@ class CorsPolicy:
         For an allowed origin: ``Access-Control-Allow-Origin``, ``Access-Control-Allow-Credentials``
         and ``Access-Control-Expose-Headers`` when configured, and ``Vary: Origin``. For a
         disallowed, missing or ``null`` origin: only ``Vary: Origin`` (when the policy allows any
-        origin). Merge the ``Vary`` with the upstream's using :func:`vary_value`.
+        origin). Merge the ``Vary`` with the upstream's using ``proxy_headers.vary_value``.
         """
         origin = self._allowed_origin(headers)
         if origin is None:
@@ -242,24 +235,6 @@ class CorsPolicy:
         if origin == b"*":
             return list(self._actual_wildcard)
         return list(self._actual[origin])
-
-
-def vary_value(existing: list[bytes] | None, add: bytes) -> list[bytes]:
-    """Merge the field names in *add* into an existing ``Vary`` header (e.g. the upstream's).
-
-    Returns the raw values to set: one comma-separated line holding the existing names in their
-    order, then those of *add* not already present (compared case-insensitively). ``*`` already
-    varies on everything, so it absorbs the rest.
-    """
-    names = _split_list(existing)
-    seen = {n.lower() for n in names}
-    for name in _split_list([add]):
-        if name.lower() not in seen:
-            seen.add(name.lower())
-            names.append(name)
-    if b"*" in seen:
-        return [b"*"]
-    return [b", ".join(names)] if names else []
 
 
 class CorsFilter:

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Any, List, Optional, Sequence, Tuple
 
-from .cors import vary_value
-from .h1 import HOP_BY_HOP, Fields, connection_tokens
+from .h1 import HOP_BY_HOP, Fields, connection_tokens, split_list
 
 Pair = Tuple[bytes, bytes]
 
@@ -26,6 +25,24 @@ _HTTPS = b"https"
 _HTTP = b"http"
 _UPGRADE_WEBSOCKET = [(b"Connection", b"Upgrade"), (b"Upgrade", b"websocket")]
 _SERVER = b"server"
+
+
+def vary_value(existing: list[bytes] | None, add: bytes) -> list[bytes]:
+    """Merge the field names in *add* into an existing ``Vary`` header (e.g. the upstream's).
+
+    Returns the raw values to set: one comma-separated line holding the existing names in their
+    order, then those of *add* not already present (compared case-insensitively). ``*`` already
+    varies on everything, so it absorbs the rest.
+    """
+    names = split_list(existing)
+    seen = {n.lower() for n in names}
+    for name in split_list([add]):
+        if name.lower() not in seen:
+            seen.add(name.lower())
+            names.append(name)
+    if b"*" in seen:
+        return [b"*"]
+    return [b", ".join(names)] if names else []
 
 
 def upstream_request_fields(

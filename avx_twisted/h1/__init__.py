@@ -13,6 +13,7 @@ from ._message import (
     RequestHead,
     ResponseHead,
     connection_tokens,
+    split_list,
 )
 from ._parse import ProtocolViolation, RequestParser, ResponseParser, valid_host
 from ._pool import UpstreamPool
@@ -53,5 +54,6 @@ __all__ = [
     "head_bytes",
     "reason_phrase",
     "request_line",
+    "split_list",
     "valid_host",
 ]

@@ -113,14 +113,19 @@ class Fields:
         return f"Fields({self.pairs!r})"
 
 
+def split_list(values: Iterable[bytes] | None) -> List[bytes]:
+    """The non-empty, stripped elements of a comma-separated field (all its lines, in order)."""
+    if not values:
+        return []
+    return [item.strip() for value in values for item in value.split(b",") if item.strip()]
+
+
 def connection_tokens(fields: Fields) -> frozenset[bytes]:
     """The lower-case tokens of every ``Connection`` field (comma-separated, RFC 9110 7.6.1)."""
     values = fields.get_all(b"connection")
     if not values:
         return frozenset()
-    return frozenset(
-        token.strip().lower() for value in values for token in value.split(b",") if token.strip()
-    )
+    return frozenset(token.lower() for token in split_list(values))
 
 
 class RequestHead:
