@@ -67,6 +67,8 @@ class ServerConfig:
     keepalive_timeout_ms: int = 60000
     #: "" passes the upstream's ``Server`` and sends none on the gateway's own answers.
     server_header: str = ""
+    #: On SIGTERM, keep accepting and answering this long (readiness says 503) before draining.
+    shutdown_delay_ms: int = 0
 
     @property
     def endpoints(self) -> tuple[str, ...]:
@@ -211,6 +213,8 @@ class MetricsConfig:
     """``[metrics]``."""
 
     path: str = "/metrics"
+    #: An endpoint string: serve ``path`` there only, not on the data-plane listeners.
+    listen: str = ""
 
 
 @dataclass(frozen=True)
@@ -220,6 +224,8 @@ class HealthConfig:
     health_path: str = "/health"
     liveness_path: str = "/healthz"
     readiness_path: str = "/ready"
+    #: An endpoint string: serve the probes there only, not on the data-plane listeners.
+    listen: str = ""
 
 
 @dataclass(frozen=True)
@@ -229,6 +235,12 @@ class LoggingConfig:
     format: str = "json"
     access_log: str = "-"
     level: str = "info"
+    #: The event (error) log: "text" or "json" lines, on stderr unless twistd's ``--logfile``.
+    event_format: str = "text"
+    #: Share of successful (< 400) requests written to the access log; errors always are.
+    sample_ratio: float = 1.0
+    #: Requests to these exact paths are not access-logged (probe noise).
+    skip_paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -260,12 +272,13 @@ class BaseGatewayConfig:
     source: str = "<config>"
 
     def internal_paths(self) -> dict[str, str]:
-        """Paths the gateway answers itself, by purpose; routes may not claim them."""
-        paths = {
-            "health.health_path": self.health.health_path,
-            "health.liveness_path": self.health.liveness_path,
-            "health.readiness_path": self.health.readiness_path,
-        }
-        if self.middleware.enable_metrics:
+        """Paths the gateway answers itself on the data-plane listeners, by purpose; routes may
+        not claim them. Probes and metrics on their own listener (``listen``) free their paths."""
+        paths = {}
+        if not self.health.listen:
+            paths["health.health_path"] = self.health.health_path
+            paths["health.liveness_path"] = self.health.liveness_path
+            paths["health.readiness_path"] = self.health.readiness_path
+        if self.middleware.enable_metrics and not self.metrics.listen:
             paths["metrics.path"] = self.metrics.path
         return paths

@@ -207,6 +207,7 @@ _SERVER_KEYS = (
     "client_body_timeout_ms",
     "keepalive_timeout_ms",
     "server_header",
+    "shutdown_delay_ms",
 )
 _ROUTE_KEYS = (
     "name",
@@ -264,6 +265,11 @@ _JWT_KEYS = (
     "forward_claims",
 )
 _API_KEY_KEYS = ("header", "query_param", "keys")
+_METRICS_KEYS = ("path", "listen")
+_HEALTH_KEYS = ("health_path", "liveness_path", "readiness_path", "listen")
+_LOGGING_KEYS = ("format", "access_log", "level", "event_format", "sample_ratio", "skip_paths")
+_ENV_REF = re.compile(r"(?<!\$)\$\{env\.([^}:]*)(?::-([^}]*))?\}")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class Parser:
@@ -284,6 +290,7 @@ class Parser:
 
     def parse(self, data: Mapping[str, Any], config_class: type[_Config]) -> _Config:
         """Build a ``config_class`` from ``data``; raise one ConfigError for every problem."""
+        data = self.substitute_env(data, "")
         top = _Table(self, "", data, _TOP_KEYS)
         server = self.server(top.table("server", _SERVER_KEYS))
         middleware = self.middleware(
@@ -295,14 +302,9 @@ class Parser:
         rate = self.rate_limit(top.table("rate_limiting", _RATE_KEYS), RateLimitConfig())
         cors = self.cors(top.table("cors", _CORS_KEYS))
         auth = self.auth(top.table("auth", ("jwt", "api_key")))
-        metrics_t = top.table("metrics", ("path",))
-        metrics = MetricsConfig(
-            path=metrics_t.get("path", "str", "/metrics", _url_path) if metrics_t else "/metrics"
-        )
-        health = self.health(
-            top.table("health", ("health_path", "liveness_path", "readiness_path"))
-        )
-        logging = self.logging(top.table("logging", ("format", "access_log", "level")))
+        metrics = self.metrics(top.table("metrics", _METRICS_KEYS))
+        health = self.health(top.table("health", _HEALTH_KEYS))
+        logging = self.logging(top.table("logging", _LOGGING_KEYS))
         admin = self.admin(top.table("admin", ("listen", "token_sha256")))
         routes = self.routes(top, server, rate, auth)
         config = config_class(
@@ -323,6 +325,40 @@ class Parser:
             raise ConfigError(self.errors, source=self.source)
         return config
 
+    def substitute_env(self, value: Any, path: str) -> Any:
+        """``${env.NAME}`` and ``${env.NAME:-default}`` in every string value, replaced by the
+        environment's value; other ``${...}`` (request templates) and ``$${`` stay as written."""
+        if isinstance(value, str):
+            if "${env." not in value:
+                return value
+
+            def replace_one(match: re.Match[str]) -> str:
+                name, default = match.group(1), match.group(2)
+                if not _ENV_NAME.match(name):
+                    self.error(path, f"${{env.{name}}} is not a valid environment variable name")
+                    return match.group(0)
+                found = os.environ.get(name)
+                if found is not None:
+                    return found
+                if default is not None:
+                    return default
+                self.error(
+                    path,
+                    f"environment variable {name!r} is not set (${{env.{name}:-default}} "
+                    "gives a default)",
+                )
+                return ""
+
+            return _ENV_REF.sub(replace_one, value)
+        if isinstance(value, Mapping):
+            return {
+                k: self.substitute_env(v, f"{path}.{k}" if path else str(k))
+                for k, v in value.items()
+            }
+        if isinstance(value, list):
+            return [self.substitute_env(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return value
+
     # -- sections --------------------------------------------------------------------------
 
     def server(self, t: _Table | None) -> ServerConfig:
@@ -333,7 +369,7 @@ class Parser:
         proxies = t.get("trusted_proxies", "list[str]", (), _each(_network))
         port_ok = lambda p: None if 0 <= p <= 65535 else "is not a port (0-65535)"  # noqa: E731
         return ServerConfig(
-            host=t.get("host", "str", d.host, lambda h: None if h else "must not be empty"),
+            host=t.get("host", "str", d.host, _listen_host),
             port=t.get("port", "int", d.port, port_ok),
             workers=t.get("workers", "int", d.workers, _at_least(1)),
             timeout_ms=t.get("timeout_ms", "int", d.timeout_ms, _positive),
@@ -353,6 +389,7 @@ class Parser:
                 "keepalive_timeout_ms", "int", d.keepalive_timeout_ms, _positive
             ),
             server_header=t.get("server_header", "str", d.server_header, _field_value),
+            shutdown_delay_ms=t.get("shutdown_delay_ms", "int", d.shutdown_delay_ms, _at_least(0)),
         )
 
     def endpoint_list(self, values: Sequence[str]) -> str | None:
@@ -519,6 +556,15 @@ class Parser:
             keys=tuple(keys),
         )
 
+    def metrics(self, t: _Table | None) -> MetricsConfig:
+        d = MetricsConfig()
+        if t is None:
+            return d
+        return MetricsConfig(
+            path=t.get("path", "str", d.path, _url_path),
+            listen=t.get("listen", "str", d.listen, _endpoint),
+        )
+
     def health(self, t: _Table | None) -> HealthConfig:
         d = HealthConfig()
         if t is None:
@@ -527,6 +573,7 @@ class Parser:
             health_path=t.get("health_path", "str", d.health_path, _url_path),
             liveness_path=t.get("liveness_path", "str", d.liveness_path, _url_path),
             readiness_path=t.get("readiness_path", "str", d.readiness_path, _url_path),
+            listen=t.get("listen", "str", d.listen, _endpoint),
         )
 
     def logging(self, t: _Table | None) -> LoggingConfig:
@@ -547,10 +594,14 @@ class Parser:
         access_log = t.get("access_log", "str", d.access_log, log_target)
         if access_log != "-":
             access_log = self.file(access_log)
+        ratio_ok = lambda r: None if 0.0 <= r <= 1.0 else "is not between 0 and 1"  # noqa: E731
         return LoggingConfig(
             format=t.get("format", "str", d.format, _one_of(("json", "text"))),
             access_log=access_log,
             level=t.get("level", "str", d.level, _one_of(LOG_LEVELS)),
+            event_format=t.get("event_format", "str", d.event_format, _one_of(("text", "json"))),
+            sample_ratio=t.get("sample_ratio", "float", d.sample_ratio, ratio_ok),
+            skip_paths=t.get("skip_paths", "list[str]", d.skip_paths, _each(_url_path)),
         )
 
     def admin(self, t: _Table | None) -> AdminConfig | None:
@@ -731,9 +782,42 @@ class Parser:
 
     # -- whole-config checks -------------------------------------------------------------------
 
+    def listener_checks(self, config: BaseGatewayConfig) -> None:
+        """Every listener can be opened as configured: shareable by worker processes when
+        ``workers > 1``, and no two on the same port."""
+        listeners = [
+            ("server.listen" if config.server.listen else "server.host/port", e)
+            for e in config.server.endpoints
+        ]
+        if config.metrics.listen and config.middleware.enable_metrics:
+            listeners.append(("metrics.listen", config.metrics.listen))
+        if config.health.listen:
+            listeners.append(("health.listen", config.health.listen))
+        if config.admin is not None:
+            listeners.append(("admin.listen", config.admin.listen))
+        seen: dict[tuple[str, int], str] = {}
+        for key, description in listeners:
+            address = tcp_address(description)
+            if config.server.workers > 1 and key != "admin.listen" and address is None:
+                self.error(
+                    key,
+                    f"{description!r} cannot be shared by {config.server.workers} worker "
+                    "processes (server.workers > 1 needs tcp:, tcp6: or ssl: endpoints; "
+                    "use workers = 1 with unix:, systemd: or haproxy:)",
+                )
+            if address is None or address[1] == 0:
+                continue
+            clash = seen.get(address) or seen.get(("", address[1]))
+            if clash is None and address[0] == "":
+                clash = next((k for a, k in seen.items() if a[1] == address[1]), None)
+            if clash is not None:
+                self.error(key, f"{description!r}: port {address[1]} is already used by {clash}")
+            seen.setdefault(address, key)
+
     def cross_checks(self, config: BaseGatewayConfig) -> None:
         from .routing import PatternError, RouteRule, RouteTable
 
+        self.listener_checks(config)
         seen: dict[str, int] = {}
         for i, route in zip(self.route_index, config.routes):
             if route.name in seen:
@@ -805,6 +889,44 @@ def _http_url(value: str) -> str | None:
 def _redis_url(value: str) -> str | None:
     ok = re.match(r"^(redis|rediss|unix)://", value)
     return None if ok else "is not a redis:// , rediss:// or unix:// URL"
+
+
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def _listen_host(value: str) -> str | None:
+    """An address to listen on: an IP address or a host name (resolved when starting)."""
+    if not value:
+        return "must not be empty"
+    try:
+        ipaddress.ip_address(value)
+        return None
+    except ValueError:
+        pass
+    if re.match(r"^[0-9.]+$", value) or ":" in value:
+        return "is not a valid IP address"
+    labels = value.rstrip(".").split(".")
+    if len(value) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
+        return "is not an IP address or a host name"
+    return None
+
+
+def tcp_address(description: str) -> tuple[str, int] | None:
+    """(interface, port) of a tcp:, tcp6: or ssl: endpoint string; None for other kinds
+    (unix:, systemd:, haproxy:...), which worker processes cannot share."""
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    if description.startswith("systemd:"):
+        return None
+    try:
+        endpoint = serverFromString(MemoryReactor(), description)
+    except Exception:
+        return None
+    port = getattr(endpoint, "_port", None)
+    if port is None:
+        return None
+    return getattr(endpoint, "_interface", "") or "", port
 
 
 _SYSTEMD = re.compile(r"^systemd:domain=(INET|INET6|UNIX):(index=\d+|name=[^:]+)$")
