@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,7 @@ import yaml
 from avx_twisted._version import __version__
 from avx_twisted.config import GatewayConfig
 from tests.support import helm
-from tests.support.process import TWISTD
-from tests.unit.test_deploy import check_pod_against_config
+from tests.unit.test_deploy import check_pod_against_config, cli
 
 CHART = Path(__file__).resolve().parents[2] / "deploy/helm/avx-gateway"
 DEFAULTS = yaml.safe_load((CHART / "values.yaml").read_text())
@@ -95,12 +93,7 @@ def test_default_render_is_a_valid_gateway_deployment():
 def test_the_rendered_config_passes_every_start_up_check(tmp_path):
     path = tmp_path / "gateway.toml"
     path.write_text(one(helm.template(CHART), "ConfigMap")["data"]["gateway.toml"])
-    out = subprocess.run(
-        [TWISTD, "avx-gateway", "--config", str(path), "--check"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = cli("check", "--config", str(path))
     assert out.returncode == 0, out.stderr
     assert "OK" in out.stdout
 

@@ -88,6 +88,17 @@ def check_pod_against_config(
     test.assertEqual(c["args"], ["run", "--config", "/etc/avx-gateway/gateway.toml"])
 
 
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``avx-gateway ARGS`` (the console script's module, so no install is needed)."""
+    return subprocess.run(
+        [sys.executable, "-m", "avx_twisted.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+
+
 def load_yaml(path: Path) -> Any:
     return yaml.safe_load(path.read_text())
 
@@ -119,14 +130,9 @@ class KubernetesTests(SynchronousTestCase):
         check_pod_against_config(self, self.deployment, self.config)
 
     def test_the_config_passes_every_start_up_check(self) -> None:
-        twistd = str(Path(sys.executable).with_name("twistd"))
-        out = subprocess.run(
-            [twistd, "avx-gateway", "--config", str(K8S / "gateway.toml"), "--check"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        out = cli("check", "--config", str(K8S / "gateway.toml"))
         self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("OK", out.stdout)
 
     def test_the_image_is_pinned_to_the_gateway_version(self) -> None:
         image = container(self.deployment)["image"]
@@ -274,6 +280,15 @@ class DockerfileTests(SynchronousTestCase):
             self.assertNotIn("gateway.toml", copy)
             self.assertNotIn("config/", copy)
         self.assertIn("AVX_DEMO_HOST=0.0.0.0", self.text)
+
+    def test_without_a_mounted_config_run_exits_2_naming_the_file(self) -> None:
+        # What `docker run IMAGE` does with nothing mounted (the CMD's path does not exist here).
+        missing = "/nonexistent/avx-gateway/gateway.toml"
+        self.assertFalse(os.path.exists(missing))
+        out = cli("run", "--config", missing)
+        self.assertEqual(out.returncode, 2)
+        self.assertIn(missing, out.stderr)
+        self.assertIn("cannot read file", out.stderr)
 
     def test_base_image_and_version_are_pinned(self) -> None:
         (arg,) = [i for i in self.instruction("ARG") if i.startswith("ARG PYTHON_IMAGE=")]
