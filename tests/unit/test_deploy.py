@@ -383,3 +383,23 @@ class SystemdAndLogrotateTests(SynchronousTestCase):
         # The unit's LogsDirectory is where logrotate looks.
         (logs,) = self.unit["LogsDirectory"]
         self.assertTrue(directives[0].startswith(os.path.join("/var/log", logs) + "/"))
+
+    def test_logrotate_accepts_the_file(self) -> None:
+        logrotate = shutil.which("logrotate") or "/usr/sbin/logrotate"
+        if not os.path.exists(logrotate):
+            raise SkipTest("logrotate is not installed")
+        state = Path(self.mktemp())
+        out = subprocess.run(
+            [
+                logrotate,
+                "--debug",
+                "--state",
+                str(state),
+                str(REPO / "deploy/logrotate/avx-gateway"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertNotIn("error:", out.stdout + out.stderr)
