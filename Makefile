@@ -67,7 +67,7 @@ $(STAMP): setup.cfg pyproject.toml
 run: $(STAMP)
 	@echo "avx-gateway demo on http://127.0.0.1:8080 -> echo upstream on 127.0.0.1:9001"
 	@echo "try: curl -s http://127.0.0.1:8080/api/users/42?verbose=1"
-	$(VENV)/bin/twistd --pidfile= -n avx-gateway --config config/demo.toml --demo
+	$(VENV)/bin/avx-gateway demo
 
 test: $(STAMP) redis-server
 	$(PY) -m ruff check .

@@ -40,7 +40,7 @@ from ._configmodel import (
     ServerConfig,
     UpstreamConfig,
 )
-from .urls import parse_url
+from .urls import parse_redis_url, parse_url
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -424,11 +424,24 @@ class Parser:
             burst_size=t.get("burst_size", "int", default_burst, _at_least(1)),
             key=t.get("key", "str", base.key, _one_of(RATE_LIMIT_KEYS)),
             backend=t.get("backend", "str", base.backend, _one_of(("memory", "redis"))),
-            redis_url=t.get("redis_url", "str", base.redis_url, _redis_url),
+            redis_url=self.redis_url(t, base.redis_url),
             on_backend_error=t.get(
                 "on_backend_error", "str", base.on_backend_error, _one_of(("allow", "deny"))
             ),
         )
+
+    def redis_url(self, t: _Table, default: str) -> str:
+        """A Redis URL, checked by the one parser every Redis user shares; errors never show
+        its password."""
+        value = t.get("redis_url", "str", default)
+        if value is default:
+            return default
+        problem = _redis_url(value)
+        if problem is not None:
+            shown = re.sub(r"(://[^/@]*?:)[^/@]*@", r"\1***@", value)
+            self.error(t.key("redis_url"), f"{shown!r} {problem}")
+            return default
+        return value  # type: ignore[no-any-return]
 
     def cors(self, t: _Table | None) -> CorsConfig:
         d = CorsConfig()
@@ -887,8 +900,11 @@ def _http_url(value: str) -> str | None:
 
 
 def _redis_url(value: str) -> str | None:
-    ok = re.match(r"^(redis|rediss|unix)://", value)
-    return None if ok else "is not a redis:// , rediss:// or unix:// URL"
+    try:
+        parse_redis_url(value)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 _HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")

@@ -68,6 +68,8 @@ class RequestContext:
         "route",
         "upstream",
         "upstream_duration",
+        "upstream_status",
+        "error",
         "exchange",
     )
 
@@ -89,5 +91,9 @@ class RequestContext:
         self.route: str = "unmatched"
         self.upstream: str | None = None
         self.upstream_duration: float | None = None
+        #: The last upstream response's status (None: no upstream answered).
+        self.upstream_status: int | None = None
+        #: Why the gateway answered an error or cut the response short (for the access log).
+        self.error: str | None = None
         #: The forwarder's exchange once forwarding began (told when the client goes away).
         self.exchange: Any = None

@@ -3,8 +3,10 @@ forwarder; every answer, refusals of the HTTP core included, is counted and logg
 
 from __future__ import annotations
 
+import random
+import re
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -21,7 +23,7 @@ from .metrics import GatewayMetrics
 from .routing import BadPath, MethodNotAllowed, RouteMatch
 from .runtime import Runtime
 
-InternalHandler = Callable[[Any], Answer]
+InternalAnswer = Callable[[Any], Answer]
 
 _FORBIDDEN_ORIGIN = "origin not allowed"
 
@@ -65,21 +67,46 @@ class InFlight:
 
 
 @implementer(IRequestHandler)
+class InternalHandler:
+    """A private listener (``[metrics] listen``, ``[health] listen``): the gateway's own paths
+    and nothing else (404), neither counted nor access-logged."""
+
+    def __init__(self, paths: dict[bytes, InternalAnswer]) -> None:
+        self.paths = paths
+
+    def handle(self, request: Any) -> None:
+        answer = self.paths.get(request.path)
+        if answer is None:
+            error_answer(404, "not found").send(request)
+            return
+        answer(request).send(request)
+
+    def refused(self, request: Any, status: int, message: str) -> None:
+        error_answer(status, REFUSALS.get(status, message)).send(request)
+
+
+@implementer(IRequestHandler)
 class GatewayHandler:
     """Answers the gateway's own paths, then routes everything else to an upstream."""
 
     def __init__(
         self,
         runtime: Runtime,
-        internal: Optional[dict[bytes, InternalHandler]] = None,
+        internal: Optional[dict[bytes, InternalAnswer]] = None,
         metrics: Optional[GatewayMetrics] = None,
         access_log: Optional[Logger] = None,
+        sample_ratio: float = 1.0,
+        skip_paths: Sequence[str] = (),
     ) -> None:
         self.runtime = runtime
         self.internal = internal or {}
         self.in_flight = InFlight()
         self.metrics = metrics
         self.access_log = access_log
+        #: Share of successful requests access-logged (errors always are).
+        self.sample_ratio = sample_ratio
+        #: Paths never access-logged (probe noise).
+        self.skip_paths = frozenset(p.encode() for p in skip_paths)
         #: The in-flight gauge to move per request; None when it reads ``in_flight`` at scrape
         #: time instead (one process: nothing to do per request).
         self.in_flight_gauge: Any = None
@@ -137,6 +164,7 @@ class GatewayHandler:
         """The HTTP core refuses a request (framing, limits, timeouts): counted and logged
         like every other answer."""
         ctx = self._begin(request, self.runtime)
+        ctx.error = message
         self._error(request, ctx, status, REFUSALS.get(status, message))
 
     # -- one request's bookkeeping ---------------------------------------------------------------
@@ -175,6 +203,8 @@ class GatewayHandler:
         message: str,
         fields: tuple[tuple[bytes, bytes], ...] | list[tuple[bytes, bytes]] = (),
     ) -> None:
+        if ctx.error is None:
+            ctx.error = message
         error_answer(status, message, fields, ctx.request_id).send(request)
 
     def _finished(self, request: Any, failure: Optional[Failure]) -> None:
@@ -194,37 +224,50 @@ class GatewayHandler:
             self.in_flight_gauge.dec()
         if metrics is not None:
             route = metrics.route(ctx.route)
-            route.request(request.method, status).inc()
-            route.duration.observe(duration)
+            requests, durations = route.request(request.method, status)
+            requests.inc()
+            durations.observe(duration)
             if received:
                 route.request_bytes.inc(received)
             if sent:
                 route.response_bytes.inc(sent)
         access_log = self.access_log
-        if access_log is not None:
-            identity = ctx.identity
-            fields = request.fields
-            access_log.info(
-                "access",
-                time=time.time(),
-                request_id=ctx.request_id.decode("latin-1"),
-                client_ip=ctx.client_ip,
-                method=request.method.decode("latin-1"),
-                path=request.path.decode("latin-1"),
-                protocol="HTTP/" + request.version.decode("latin-1"),
-                route=ctx.route,
-                upstream=ctx.upstream,
-                status=status,
-                request_bytes=received,
-                response_bytes=sent,
-                duration_ms=round(duration * 1000.0, 3),
-                upstream_duration_ms=None
-                if ctx.upstream_duration is None
-                else round(ctx.upstream_duration * 1000.0, 3),
-                user=identity.name if identity is not None else None,
-                referer=_text(fields.get(b"referer")),
-                user_agent=_text(fields.get(b"user-agent")),
-            )
+        if access_log is None or request.path in self.skip_paths:
+            return
+        if status < 400 and self.sample_ratio < 1.0 and random.random() >= self.sample_ratio:
+            return
+        identity = ctx.identity
+        fields = request.fields
+        exchange = ctx.exchange
+        error = ctx.error
+        if failure is not None and error is None:
+            error = "client closed the connection"
+        access_log.info(
+            "access",
+            time=time.time(),
+            request_id=ctx.request_id.decode("latin-1"),
+            client_ip=ctx.client_ip,
+            method=request.method.decode("latin-1"),
+            host=_text(request.authority),
+            path=request.path.decode("latin-1"),
+            protocol="HTTP/" + request.version.decode("latin-1"),
+            route=ctx.route,
+            upstream=ctx.upstream,
+            status=status,
+            upstream_status=ctx.upstream_status,
+            request_bytes=received,
+            response_bytes=sent,
+            duration_ms=round(duration * 1000.0, 3),
+            upstream_duration_ms=None
+            if ctx.upstream_duration is None
+            else round(ctx.upstream_duration * 1000.0, 3),
+            retries=len(exchange.tried) - 1 if exchange is not None and exchange.tried else 0,
+            user=identity.name if identity is not None else None,
+            referer=_text(fields.get(b"referer")),
+            user_agent=_text(fields.get(b"user-agent")),
+            trace_id=trace_id(fields.get(b"traceparent")),
+            error=error,
+        )
 
     def _preflight(self, request: Any, ctx: RequestContext) -> Optional[Answer]:
         """A CORS preflight for a route whose ``methods`` leave out OPTIONS: the route is the one
@@ -240,6 +283,19 @@ class GatewayHandler:
         ctx.route = match.value.name
         result = match.value.cors(request, ctx)
         return result
+
+
+_TRACEPARENT = re.compile(rb"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def trace_id(traceparent: Optional[bytes]) -> Optional[str]:
+    """The trace id of a W3C ``traceparent`` field (None when absent, malformed or all zero)."""
+    if not traceparent:
+        return None
+    match = _TRACEPARENT.match(traceparent.strip())
+    if match is None or match.group(1) == b"0" * 32:
+        return None
+    return match.group(1).decode("ascii")
 
 
 def _text(value: Optional[bytes]) -> Optional[str]:

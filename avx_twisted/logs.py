@@ -15,7 +15,7 @@ import queue
 import re
 import threading
 import time
-from typing import IO, Any, Iterable
+from typing import IO, Any, Callable, Iterable
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import (
@@ -36,15 +36,23 @@ FIELDS = (
     "request_id",
     "client_ip",
     "method",
+    "host",
     "path",
+    "protocol",
+    "status",
     "route",
     "upstream",
-    "status",
+    "upstream_status",
     "request_bytes",
     "response_bytes",
     "duration_ms",
     "upstream_duration_ms",
+    "retries",
     "user",
+    "user_agent",
+    "referer",
+    "trace_id",
+    "error",
 )
 _LEVELS = {
     "debug": LogLevel.debug,
@@ -54,6 +62,9 @@ _LEVELS = {
     "critical": LogLevel.critical,
 }
 
+
+#: Queued to the writer thread: reopen the file before the next batch.
+_REOPEN = "reopen"
 
 _ids = itertools.count(1)
 _id_prefix = [b"", -1]  # per process (reset in a forked worker): 16 random hex digits
@@ -133,9 +144,11 @@ class AccessLogWriter:
         self.max_queue = max_queue
         self.flush_s = flush_s
         self.pending: list[dict[str, Any]] = []
-        self.queue: queue.Queue[list[dict[str, Any]] | None] = queue.Queue()
+        self.queue: queue.Queue[list[dict[str, Any]] | str | None] = queue.Queue()
         self.queued = 0  # events handed to the thread and not written yet
         self.dropped = 0
+        #: Called with the number of records dropped (a metrics hook; from either thread).
+        self.on_drop: Callable[[int], None] | None = None
         self._flush_call: Any = None
         self._thread: threading.Thread | None = None
         self._file: IO[str] | None = None
@@ -143,6 +156,8 @@ class AccessLogWriter:
     def __call__(self, event: dict[str, Any]) -> None:
         if len(self.pending) + self.queued >= self.max_queue:
             self.dropped += 1
+            if self.on_drop is not None:
+                self.on_drop(1)
             return
         self.pending.append(event)
         if self._flush_call is None and self._thread is not None:
@@ -171,6 +186,16 @@ class AccessLogWriter:
         if self.pending:
             self._flush_call = self.clock.callLater(self.flush_s, self.flush)
 
+    def reopen(self) -> None:
+        """Reopen a file target by its path, between two batches (``kill -USR1`` after logrotate
+        moved the file: lines go on in the moved file until then, none is lost)."""
+        if self._thread is None or self.target == "-":
+            return
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self.flush()
+        self.queue.put(_REOPEN)
+
     def stop(self, timeout: float = 5.0) -> None:
         """Write what is collected, then stop the thread and close a file target."""
         thread, self._thread = self._thread, None
@@ -193,12 +218,22 @@ class AccessLogWriter:
             if batch is None:
                 out.flush()
                 return
+            if batch is _REOPEN:
+                try:
+                    reopened = open(self.target, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+                except OSError:
+                    continue  # keep writing where we were: better than losing lines
+                out.close()
+                out = self._file = reopened
+                continue
             lines = [self.format(event) for event in batch]
             try:
                 out.write("\n".join(lines) + "\n")
                 out.flush()
             except (OSError, ValueError):
                 self.dropped += len(lines)
+                if self.on_drop is not None:
+                    self.on_drop(len(lines))
             self.queued -= len(batch)
 
 

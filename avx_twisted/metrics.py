@@ -8,6 +8,8 @@ Requests that match no route are counted under ``route="unmatched"``.
 from __future__ import annotations
 
 import os
+import platform
+import time
 from typing import Any, Iterable
 
 from prometheus_client import (
@@ -16,12 +18,17 @@ from prometheus_client import (
     Gauge,
     Histogram,
     ProcessCollector,
+    disable_created_metrics,
     generate_latest,
     multiprocess,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from ._version import __version__
 from .errors import Answer
+
+# ``_created`` series double the counters and histograms for a value nobody graphs.
+disable_created_metrics()
 
 UNMATCHED = "unmatched"
 #: From 0.5 ms to 30 s.
@@ -44,6 +51,7 @@ DURATION_BUCKETS = (
 )
 _METHODS = frozenset([b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS"])
 _CIRCUIT_GAUGE = {"closed": 0, "half_open": 1, "open": 2}
+_STATUS_CLASS = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 
 
 class RouteMetrics:
@@ -52,23 +60,30 @@ class RouteMetrics:
     def __init__(self, metrics: GatewayMetrics, route: str) -> None:
         self._metrics = metrics
         self.route = route
-        self.duration = metrics.request_duration.labels(route)
         self.request_bytes = metrics.request_bytes.labels(route)
         self.response_bytes = metrics.response_bytes.labels(route)
         self.rate_limited = metrics.rate_limited.labels(route)
-        self._requests: dict[tuple[bytes, int], Any] = {}
+        self._requests: dict[tuple[bytes, int], tuple[Any, Any]] = {}
         self._upstreams: dict[str, Any] = {}
         self._upstream_status: dict[tuple[str, int], Any] = {}
         self._websocket: Any = None
 
-    def request(self, method: bytes, status: int) -> Any:
-        """The ``avx_requests_total`` child for this method and status (bound on first use)."""
+    def request(self, method: bytes, status: int) -> tuple[Any, Any]:
+        """The ``avx_requests_total`` and ``avx_request_duration_seconds`` children for this
+        method and status (bound on first use)."""
         key = (method if method in _METHODS else b"OTHER", status)
-        child = self._requests.get(key)
-        if child is None:
-            child = self._metrics.requests.labels(self.route, key[0].decode(), str(status))
-            self._requests[key] = child
-        return child
+        children = self._requests.get(key)
+        if children is None:
+            name = key[0].decode()
+            m = self._metrics
+            children = (
+                m.requests.labels(self.route, name, str(status)),
+                m.request_duration.labels(
+                    self.route, name, _STATUS_CLASS.get(status // 100, "other")
+                ),
+            )
+            self._requests[key] = children
+        return children
 
     def upstream_request(self, upstream: str, status: int) -> Any:
         """The ``avx_upstream_requests_total`` child (status 0: no response)."""
@@ -125,8 +140,8 @@ class GatewayMetrics:
         )
         self.request_duration = Histogram(
             "avx_request_duration_seconds",
-            "Time from request to the end of the response.",
-            ["route"],
+            "Time from request to the end of the response, by route, method and status class.",
+            ["route", "method", "status_class"],
             buckets=DURATION_BUCKETS,
             registry=r,
         )
@@ -143,9 +158,18 @@ class GatewayMetrics:
             buckets=DURATION_BUCKETS,
             registry=r,
         )
-        self.in_flight = Gauge("avx_requests_in_flight", "Requests being answered now.", registry=r)
+        # Gauges say how worker processes combine (multiprocess mode; ignored with one process).
+        self.in_flight = Gauge(
+            "avx_requests_in_flight",
+            "Requests being answered now.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.open_connections = Gauge(
-            "avx_open_connections", "Client connections open now.", registry=r
+            "avx_open_connections",
+            "Client connections open now.",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.request_bytes = Counter(
             "avx_request_bytes_total", "Request body bytes received.", ["route"], registry=r
@@ -155,15 +179,17 @@ class GatewayMetrics:
         )
         self.upstream_healthy = Gauge(
             "avx_upstream_healthy",
-            "1 when the target passes its health checks.",
+            "1 when the target passes its health checks (in every worker process).",
             ["route", "upstream"],
             registry=r,
+            multiprocess_mode="livemin",
         )
         self.circuit_state = Gauge(
             "avx_circuit_state",
-            "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+            "Circuit breaker state: 0 closed, 1 half-open, 2 open (the worst over workers).",
             ["route", "upstream"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.rate_limited = Counter(
             "avx_rate_limited_total", "Requests refused by a rate limit.", ["route"], registry=r
@@ -198,6 +224,41 @@ class GatewayMetrics:
             ["route", "direction"],
             registry=r,
         )
+        self.build_info = Gauge(
+            "avx_build_info",
+            "Always 1; the labels say which gateway build runs.",
+            ["version", "python", "implementation"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.build_info.labels(
+            __version__, platform.python_version(), platform.python_implementation()
+        ).set(1)
+        self.config_reloads = Counter(
+            "avx_config_reloads",
+            "Configuration reloads (SIGHUP, POST /reload), by result: success or failure.",
+            ["result"],
+            registry=r,
+        )
+        self.config_reload_success = Gauge(
+            "avx_config_last_reload_successful",
+            "1 when the last configuration (re)load succeeded (in every worker process).",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.config_reload_time = Gauge(
+            "avx_config_last_reload_success_timestamp_seconds",
+            "When the configuration in use was loaded (the oldest over workers).",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.access_log_dropped = Counter(
+            "avx_access_log_dropped",
+            "Access-log records dropped (writer queue full, or the target failed).",
+            registry=r,
+        )
+        for result in ("success", "failure"):
+            self.config_reloads.labels(result)
         if process and self.multiprocess_dir is None:
             ProcessCollector(registry=r)
         self._exposition_fields = [
@@ -205,6 +266,7 @@ class GatewayMetrics:
             (b"Cache-Control", b"no-store"),
         ]
         self._targets: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+        self._listening: set[int] = set()
         self.routes: dict[str, RouteMetrics] = {}
         self.unmatched = self.route(UNMATCHED)
 
@@ -215,24 +277,46 @@ class GatewayMetrics:
             metrics = self.routes[name] = RouteMetrics(self, name)
         return metrics
 
-    def watch_targets(self, route: str, targets: Iterable[Any]) -> None:
-        """Export each target's health and circuit state (read afresh at every scrape)."""
-        for target in targets:
-            self._targets[(route, target.url)] = (
-                target,
-                self.upstream_healthy.labels(route, target.url),
-                self.circuit_state.labels(route, target.url),
-            )
+    def config_loaded(self, success: bool, time_s: float | None = 0.0) -> None:
+        """A configuration load: the first (``time_s=None``: not counted as a reload) or a
+        reload, successful or refused."""
+        if time_s is not None:
+            self.config_reloads.labels("success" if success else "failure").inc()
+        self.config_reload_success.set(1 if success else 0)
+        if success:
+            self.config_reload_time.set(time.time())
 
-    def _refresh_targets(self) -> None:
+    def watch_routes(self, routes: Iterable[Any]) -> None:
+        """Export the health and circuit state of every target of ``routes`` (the runtime in
+        use; a reload calls this again and the series of targets gone are removed). Breaker
+        changes set the gauge at once; :meth:`refresh_targets` sets both at each scrape and,
+        with worker processes, every second in every worker, so no worker's value is stale."""
+        previous, self._targets = self._targets, {}
+        for route in routes:
+            for target in route.upstream.targets:
+                key = (route.name, target.url)
+                healthy = self.upstream_healthy.labels(*key)
+                circuit = self.circuit_state.labels(*key)
+                self._targets[key] = (target, healthy, circuit)
+                breaker = target.breaker
+                if breaker is not None and id(breaker) not in self._listening:
+                    self._listening.add(id(breaker))
+                    breaker.add_listener(lambda _b, _old, new, g=circuit: g.set(new.gauge))
+        for key in previous.keys() - self._targets.keys():
+            self.upstream_healthy.remove(*key)
+            self.circuit_state.remove(*key)
+        self.refresh_targets()
+
+    def refresh_targets(self) -> None:
+        """Set the health and circuit gauges from every watched target's state now."""
         for target, healthy, circuit in self._targets.values():
             healthy.set(1 if target.healthy else 0)
             breaker = target.breaker
-            circuit.set(_CIRCUIT_GAUGE[breaker.state.value] if breaker is not None else 0)
+            circuit.set(breaker.state.gauge if breaker is not None else 0)
 
     def render(self, request: Any) -> Answer:
         """The text exposition format, for ``GET /metrics``."""
-        self._refresh_targets()
+        self.refresh_targets()
         if self.multiprocess_dir is not None:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)

@@ -207,6 +207,7 @@ class Exchange:
         took = self.forwarder.clock.seconds() - self.attempt_started
         if self.ctx is not None:
             self.ctx.upstream_duration = took
+            self.ctx.upstream_status = status or None
         metrics = self.route.metrics
         if metrics is not None:
             metrics.upstream_request(target.url, status).inc()
@@ -344,13 +345,16 @@ class Exchange:
         self.end_attempt()
         if self.finished:
             return
+        why = "timed out" if self.expired else reason.getErrorMessage()
         log.warn(
             "upstream {url} broke off the response body for route {route}: {why}",
             request_id=self.request_id,
             url=self.target.url if self.target else None,
             route=self.route.name,
-            why="timed out" if self.expired else reason.getErrorMessage(),
+            why=why,
         )
+        if self.ctx is not None:
+            self.ctx.error = f"upstream response body broken off: {why}"
         self.done()
         self.request.abort()
 
@@ -421,6 +425,8 @@ class Exchange:
 
     def fail(self, status: int, message: str, fields: Optional[List[Pair]] = None) -> None:
         self.done()
+        if self.ctx is not None:
+            self.ctx.error = message
         request = self.request
         if request.started:
             request.abort()

@@ -184,8 +184,6 @@ class Runtime:
         upstream = Upstream(targets, fresh.balancer)
         runtime_route = RuntimeRoute(route, upstream, agent)
         metrics = self.metrics.route(route.name) if self.metrics is not None else None
-        if self.metrics is not None:
-            self.metrics.watch_targets(route.name, upstream.targets)
         runtime_route.metrics = metrics
         filters = runtime_route.filters
         if self.cors is not None and route.cors:

@@ -13,17 +13,36 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger, globalLogPublisher
 from twisted.python.failure import Failure
 
 from ._version import __version__
 from .config import ConfigError, GatewayConfig
-from .gateway import GatewayHandler
+from .eventlog import reopen_event_log
+from .gateway import GatewayHandler, InternalAnswer, InternalHandler
 from .h1 import ServerFactory, ServerLimits
 from .logs import AccessLogWriter, access_logger, apply_level
 from .metrics import GatewayMetrics
 from .probes import Probes
 from .runtime import Runtime
+
+
+class ListenError(Exception):
+    """A listener could not be opened (port in use, permission denied, no such address); the
+    message is one line naming the key and the endpoint."""
+
+
+def listener_plan(config: GatewayConfig) -> list[tuple[str, str]]:
+    """Every serving listener of a gateway as (purpose, endpoint string), in a fixed order that
+    worker processes and their supervisor agree on: the data plane's, then ``[metrics] listen``
+    and ``[health] listen`` when set. (The admin listener is not shared with workers.)"""
+    plan = [("data", e) for e in config.server.endpoints]
+    if config.metrics.listen and config.middleware.enable_metrics:
+        plan.append(("metrics", config.metrics.listen))
+    if config.health.listen:
+        plan.append(("health", config.health.listen))
+    return plan
 
 
 class GatewayService(MultiService):
@@ -52,21 +71,40 @@ class GatewayService(MultiService):
         self.runtime = Runtime(config, reactor, metrics=self.metrics)
         self.probes = Probes(self)
         health = config.health
-        internal = {
+        probes: dict[bytes, InternalAnswer] = {
             health.liveness_path.encode(): self.probes.liveness,
             health.readiness_path.encode(): self.probes.readiness,
             health.health_path.encode(): self.probes.health,
         }
+        scrape: dict[bytes, InternalAnswer] = {}
         if self.metrics is not None:
-            internal[config.metrics.path.encode()] = self.metrics.render
+            scrape[config.metrics.path.encode()] = self.metrics.render
+        # Probes and metrics on their own listener are not answered on the data plane at all.
+        internal = {
+            **({} if health.listen else probes),
+            **({} if config.metrics.listen else scrape),
+        }
+        #: The handler of each private listener purpose (see :func:`listener_plan`).
+        self.private_handlers = {
+            "metrics": InternalHandler(scrape),
+            "health": InternalHandler(probes),
+        }
         self.access_writer: AccessLogWriter | None = None
         access_log = None
+        logging = config.logging
         if middleware.enable_logging:
-            self.access_writer = AccessLogWriter(
-                config.logging.access_log, config.logging.format, clock=reactor
-            )
+            self.access_writer = AccessLogWriter(logging.access_log, logging.format, clock=reactor)
+            if self.metrics is not None:
+                self.access_writer.on_drop = self.metrics.access_log_dropped.inc
             access_log = access_logger(self.access_writer)
-        self.handler = GatewayHandler(self.runtime, internal, self.metrics, access_log)
+        self.handler = GatewayHandler(
+            self.runtime,
+            internal,
+            self.metrics,
+            access_log,
+            sample_ratio=logging.sample_ratio,
+            skip_paths=logging.skip_paths,
+        )
         # The HTTP core refuses bodies over the largest route limit while reading them; each
         # route applies its own limit again before forwarding.
         max_body_bytes = max(
@@ -92,23 +130,76 @@ class GatewayService(MultiService):
                 gauge.set_function(lambda: len(connections))
             else:
                 self.site.on_connection = lambda delta: gauge.inc(delta)
+        #: The data plane's listening ports.
         self.ports: list[IListeningPort] = []
+        #: The private listeners' ports: ``[metrics] listen``, ``[health] listen``, by purpose.
+        self.private_ports: dict[str, IListeningPort] = {}
         self.admin_ports: list[IListeningPort] = []
+        self._bound = False
+        self._previous_signals: dict[int, Any] = {}
+        self._refresher: LoopingCall | None = None
+        if self.metrics is not None:
+            self.metrics.config_loaded(True, time_s=None)
+            self.metrics.watch_routes(self.runtime.routes)
+            if self.metrics.multiprocess_dir is not None:
+                self._refresher = LoopingCall(self.metrics.refresh_targets)
+                self._refresher.clock = reactor
+
+    def privilegedStartService(self) -> None:
+        """Open every listener (before twistd drops privileges); raises :class:`ListenError`
+        with one line when one cannot be opened, after closing those already open."""
+        super().privilegedStartService()
+        self._open_listeners()
+
+    def _open_listeners(self) -> None:
+        if self._bound:
+            return
+        self._bound = True
+        factories = {"data": self.site}
+        for purpose, handler in self.private_handlers.items():
+            factories[purpose] = ServerFactory(
+                handler, self.reactor, ServerLimits(max_body_bytes=0)
+            )
+        plan = listener_plan(self.config)
+        if self.inherited is not None:
+            self._adopt(self.inherited, plan, factories)
+        else:
+            for purpose, description in plan:
+                key = _LISTEN_KEYS[purpose]
+                if purpose == "data" and not self.config.server.listen:
+                    key = "server.host/port"
+                port = self._bind(key, description, factories[purpose])
+                if purpose == "data":
+                    self.ports.append(port)
+                else:
+                    self.private_ports[purpose] = port
+        admin = self.config.admin
+        if admin is not None:
+            if self.inherited is not None:
+                self.log.warn("[admin] is served only when server.workers = 1; not opened")
+            else:
+                from .admin import admin_site
+
+                site = admin_site(self, admin.token_sha256)
+                self.admin_ports.append(self._bind("admin.listen", admin.listen, site))
 
     def startService(self) -> None:
-        """Bind every listener now (a bind error raises so twistd exits non-zero), then start
-        the active health checks."""
+        """Open the listeners if :meth:`privilegedStartService` has not, start the access log,
+        health checks and signal handlers: SIGHUP reloads, SIGUSR1 reopens the log files."""
         super().startService()
         if self.config.logging.level != "info":
             apply_level(globalLogPublisher, self.config.logging.level)
+        self._open_listeners()
         if self.access_writer is not None:
             self.access_writer.start()
-        if self.inherited is not None:
-            self._adopt(self.inherited)
-        else:
-            self._listen()
         for port in self.ports:
             self.log.info("avx-gateway listening on {address}", address=port.getHost())
+        for purpose, port in self.private_ports.items():
+            self.log.info(
+                "{purpose} listening on {address}", purpose=purpose, address=port.getHost()
+            )
+        for port in self.admin_ports:
+            self.log.info("admin API listening on {address}", address=port.getHost())
         config = self.config
         self.log.info(
             "avx-gateway {version}: {routes} routes from {source}",
@@ -116,8 +207,6 @@ class GatewayService(MultiService):
             routes=len(config.routes),
             source=config.source,
         )
-        if config.admin is not None:
-            self._listen_admin(config.admin)
         if self.config.server.workers > 1 and self.inherited is None:
             self.log.warn(
                 "server.workers = {workers}: worker processes are started by "
@@ -125,10 +214,15 @@ class GatewayService(MultiService):
                 workers=self.config.server.workers,
             )
         self.runtime.start()
+        if self._refresher is not None:
+            self._refresher.start(1.0)
         self.probes.ready = True
-        self._previous_hup = None
         if self.inherited is None and threading.current_thread() is threading.main_thread():
-            self._previous_hup = signal.signal(signal.SIGHUP, self._on_sighup)
+            # Worker processes install their own (see workers.main).
+            self._previous_signals = {
+                signal.SIGHUP: signal.signal(signal.SIGHUP, self._on_sighup),
+                signal.SIGUSR1: signal.signal(signal.SIGUSR1, self._on_sigusr1),
+            }
         # Everything built so far lives as long as the process: keep it out of the cyclic GC's
         # way, so that full collections stay short (they stall every request in flight).
         gc.collect()
@@ -137,13 +231,25 @@ class GatewayService(MultiService):
             gc.set_threshold(7000, 10, 10)
 
     def stopService(self) -> Deferred[Any]:
-        """Drain: not ready, stop accepting, let in-flight requests finish (up to
-        ``drain_timeout_ms``), then stop health checks and close pooled upstream connections."""
+        """Not ready at once; keep serving for ``shutdown_delay_ms`` (load balancers and
+        Kubernetes stop sending new requests meanwhile), then drain."""
         self.probes.ready = False
-        if getattr(self, "_previous_hup", None) is not None:
-            signal.signal(signal.SIGHUP, self._previous_hup)
-            self._previous_hup = None
+        for signum, previous in self._previous_signals.items():
+            signal.signal(signum, previous)
+        self._previous_signals = {}
         self._exit_cleanly()
+        delay_s = self.config.server.shutdown_delay_ms / 1000.0
+        if delay_s <= 0 or not self.running:
+            return self._drain()
+        self.log.info(
+            "stopping: readiness now fails; serving {delay} ms more before draining",
+            delay=self.config.server.shutdown_delay_ms,
+        )
+        return deferLater(self.reactor, delay_s, self._drain)
+
+    def _drain(self) -> Deferred[Any]:
+        """Stop accepting, let in-flight requests finish (up to ``drain_timeout_ms``), then stop
+        health checks and close pooled upstream connections."""
         in_flight = self.handler.in_flight
         self.site.drain()  # idle connections close; answers from now on say Connection: close
         self.log.info(
@@ -153,6 +259,8 @@ class GatewayService(MultiService):
         )
         closing = self._close_ports()
         self.runtime.stop()
+        if self._refresher is not None and self._refresher.running:
+            self._refresher.stop()
         drained = in_flight.wait_idle(self.config.server.drain_timeout_ms / 1000.0, self.reactor)
 
         def after_drain(idle: bool) -> Deferred[Any]:
@@ -176,50 +284,54 @@ class GatewayService(MultiService):
 
         return drained.addCallback(after_drain)
 
-    def _listen(self) -> None:
-        for description in self.config.server.endpoints:
-            self.ports.append(self._bind(description, self.site))
-
-    def _listen_admin(self, admin: Any) -> None:
-        """The admin API on its own listener (one process only: workers do not open it)."""
-        if self.inherited is not None:
-            self.log.warn("[admin] is served only when server.workers = 1; not opened")
-            return
-        from .admin import admin_site
-
-        self.admin_ports.append(self._bind(admin.listen, admin_site(self, admin.token_sha256)))
-        self.log.info("admin API listening on {endpoint}", endpoint=admin.listen)
-
-    def _bind(self, description: str, factory: Any) -> IListeningPort:
-        """Listen on an endpoint string now; a failure closes what is open and raises, so
-        twistd exits non-zero before serving anything."""
+    def _bind(self, key: str, description: str, factory: Any) -> IListeningPort:
+        """Listen on an endpoint string now; a failure closes what is open and raises
+        :class:`ListenError`, so twistd exits non-zero before serving anything."""
         ports: list[IListeningPort] = []
         failures: list[Failure] = []
         d = serverFromString(self.reactor, description).listen(factory)
         d.addCallbacks(ports.append, failures.append)
         if failures:
+            why = _bind_error(failures[0])
             self.log.critical(
-                "cannot listen on {endpoint}: {why}",
+                "cannot listen on {endpoint} ({key}): {why}",
                 endpoint=description,
-                why=failures[0].getErrorMessage(),
+                key=key,
+                why=why,
             )
             self._close_ports()
             self.running = False
-            failures[0].raiseException()
+            raise ListenError(f"{key}: cannot listen on {description}: {why}")
         return ports[0]
 
-    def _adopt(self, inherited: Sequence[tuple[int, int, bool]]) -> None:
-        """Serve sockets a supervisor bound (worker processes)."""
-        endpoints = self.config.server.endpoints
-        for (fd, family, tls), description in zip(inherited, endpoints):
-            factory: Any = self.site
+    def _adopt(
+        self,
+        inherited: Sequence[tuple[int, int, bool]],
+        plan: Sequence[tuple[str, str]],
+        factories: dict[str, Any],
+    ) -> None:
+        """Serve sockets a supervisor bound (worker processes), in :func:`listener_plan` order."""
+        for (fd, family, tls), (purpose, description) in zip(inherited, plan):
+            factory: Any = factories[purpose]
             if tls:
                 from twisted.protocols.tls import TLSMemoryBIOFactory
 
                 endpoint = serverFromString(self.reactor, description)
-                factory = TLSMemoryBIOFactory(endpoint._sslContextFactory, False, self.site)
-            self.ports.append(self.reactor.adoptStreamPort(fd, family, factory))
+                factory = TLSMemoryBIOFactory(endpoint._sslContextFactory, False, factory)
+            port = self.reactor.adoptStreamPort(fd, family, factory)
+            if purpose == "data":
+                self.ports.append(port)
+            else:
+                self.private_ports[purpose] = port
             os.close(fd)
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1: reopen the access log and event log files by their paths (after logrotate
+        moved them). Lines written meanwhile went to the moved files; none is lost."""
+        if self.access_writer is not None:
+            self.access_writer.reopen()
+        reopen_event_log()
+        self.log.info("log files reopened (SIGUSR1)")
 
     def reload(self) -> bool:
         """Re-read the config file and swap in a new runtime between two requests.
@@ -247,6 +359,8 @@ class GatewayService(MultiService):
             self.log.error(
                 "reload refused, the running configuration stays:\n{errors}", errors=str(e)
             )
+            if self.metrics is not None:
+                self.metrics.config_loaded(False)
             return False
         needs_restart = _restart_only_changes(self.config, config)
         if needs_restart:
@@ -259,6 +373,9 @@ class GatewayService(MultiService):
         self.config = config
         old.handed_over(runtime)
         runtime.start()
+        if self.metrics is not None:
+            self.metrics.config_loaded(True)
+            self.metrics.watch_routes(runtime.routes)
         self.log.info(
             "reloaded {source}: {routes} routes", source=source, routes=len(config.routes)
         )
@@ -267,12 +384,15 @@ class GatewayService(MultiService):
     def _on_sighup(self, *_: object) -> None:
         self.reactor.callFromThread(self.reload)
 
+    def _on_sigusr1(self, *_: object) -> None:
+        self.reactor.callFromThread(self.reopen_logs)
+
     def _exit_cleanly(self) -> None:
         exit_cleanly_after_signal(self.reactor)
 
     def _close_ports(self) -> Deferred[Any]:
-        ports, self.ports = self.ports + self.admin_ports, []
-        self.admin_ports = []
+        ports = self.ports + list(self.private_ports.values()) + self.admin_ports
+        self.ports, self.private_ports, self.admin_ports = [], {}, []
         waits = [d for d in (port.stopListening() for port in ports) if d is not None]
         return DeferredList(waits, consumeErrors=True)
 
@@ -280,6 +400,21 @@ class GatewayService(MultiService):
     def port(self) -> int:
         """The first listener's port number (handy with ``port = 0``)."""
         return self.ports[0].getHost().port  # type: ignore[no-any-return]
+
+
+_LISTEN_KEYS = {"data": "server.listen", "metrics": "metrics.listen", "health": "health.listen"}
+
+
+def _bind_error(failure: Failure) -> str:
+    """The reason a listen failed, in one line (``Address already in use``, ``Permission
+    denied``...), without Twisted's wrapping."""
+    from twisted.internet.error import CannotListenError
+
+    error = failure.value
+    if isinstance(error, CannotListenError) and error.socketError is not None:
+        inner = error.socketError
+        return getattr(inner, "strerror", None) or str(inner)
+    return failure.getErrorMessage()
 
 
 def _restart_only_changes(old: GatewayConfig, new: GatewayConfig) -> list[str]:

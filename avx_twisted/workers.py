@@ -3,11 +3,14 @@
 The twistd process becomes a supervisor: it binds every listener once (so a bind error still
 stops start-up with a non-zero exit), starts N worker processes that inherit the sockets and
 adopt them (``adoptStreamPort``), restarts a worker that dies, and on SIGTERM closes its own
-copies of the sockets and has every worker drain before it exits. SIGHUP is passed on to the
-workers. ``/metrics`` on any worker reports the sum over all of them: the workers share a
-``prometheus_client`` multiprocess directory that the supervisor owns.
+copies of the sockets and has every worker drain before it exits. SIGHUP and SIGUSR1 are passed
+on to the workers (SIGUSR1 also reopens the supervisor's own event log file). ``/metrics`` on
+any worker reports the sum over all of them: the workers share a ``prometheus_client``
+multiprocess directory that the supervisor owns. Every worker writes its own event log lines
+(labelled with its index) to the supervisor's event log target.
 
-A worker is ``python -m avx_twisted.workers --config FILE --fd FD:FAMILY[:tls] ...``.
+A worker is ``python -m avx_twisted.workers --config FILE --fd FD:FAMILY[:tls] ...``, one
+``--fd`` per listener of :func:`avx_twisted.service.listener_plan`, in that order.
 """
 
 from __future__ import annotations
@@ -44,32 +47,46 @@ class Listener:
 
 
 def bind_listeners(endpoints: Sequence[str]) -> list[Listener]:
-    """Bind every endpoint string once (tcp, tcp6 and ssl kinds), inheritable by children."""
+    """Bind every endpoint string once (tcp, tcp6 and ssl kinds), inheritable by children.
+    Raises OSError (port in use...) after closing what it bound."""
+    listeners: list[Listener] = []
+    try:
+        for description in endpoints:
+            listeners.append(_bind_one(description))
+    except BaseException:
+        for listener in listeners:
+            listener.sock.close()
+        raise
+    return listeners
+
+
+def _bind_one(description: str) -> Listener:
     from twisted.internet.endpoints import serverFromString
     from twisted.internet.testing import MemoryReactor
 
-    listeners = []
-    for description in endpoints:
-        endpoint = serverFromString(MemoryReactor(), description)
-        port = getattr(endpoint, "_port", None)
-        if port is None:
-            raise ValueError(
-                f"server.listen: {description!r} cannot be shared by worker processes "
-                "(only tcp:, tcp6: and ssl: endpoints can)"
-            )
-        interface = getattr(endpoint, "_interface", "") or ""
-        family = (
-            "inet6" if ":" in interface or type(endpoint).__name__.startswith("TCP6") else "inet"
+    endpoint = serverFromString(MemoryReactor(), description)
+    port = getattr(endpoint, "_port", None)
+    if port is None:
+        raise ValueError(
+            f"server.listen: {description!r} cannot be shared by worker processes "
+            "(only tcp:, tcp6: and ssl: endpoints can)"
         )
-        sock = socket.socket(_FAMILIES[family], socket.SOCK_STREAM)
+    interface = getattr(endpoint, "_interface", "") or ""
+    family = (
+        "inet6" if ":" in interface or type(endpoint).__name__.startswith("TCP6") else "inet"
+    )
+    sock = socket.socket(_FAMILIES[family], socket.SOCK_STREAM)
+    try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((interface, port))
         sock.listen(getattr(endpoint, "_backlog", 128) or 128)
-        sock.setblocking(False)
-        os.set_inheritable(sock.fileno(), True)
-        tls = hasattr(endpoint, "_sslContextFactory")
-        listeners.append(Listener(sock, family, description, tls))
-    return listeners
+    except BaseException:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    os.set_inheritable(sock.fileno(), True)
+    tls = hasattr(endpoint, "_sslContextFactory")
+    return Listener(sock, family, description, tls)
 
 
 class _WorkerProtocol(protocol.ProcessProtocol):
@@ -80,7 +97,6 @@ class _WorkerProtocol(protocol.ProcessProtocol):
         self.index = index
         self.ready_fd = ready_fd
         self.ready = False
-        self.buffer = b""
         self.ended: Deferred[None] = Deferred()
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
@@ -90,17 +106,6 @@ class _WorkerProtocol(protocol.ProcessProtocol):
                 self.supervisor.worker_ready(self)
             return
         super().childDataReceived(childFD, data)
-
-    def errReceived(self, data: bytes) -> None:
-        self.buffer += data
-        *lines, self.buffer = self.buffer.split(b"\n")
-        for line in lines:
-            if line.strip():
-                self.supervisor.log.info(
-                    "worker {worker}: {line}",
-                    worker=self.index,
-                    line=line.decode("utf-8", "replace"),
-                )
 
     def processEnded(self, reason: Any) -> None:
         self.supervisor.worker_ended(self, reason)
@@ -113,7 +118,13 @@ class WorkerSupervisor(Service):
     log = Logger()
     restart_delay_s = 1.0
 
-    def __init__(self, config: GatewayConfig, config_path: str, reactor: Any = None) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        config_path: str,
+        reactor: Any = None,
+        event_log: str = "stderr",
+    ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -126,16 +137,41 @@ class WorkerSupervisor(Service):
         self.workers: dict[int, tuple[Any, _WorkerProtocol]] = {}
         self.stopping = False
         self.metrics_dir: str | None = None
-        self._previous_hup: Any = None
+        #: Where workers write their event log lines: the supervisor's own target.
+        self.event_log = event_log
+        self._previous_signals: dict[int, Any] = {}
 
     @property
     def ports(self) -> list[int]:
         """The bound port numbers (handy with port 0)."""
         return [listener.sock.getsockname()[1] for listener in self.listeners]
 
+    def privilegedStartService(self) -> None:
+        """Bind every listener (before twistd drops privileges); raises ListenError in one
+        line when one cannot be bound."""
+        super().privilegedStartService()
+        self._bind()
+
+    def _bind(self) -> None:
+        from .service import ListenError, listener_plan
+
+        if self.listeners:
+            return
+        plan = listener_plan(self.config)
+        try:
+            self.listeners = bind_listeners([description for _, description in plan])
+        except OSError as e:
+            # Which one failed: the first that does not bind alone (the others are closed).
+            key, description = _failed_listener(plan)
+            why = e.strerror or str(e)
+            self.log.critical(
+                "cannot listen on {endpoint} ({key}): {why}", endpoint=description, key=key, why=why
+            )
+            raise ListenError(f"{key}: cannot listen on {description}: {why}") from None
+
     def startService(self) -> None:
         super().startService()
-        self.listeners = bind_listeners(self.config.server.endpoints)
+        self._bind()
         if self.config.middleware.enable_metrics:
             self.metrics_dir = tempfile.mkdtemp(prefix="avx-gateway-metrics-")
         for listener in self.listeners:
@@ -147,15 +183,30 @@ class WorkerSupervisor(Service):
             )
         for index in range(self.count):
             self.spawn(index)
-        self._previous_hup = signal.signal(
-            signal.SIGHUP,
-            lambda *_: self.reactor.callFromThread(self.signal_workers, signal.SIGHUP),
-        )
+        self._previous_signals = {
+            signal.SIGHUP: signal.signal(
+                signal.SIGHUP,
+                lambda *_: self.reactor.callFromThread(self.signal_workers, signal.SIGHUP, True),
+            ),
+            signal.SIGUSR1: signal.signal(
+                signal.SIGUSR1, lambda *_: self.reactor.callFromThread(self.reopen_logs)
+            ),
+        }
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1: reopen our event log file, and have every worker reopen its log files."""
+        from .eventlog import reopen_event_log
+
+        reopen_event_log()
+        self.signal_workers(signal.SIGUSR1, ready_only=True)
+        self.log.info("log files reopened (SIGUSR1), workers told")
 
     def spawn(self, index: int) -> None:
         """Start worker ``index`` with the listening sockets as fds 3, 4, ..."""
         args = [sys.executable, "-m", "avx_twisted.workers", "--config", self.config_path]
-        child_fds: dict[int, Any] = {0: "w", 1: 1, 2: "r"}
+        args += ["--event-log", self.event_log]
+        # stdout is the access log's, stderr the event log's: both the supervisor's own.
+        child_fds: dict[int, Any] = {0: "w", 1: 1, 2: 2}
         for offset, listener in enumerate(self.listeners):
             fd = 3 + offset
             child_fds[fd] = listener.sock.fileno()
@@ -218,15 +269,17 @@ class WorkerSupervisor(Service):
         """Close our copies of the sockets at once, then let every worker drain and exit."""
         self.stopping = True
         super().stopService()
-        if self._previous_hup is not None:
-            signal.signal(signal.SIGHUP, self._previous_hup)
+        for signum, previous in self._previous_signals.items():
+            signal.signal(signum, previous)
+        self._previous_signals = {}
         for listener in self.listeners:
             listener.sock.close()
         self.listeners = []
         self._exit_cleanly()
         ended = [proto.ended for _, proto in self.workers.values()]
         self.signal_workers(signal.SIGTERM)
-        grace = self.config.server.drain_timeout_ms / 1000.0 + 5.0
+        server = self.config.server
+        grace = (server.shutdown_delay_ms + server.drain_timeout_ms) / 1000.0 + 5.0
         killer = self.reactor.callLater(grace, self.signal_workers, signal.SIGKILL)
 
         def done(_: object) -> None:
@@ -247,6 +300,18 @@ class WorkerSupervisor(Service):
         exit_cleanly_after_signal(self.reactor)
 
 
+def _failed_listener(plan: Sequence[tuple[str, str]]) -> tuple[str, str]:
+    """The first listener of ``plan`` that cannot be bound now, as (key path, endpoint)."""
+    keys = {"data": "server.listen", "metrics": "metrics.listen", "health": "health.listen"}
+    for purpose, description in plan:
+        try:
+            listener = _bind_one(description)
+        except OSError:
+            return keys[purpose], description
+        listener.sock.close()
+    return keys[plan[0][0]], plan[0][1]
+
+
 # -- the worker process ----------------------------------------------------------------------------
 
 
@@ -261,17 +326,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--config", required=True)
     parser.add_argument("--fd", action="append", default=[], type=_parse_fd)
     parser.add_argument("--ready-fd", type=int, default=None)
+    parser.add_argument("--event-log", default="stderr")
     args = parser.parse_args(argv)
 
     from twisted.internet import reactor
-    from twisted.logger import globalLogBeginner, textFileLogObserver
+    from twisted.logger import globalLogBeginner
 
+    from .eventlog import EventLog
     from .service import GatewayService
 
-    # The gateway's events go to stderr, which the supervisor relays into its own log; stdout
-    # stays the supervisor's real stdout (an access log on "-" writes there directly).
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     config = GatewayConfig.load(args.config)
+    logging = config.logging
+    index = int(os.environ.get("AVX_WORKER_INDEX", "0"))
+    # The supervisor's stdout and stderr are ours too: the access log on "-" writes to stdout,
+    # the event log to the supervisor's target, in its format, each line saying which worker.
+    event_log = EventLog(args.event_log, logging.event_format, logging.level, worker=index)
+    globalLogBeginner.beginLoggingTo([event_log.install()], redirectStandardIO=False)
     service = GatewayService(config, reactor, inherited=args.fd)
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
@@ -286,6 +356,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(service.reload))
+    signal.signal(signal.SIGUSR1, lambda *_: reactor.callFromThread(service.reopen_logs))
     if args.ready_fd is not None:
         os.write(args.ready_fd, b"ready\n")
         os.close(args.ready_fd)

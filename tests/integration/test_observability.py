@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import platform
 import re
 
 import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
 
+from avx_twisted._version import __version__
 from avx_twisted.demo import EchoResource
 from tests.support.process import free_port
 from tests.support.servers import FnResource, echo_json, gateway, http, upstream
@@ -89,7 +91,11 @@ async def test_metrics_count_a_known_mix_exactly(tmp_path, closer):
     assert value(s, req, route="private", method="GET", status="200") == 1
     assert value(s, req, route="limited", method="GET", status="429") == 1
     assert value(s, req, route="broken", method="GET", status="502") == 1
-    assert value(s, "avx_request_duration_seconds_count", route="users") == 4
+    duration = "avx_request_duration_seconds"
+    assert value(s, f"{duration}_count", route="users", method="GET", status_class="2xx") == 3
+    assert value(s, f"{duration}_count", route="users", method="POST", status_class="2xx") == 1
+    assert value(s, f"{duration}_count", route="limited", method="GET", status_class="4xx") == 1
+    assert value(s, f"{duration}_count", route="broken", method="GET", status_class="5xx") == 1
     up_req = "avx_upstream_requests_total"
     assert value(s, up_req, route="users", upstream=up.url, status="200") == 4
     assert value(s, up_req, route="broken", upstream=dead, status="0") == 1
@@ -104,8 +110,16 @@ async def test_metrics_count_a_known_mix_exactly(tmp_path, closer):
     assert value(s, "avx_open_connections") == 1  # the scrape's own connection
     assert value(s, "process_resident_memory_bytes") > 0
     # Buckets run from 0.5 ms to 30 s.
-    assert value(s, "avx_request_duration_seconds_bucket", route="users", le="0.0005") is not None
-    assert value(s, "avx_request_duration_seconds_bucket", route="users", le="30.0") == 4
+    get_200 = {"route": "users", "method": "GET", "status_class": "2xx"}
+    assert value(s, f"{duration}_bucket", le="0.0005", **get_200) is not None
+    assert value(s, f"{duration}_bucket", le="30.0", **get_200) == 3
+    # No _created series (they double the series count for a value nobody graphs).
+    assert not [name for name, _ in s if name.endswith("_created")]
+    assert value(s, "avx_build_info", version=__version__, python=platform.python_version(),
+                 implementation=platform.python_implementation()) == 1
+    assert value(s, "avx_config_reloads_total", result="success") == 0
+    assert value(s, "avx_config_last_reload_successful") == 1
+    assert value(s, "avx_config_last_reload_success_timestamp_seconds") > 1.7e9
     # Labels come from config, never from raw paths.
     assert "/users/1" not in body.decode()
 
@@ -141,16 +155,21 @@ async def test_json_access_log_has_one_line_per_request_with_every_field(tmp_pat
     dead = f"http://127.0.0.1:{free_port()}"
     log_path = tmp_path / "access.log"
     gw = gateway(full_config(up.url, dead, str(log_path)))
+    port = gw.port
     await known_mix(gw)
     await call(gw, "GET", "/healthz")  # probes are not access-logged
     await gw.stopService()  # flushes the writer
     lines = [json.loads(line) for line in log_path.read_text().splitlines()]
     assert len(lines) == 11
     first = lines[0]
-    assert set(first) == {
-        "time", "request_id", "client_ip", "method", "path", "route", "upstream", "status",
-        "request_bytes", "response_bytes", "duration_ms", "upstream_duration_ms", "user",
-    }
+    assert list(first) == [
+        "time", "request_id", "client_ip", "method", "host", "path", "protocol", "status",
+        "route", "upstream", "upstream_status", "request_bytes", "response_bytes", "duration_ms",
+        "upstream_duration_ms", "retries", "user", "user_agent", "referer", "trace_id", "error",
+    ]
+    assert first["host"] == f"127.0.0.1:{port}" and first["protocol"] == "HTTP/1.1"
+    assert first["upstream_status"] == 200 and first["retries"] == 0
+    assert first["error"] is None and first["trace_id"] is None
     assert first["method"] == "GET" and first["path"] == "/users/1"
     assert first["route"] == "users" and first["upstream"] == up.url
     assert first["status"] == 200 and first["client_ip"] == "127.0.0.1"
@@ -162,6 +181,60 @@ async def test_json_access_log_has_one_line_per_request_with_every_field(tmp_pat
     assert lines[4]["route"] == "unmatched" and lines[4]["upstream"] is None
     assert lines[7]["user"] == "ci" and lines[6]["user"] is None
     assert lines[10]["upstream"] == dead and lines[10]["upstream_duration_ms"] is not None
+    assert lines[10]["upstream_status"] is None and lines[10]["error"] == "upstream unavailable"
+    assert lines[4]["error"] == "no route matches this path"
+    assert lines[6]["upstream_status"] is None
+
+
+@ensure
+async def test_access_log_sampling_keeps_errors_and_skips_paths(tmp_path, closer):
+    up = closer.add(upstream(EchoResource("svc")))
+    log_path = tmp_path / "access.log"
+    gw = gateway({
+        "server": {"host": "127.0.0.1", "port": 0},
+        "routes": [{"name": "api", "path": "/api/*", "upstream": {"urls": [up.url]}}],
+        "logging": {"access_log": str(log_path), "sample_ratio": 0.0,
+                    "skip_paths": ["/api/skipped", "/gone"]},
+    })
+    for _ in range(5):  # successful requests are sampled at 0: none is logged
+        assert (await call(gw, "GET", "/api/ok"))[0].code == 200
+    assert (await call(gw, "GET", "/nowhere"))[0].code == 404  # errors always are
+    assert (await call(gw, "GET", "/gone"))[0].code == 404  # unless their path is skipped
+    assert (await call(gw, "GET", "/api/skipped"))[0].code == 200
+    _, body = await call(gw, "GET", "/metrics")
+    await gw.stopService()
+    lines = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert [(line["path"], line["status"]) for line in lines] == [("/nowhere", 404)]
+    # Sampling and skipping are for the log only: every request is counted.
+    s = samples(body.decode())
+    assert value(s, "avx_requests_total", route="api", method="GET", status="200") == 6
+    assert value(s, "avx_requests_total", route="unmatched", method="GET", status="404") == 2
+
+
+@ensure
+async def test_access_log_retry_count_and_trace_id(tmp_path, closer):
+    up = closer.add(upstream(EchoResource("svc")))
+    dead = f"http://127.0.0.1:{free_port()}"
+    log_path = tmp_path / "access.log"
+    gw = gateway({
+        "server": {"host": "127.0.0.1", "port": 0},
+        "routes": [{"name": "retried", "path": "/*", "retries": 1,
+                    "upstream": {"urls": [dead, up.url]}}],
+        "logging": {"access_log": str(log_path)},
+    })
+    trace = "0af7651916cd43dd8448eb211c80319c"
+    for _ in range(2):  # round robin: one of the two starts on the dead target
+        response, _ = await call(gw, "GET", "/x", headers={
+            "traceparent": f"00-{trace}-b7ad6b7169203331-01",
+            "Referer": "https://app.example/", "User-Agent": "probe/2"})
+        assert response.code == 200
+    await gw.stopService()
+    lines = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert sorted(line["retries"] for line in lines) == [0, 1]
+    for line in lines:
+        assert line["trace_id"] == trace
+        assert line["referer"] == "https://app.example/" and line["user_agent"] == "probe/2"
+        assert line["upstream"] == up.url and line["upstream_status"] == 200
 
 
 @ensure

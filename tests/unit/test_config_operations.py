@@ -58,7 +58,7 @@ class EnvSubstitutionTests(SynchronousTestCase):
         self.assertTrue(any(e.startswith("server.host: ${env.1BAD} is not a valid") for e in found))
 
     def test_other_templates_and_escapes_are_left_alone(self) -> None:
-        config = load(logging={"access_log": "-"}, server={"server_header": "a${client_ip}$${env.X}"})
+        config = load(server={"server_header": "a${client_ip}$${env.X}"})
         self.assertEqual(config.server.server_header, "a${client_ip}$${env.X}")
 
 
@@ -117,7 +117,9 @@ class ListenerTests(SynchronousTestCase):
 
     def test_listen_must_be_an_endpoint(self) -> None:
         found = errors(metrics={"listen": "nope:1"})
-        self.assertTrue(any(e.startswith("metrics.listen: 'nope:1' is not a valid Twisted") for e in found))
+        self.assertTrue(
+            any(e.startswith("metrics.listen: 'nope:1' is not a valid Twisted") for e in found)
+        )
 
 
 class OperationKeyTests(SynchronousTestCase):
@@ -137,7 +139,9 @@ class OperationKeyTests(SynchronousTestCase):
         self.assertIn("server.shutdown_delay_ms: -1 must be at least 0", found)
         self.assertIn("logging.event_format: 'xml' is not one of text, json", found)
         self.assertIn("logging.sample_ratio: 1.5 is not between 0 and 1", found)
-        self.assertTrue(any(e.startswith("logging.skip_paths: ['healthz'] has an item") for e in found))
+        self.assertTrue(
+            any(e.startswith("logging.skip_paths: ['healthz'] has an item") for e in found)
+        )
 
     def test_values_are_kept(self) -> None:
         config = load(
