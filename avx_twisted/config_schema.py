@@ -1,0 +1,580 @@
+# -*- test-case-name: tests.unit.test_config_schema -*-
+"""A JSON Schema (draft 2020-12) of the gateway's TOML config, for editors and CI.
+
+``python -m avx_twisted.config_schema > docs/gateway.schema.json`` regenerates the committed copy;
+``tests/unit/test_config_schema.py`` fails when it is stale or disagrees with the parser.
+
+The schema is built from the definitions the parser itself uses, never from a second list:
+
+- the keys of each table are the parser's key tuples (``_configparse._SERVER_KEYS``...), or the
+  model's fields for the few tables whose keys the parser lists inline;
+- each key's type and default come from the field of the same name on the frozen dataclass the
+  parser builds (:mod:`avx_twisted._configmodel`), its enum from that module's constants;
+- what the parser checks in code (bounds, required keys, patterns, rules across keys) and the
+  descriptions are the tables below; the tests probe the parser to keep them true.
+
+The schema uses only keywords that draft-07 validators also understand (Taplo's older releases
+validate as draft-07): no ``$defs``/``$ref``, ``dependentSchemas`` or ``prefixItems``. A string the
+schema constrains may also be a ``${env.NAME}`` reference, which the parser substitutes first.
+
+Left to the parser, which the schema cannot see or say: files that must exist, Twisted endpoint
+strings, the details of route patterns, IP networks, unique route names, one weight per URL,
+reserved paths, environment variables that must be set, and a float such as ``8080.0`` written
+for an integer (JSON Schema counts it as one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import re
+import sys
+from typing import Any, Callable, Sequence
+
+from . import _configmodel, _configparse
+from ._configmodel import (
+    AUTH_METHODS,
+    HMAC_ALGORITHMS,
+    LOG_LEVELS,
+    PUBLIC_KEY_ALGORITHMS,
+    RATE_LIMIT_KEYS,
+    STRATEGIES,
+    AdminConfig,
+    ApiKey,
+    ApiKeyConfig,
+    AuthConfig,
+    BaseGatewayConfig,
+    CircuitBreakerConfig,
+    CorsConfig,
+    HealthCheckConfig,
+    HealthConfig,
+    JwtConfig,
+    LoggingConfig,
+    MetricsConfig,
+    MiddlewareConfig,
+    RateLimitConfig,
+    RouteConfig,
+    ServerConfig,
+    UpstreamConfig,
+)
+
+__all__ = ["build_schema", "dumps", "main", "write"]
+
+DRAFT = "https://json-schema.org/draft/2020-12/schema"
+
+# ---------------------------------------------------------------------------------------------
+# The shape of the document
+# ---------------------------------------------------------------------------------------------
+
+#: Every table of the TOML document: its key path ("[]" marks an array of tables), the name of
+#: the parser's tuple of its keys (None: the parser lists them inline, and they are exactly the
+#: model's fields) and the dataclass its values land on.
+#:
+#: Where the TOML shape differs from the dataclass, the field's annotation says how:
+#: ``tuple[Model, ...]`` is an array of tables (``[[routes]]``, ``auth.api_key.keys``), a
+#: ``Model`` field a table (``[routes.upstream]``, required in a route), and
+#: ``tuple[tuple[str, str], ...]`` a table of string values (``auth.jwt.forward_claims``:
+#: claim = "Header-Name"). A route's ``rate_limit`` is a RateLimitConfig of which TOML gives only
+#: ``_ROUTE_RATE_KEYS``; the rest, and every key left out, comes from ``[rate_limiting]``.
+_TABLES: dict[str, tuple[str | None, type]] = {
+    "": ("_TOP_KEYS", BaseGatewayConfig),
+    "server": ("_SERVER_KEYS", ServerConfig),
+    "routes[]": ("_ROUTE_KEYS", RouteConfig),
+    "routes[].upstream": ("_UPSTREAM_KEYS", UpstreamConfig),
+    "routes[].upstream.health_check": ("_HEALTH_CHECK_KEYS", HealthCheckConfig),
+    "routes[].upstream.circuit_breaker": ("_BREAKER_KEYS", CircuitBreakerConfig),
+    "routes[].rate_limit": ("_ROUTE_RATE_KEYS", RateLimitConfig),
+    "middleware": (None, MiddlewareConfig),
+    "rate_limiting": ("_RATE_KEYS", RateLimitConfig),
+    "cors": ("_CORS_KEYS", CorsConfig),
+    "auth": (None, AuthConfig),
+    "auth.jwt": ("_JWT_KEYS", JwtConfig),
+    "auth.api_key": ("_API_KEY_KEYS", ApiKeyConfig),
+    "auth.api_key.keys[]": (None, ApiKey),
+    "metrics": ("_METRICS_KEYS", MetricsConfig),
+    "health": ("_HEALTH_KEYS", HealthConfig),
+    "logging": ("_LOGGING_KEYS", LoggingConfig),
+    "admin": (None, AdminConfig),
+}
+
+#: Keys the parser requires, by table.
+_REQUIRED: dict[str, tuple[str, ...]] = {
+    "": ("routes",),
+    "routes[]": ("path", "upstream"),
+    "routes[].upstream": ("urls",),
+    "auth.api_key.keys[]": ("name", "sha256"),
+    "admin": ("token_sha256",),
+}
+
+#: Keys whose default is another key's value (a whole table: each of its keys), so the schema
+#: names that key instead of giving a value.
+_INHERITED: dict[str, str] = {
+    "routes[].timeout_ms": "server.timeout_ms",
+    "routes[].max_body_bytes": "server.max_body_bytes",
+    "routes[].rate_limit": "rate_limiting",
+}
+
+#: Keys whose model default only means "not given" and cannot be written (no ``default``).
+_UNWRITTEN_DEFAULTS = frozenset({"server.listen", "metrics.listen", "health.listen"})
+
+_URL_PATH = r"^/[^?# ]*$"  # _configparse._url_path
+
+
+def _no_mixed_algorithms() -> dict[str, Any]:
+    hmac, public = list(HMAC_ALGORITHMS), list(PUBLIC_KEY_ALGORITHMS)
+    return {"not": {"allOf": [{"contains": {"enum": hmac}}, {"contains": {"enum": public}}]}}
+
+
+#: What the parser checks beyond the type, by key path, as schema keywords (merged into the
+#: generated ones; ``items`` into the items' schema).
+_RULES: dict[str, dict[str, Any]] = {
+    "routes": {"minItems": 1},
+    "server.host": {"minLength": 1},
+    "server.port": {"minimum": 0, "maximum": 65535},
+    "server.workers": {"minimum": 1},
+    "server.timeout_ms": {"minimum": 1},
+    "server.connect_timeout_ms": {"minimum": 1},
+    "server.listen": {"minItems": 1, "items": {"minLength": 1}},
+    "server.max_body_bytes": {"minimum": 0},
+    "server.drain_timeout_ms": {"minimum": 0},
+    "server.client_header_timeout_ms": {"minimum": 1},
+    "server.client_body_timeout_ms": {"minimum": 1},
+    "server.keepalive_timeout_ms": {"minimum": 1},
+    "server.server_header": {"pattern": r"^([!-~]([ -~]*[!-~])?)?$"},
+    "server.shutdown_delay_ms": {"minimum": 0},
+    "routes[].name": {"minLength": 1},
+    "routes[].path": {"pattern": "^/"},
+    "routes[].host": {"pattern": r"^(\*\.)?[A-Za-z0-9.-]+$"},
+    "routes[].methods": {"minItems": 1, "items": {"pattern": _configparse._TOKEN.pattern}},
+    "routes[].timeout_ms": {"minimum": 1},
+    "routes[].max_body_bytes": {"minimum": 0},
+    "routes[].retries": {"minimum": 0},
+    "routes[].auth": {"items": {"enum": list(AUTH_METHODS)}},
+    "routes[].websocket_idle_timeout_ms": {"minimum": 1},
+    "routes[].upstream.urls": {"minItems": 1, "items": {"pattern": "^https?://"}},
+    "routes[].upstream.strategy": {"enum": list(STRATEGIES)},
+    "routes[].upstream.weights": {"items": {"minimum": 1}},
+    "routes[].upstream.health_check.path": {"pattern": _URL_PATH},
+    "routes[].upstream.health_check.interval_ms": {"minimum": 1},
+    "routes[].upstream.health_check.timeout_ms": {"minimum": 1},
+    "routes[].upstream.health_check.healthy_threshold": {"minimum": 1},
+    "routes[].upstream.health_check.unhealthy_threshold": {"minimum": 1},
+    "routes[].upstream.health_check.expected_status": {"items": {"minimum": 100, "maximum": 599}},
+    "routes[].upstream.circuit_breaker.failure_threshold": {"minimum": 1},
+    "routes[].upstream.circuit_breaker.recovery_timeout_ms": {"minimum": 1},
+    "routes[].upstream.circuit_breaker.half_open_requests": {"minimum": 1},
+    "rate_limiting.requests_per_second": {"exclusiveMinimum": 0},
+    "rate_limiting.burst_size": {"minimum": 1},
+    "rate_limiting.key": {"enum": list(RATE_LIMIT_KEYS)},
+    "rate_limiting.backend": {"enum": ["memory", "redis"]},
+    "rate_limiting.redis_url": {"pattern": "^(redis|rediss|unix)://"},
+    "rate_limiting.on_backend_error": {"enum": ["allow", "deny"]},
+    "cors.allowed_origins": {"items": {"pattern": r"^(\*|https?://[^/\s]+)$"}},
+    "cors.allowed_methods": {"items": {"pattern": _configparse._TOKEN.pattern}},
+    "cors.allowed_headers": {"items": {"pattern": _configparse._TOKEN.pattern}},
+    "cors.expose_headers": {"items": {"pattern": _configparse._TOKEN.pattern}},
+    "cors.max_age_s": {"minimum": 0},
+    "auth.jwt.algorithms": {
+        "minItems": 1,
+        "items": {"enum": list(HMAC_ALGORITHMS + PUBLIC_KEY_ALGORITHMS)},
+        **_no_mixed_algorithms(),
+    },
+    "auth.jwt.jwks_url": {"pattern": r"^https?://[^/\s]+"},
+    "auth.jwt.leeway_s": {"minimum": 0},
+    "auth.jwt.forward_claims": {"additionalProperties": {"pattern": _configparse._TOKEN.pattern}},
+    "auth.api_key.header": {"pattern": _configparse._TOKEN.pattern},
+    "auth.api_key.keys[].name": {"minLength": 1},
+    "auth.api_key.keys[].sha256": {"pattern": _configparse._HEX64.pattern},
+    "metrics.path": {"pattern": _URL_PATH},
+    "metrics.listen": {"minLength": 1},
+    "health.health_path": {"pattern": _URL_PATH},
+    "health.liveness_path": {"pattern": _URL_PATH},
+    "health.readiness_path": {"pattern": _URL_PATH},
+    "health.listen": {"minLength": 1},
+    "logging.format": {"enum": ["json", "text"]},
+    "logging.level": {"enum": list(LOG_LEVELS)},
+    "logging.event_format": {"enum": ["text", "json"]},
+    "logging.sample_ratio": {"minimum": 0, "maximum": 1},
+    "logging.skip_paths": {"items": {"pattern": _URL_PATH}},
+    "admin.listen": {"minLength": 1},
+    "admin.token_sha256": {"pattern": _configparse._HEX64.pattern},
+}
+
+
+def _when(key: str, value: Any) -> dict[str, Any]:
+    return {"required": [key], "properties": {key: {"const": value}}}
+
+
+def _auth_sections() -> list[dict[str, Any]]:
+    """A route's auth method needs its [auth.<method>] table."""
+    rules = []
+    for method in AUTH_METHODS:
+        uses = {"required": ["auth"], "properties": {"auth": {"contains": {"const": method}}}}
+        rules.append(
+            {
+                "if": {"required": ["routes"], "properties": {"routes": {"contains": uses}}},
+                "then": {"required": ["auth"], "properties": {"auth": {"required": [method]}}},
+            }
+        )
+    return rules
+
+
+def _jwt_key_material() -> list[dict[str, Any]]:
+    """HMAC algorithms need a secret, public-key ones a key file or a JWKS URL."""
+    hmac = {"properties": {"algorithms": {"contains": {"enum": list(HMAC_ALGORITHMS)}}}}
+    if any(a in HMAC_ALGORITHMS for a in JwtConfig().algorithms):
+        hmac = {"anyOf": [{"not": {"required": ["algorithms"]}}, hmac]}
+    return [
+        {
+            "if": hmac,
+            "then": {"anyOf": [{"required": ["secret"]}, {"required": ["secret_env"]}]},
+            "else": {"anyOf": [{"required": ["public_key_file"]}, {"required": ["jwks_url"]}]},
+        }
+    ]
+
+
+#: Rules across the keys of one table (``allOf`` there).
+_CONDITIONS: dict[str, Callable[[], list[dict[str, Any]]]] = {
+    "": _auth_sections,
+    "routes[]": lambda: [
+        {
+            "if": {"required": ["scopes"], "properties": {"scopes": {"minItems": 1}}},
+            "then": {"required": ["auth"], "properties": {"auth": {"contains": {"const": "jwt"}}}},
+        }
+    ],
+    "routes[].upstream": lambda: [
+        {"if": _when("strategy", "weighted"), "then": {"required": ["weights"]}},
+        {"if": {"required": ["weights"]}, "then": _when("strategy", "weighted")},
+    ],
+    "cors": lambda: [
+        {
+            "if": _when("allow_credentials", True),
+            "then": {"properties": {"allowed_origins": {"not": {"contains": {"const": "*"}}}}},
+        }
+    ],
+    "auth.jwt": _jwt_key_material,
+}
+
+#: One line per key for readers of the TOML file (a ``#:`` comment on the model field is used
+#: for keys not listed here; a table's falls back to its model's docstring).
+_DESCRIPTIONS: dict[str, str] = {
+    "": "avx-gateway configuration (docs/configuration.md).",
+    "auth": "[auth]: the authenticators routes may use; each is off while absent.",
+    "server.host": "Interface to listen on (with port) when listen is not given.",
+    "server.port": "TCP port to listen on when listen is not given (0: any free port).",
+    "server.workers": "Processes sharing the listening port.",
+    "server.timeout_ms": "Deadline of a whole upstream exchange, for routes without their own.",
+    "server.connect_timeout_ms": "Time allowed to open a connection to an upstream target.",
+    "server.listen": "Twisted server endpoint strings to listen on, replacing host and port.",
+    "server.trusted_proxies": "IP addresses or CIDR networks whose X-Forwarded-For is believed.",
+    "server.preserve_host": "Send the client's Host upstream (false: the target's own host).",
+    "server.max_body_bytes": "Largest request body (413 above it), for routes without their own.",
+    "server.drain_timeout_ms": "On SIGTERM, how long requests in flight get to finish.",
+    "server.client_header_timeout_ms": "Time a client has to send a request head (then 408).",
+    "server.client_body_timeout_ms": "Time a client has to send a request body (then 408).",
+    "server.keepalive_timeout_ms": "An idle kept-alive client connection is closed after this.",
+    "server.server_header": 'Server field on every answer; "" passes the upstream\'s, adds none.',
+    "routes": "The routes, one [[routes]] table each; at least one.",
+    "routes[]": "One route: the requests it serves and the upstream they go to.",
+    "routes[].name": "Label in metrics and logs, unique; default derived from path (api_users).",
+    "routes[].path": "Paths served: exact /a/b, prefix wildcard /a/*, parameters /a/{id}/b.",
+    "routes[].host": "Serve only this Host (or *.domain: its subdomains); default any host.",
+    "routes[].strip_path": "Drop the pattern's fixed segments from the path before forwarding.",
+    "routes[].methods": "HTTP methods served (GET also allows HEAD); default all.",
+    "routes[].timeout_ms": "This route's deadline for the whole upstream exchange.",
+    "routes[].max_body_bytes": "This route's largest request body (413 above it).",
+    "routes[].retries": "Extra tries on targets not tried yet, for idempotent methods only.",
+    "routes[].auth": "Authenticators of which any one must pass, each with its [auth.*] table.",
+    "routes[].scopes": "Scopes the JWT's scope/scp claim must all hold (needs jwt in auth).",
+    "routes[].cors": "Apply [cors] to this route when middleware.enable_cors is on.",
+    "routes[].rate_limit": "This route's own token bucket, instead of [rate_limiting]'s.",
+    "routes[].upstream": "The route's targets and how one is picked.",
+    "routes[].websocket_idle_timeout_ms": "A WebSocket tunnel idle this long is closed.",
+    "routes[].upstream.urls": "Targets: http:// or https:// URLs (https verified), with base path.",
+    "routes[].upstream.strategy": "How a target is picked for each request.",
+    "routes[].upstream.weights": 'Share of each target, one per URL; with strategy = "weighted".',
+    "routes[].upstream.ca_file": "PEM CA file trusted for https targets; default system store.",
+    "routes[].upstream.health_check": "Active health checks of each target; absent: none.",
+    "routes[].upstream.circuit_breaker": "One breaker per target; absent: these defaults.",
+    "routes[].upstream.health_check.path": "Path requested on each target.",
+    "routes[].upstream.health_check.interval_ms": "Time between checks.",
+    "routes[].upstream.health_check.timeout_ms": "A check taking longer fails.",
+    "routes[].upstream.health_check.healthy_threshold": "Successes in a row to bring it back.",
+    "routes[].upstream.health_check.unhealthy_threshold": "Failures in a row to take it out.",
+    "routes[].upstream.health_check.expected_status": "Statuses that count as success.",
+    "routes[].upstream.circuit_breaker.failure_threshold": "Failures in a row that open it.",
+    "routes[].upstream.circuit_breaker.recovery_timeout_ms": "Open to half-open after this long.",
+    "routes[].upstream.circuit_breaker.half_open_requests": "Trial requests while half-open.",
+    "middleware.enable_cors": "Apply [cors] to routes with cors = true.",
+    "middleware.enable_rate_limiting": "Rate limiting on ([rate_limiting], routes' rate_limit).",
+    "middleware.enable_logging": "Write the access log ([logging]).",
+    "middleware.enable_metrics": "Serve Prometheus metrics at metrics.path.",
+    "rate_limiting": "[rate_limiting]: the token bucket (with middleware.enable_rate_limiting).",
+    "rate_limiting.requests_per_second": "Refill rate; fractions allowed (0.5: one every 2 s).",
+    "rate_limiting.burst_size": "Requests allowed at once (requests_per_second alone: its ceil).",
+    "rate_limiting.key": "What gets its own bucket: client IP, everyone, route, API key, JWT sub.",
+    "rate_limiting.backend": "Where buckets live: this process, or Redis (shared by replicas).",
+    "rate_limiting.redis_url": 'The Redis server, with backend = "redis".',
+    "rate_limiting.on_backend_error": "What to do with a request while Redis is unreachable.",
+    "cors.allowed_origins": 'Origins allowed to call (scheme://host[:port]) or "*".',
+    "cors.allowed_methods": "Methods answered in preflights.",
+    "cors.allowed_headers": "Request headers allowed in preflights.",
+    "cors.expose_headers": "Response headers scripts may read.",
+    "cors.allow_credentials": 'Allow cookies and credentials (not with "*" origins).',
+    "cors.max_age_s": "How long browsers may cache a preflight, in seconds.",
+    "auth.jwt": 'Bearer JWT verification, for routes with auth = ["jwt"].',
+    "auth.api_key": 'API keys, for routes with auth = ["api_key"].',
+    "auth.jwt.algorithms": "Accepted signature algorithms: all HS*, or all public-key ones.",
+    "auth.jwt.secret": "HMAC secret (HS* algorithms need secret or secret_env).",
+    "auth.jwt.secret_env": "Environment variable holding the HMAC secret; set when loading.",
+    "auth.jwt.public_key_file": "PEM public key for RS*, PS*, ES* and EdDSA.",
+    "auth.jwt.jwks_url": "JWKS document of the public keys, fetched and refreshed.",
+    "auth.jwt.issuer": "Required iss claim; default not checked.",
+    "auth.jwt.audience": "Required aud claim; default not checked.",
+    "auth.jwt.leeway_s": "Clock skew allowed on exp, nbf and iat, in seconds.",
+    "auth.jwt.forward_claims": 'Claims sent upstream as headers: claim = "Header-Name".',
+    "auth.api_key.header": "Request header carrying the key.",
+    "auth.api_key.query_param": 'Query parameter also carrying the key ("": none).',
+    "auth.api_key.keys": "Accepted keys, as { name, sha256 } tables.",
+    "auth.api_key.keys[].name": "Who the key belongs to (logs, rate limiting by api_key).",
+    "auth.api_key.keys[].sha256": 'SHA-256 hex digest of the key: printf %s "$KEY" | sha256sum.',
+    "metrics": "[metrics]: the Prometheus endpoint.",
+    "metrics.path": "Where metrics are served (while middleware.enable_metrics).",
+    "health.health_path": "JSON health report: status, version, each route's targets.",
+    "health.liveness_path": "200 while the process serves requests.",
+    "health.readiness_path": "200 once listening with a loaded config, 503 while stopping.",
+    "logging": "[logging]: the access log and the gateway's own events.",
+    "logging.format": "Access log line format.",
+    "logging.access_log": 'Where access log lines go: "-" (stdout) or a file.',
+    "logging.level": "Lowest level of the gateway's own log events.",
+    "admin.listen": "Twisted endpoint string of the admin API (keep it private).",
+    "admin.token_sha256": "SHA-256 hex digest of the admin bearer token.",
+}
+
+#: A string holding an environment reference, which the parser substitutes before checking.
+_ENV_REFERENCE = r"\$\{env\.[^}]*\}"
+
+# ---------------------------------------------------------------------------------------------
+# Building
+# ---------------------------------------------------------------------------------------------
+
+_SCALARS = {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}
+_NO_DEFAULT = object()
+
+
+def _table_keys(path: str) -> tuple[tuple[str, ...], type]:
+    name, model = _TABLES[path]
+    if name is None:
+        return tuple(f.name for f in dataclasses.fields(model)), model
+    return tuple(getattr(_configparse, name)), model
+
+
+def _kind(annotation: Any) -> tuple[str, Any]:
+    """How a field annotation is written in TOML: ("scalar", json type), ("list", json type),
+    ("table", model), ("tables", model) or ("map", json type)."""
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+    text = re.sub(r"\s*\|\s*None$", "", str(text).strip())
+    if text in _SCALARS:
+        return "scalar", _SCALARS[text]
+    inner = re.match(r"^tuple\[(.+), \.\.\.\]$", text)
+    if inner:
+        item = inner.group(1)
+        if item in _SCALARS:
+            return "list", _SCALARS[item]
+        if item == "tuple[str, str]":
+            return "map", "string"
+        model = getattr(_configmodel, item, None)
+        if dataclasses.is_dataclass(model):
+            return "tables", model
+    model = getattr(_configmodel, text, None)
+    if dataclasses.is_dataclass(model):
+        return "table", model
+    raise TypeError(f"config_schema: no TOML shape for the annotation {annotation!r}")
+
+
+def _field_comments(model: type) -> dict[str, str]:
+    """The ``#:`` comments above the fields of ``model``, one line each."""
+    try:
+        lines = inspect.getsource(model).splitlines()
+    except (OSError, TypeError):  # pragma: no cover - sources not shipped
+        return {}
+    found: dict[str, str] = {}
+    pending: list[str] = []
+    for line in lines:
+        text = line.strip()
+        if text.startswith("#:"):
+            pending.append(text[2:].strip())
+            continue
+        field = re.match(r"^([A-Za-z_]\w*)\s*:", text)
+        if field and pending:
+            found[field.group(1)] = " ".join(pending)
+        pending = []
+    return found
+
+
+def _rst(text: str) -> str:
+    return text.replace("``", "`")
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _inherited_from(path: str) -> str | None:
+    """The key whose value ``path`` defaults to, if any."""
+    if path in _INHERITED:
+        return _INHERITED[path]
+    table, _, key = path.rpartition(".")
+    if table in _INHERITED:
+        return f"{_INHERITED[table]}.{key}"
+    return None
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.env = hasattr(_configparse.Parser, "substitute_env")
+        self.comments: dict[type, dict[str, str]] = {}
+
+    def table(self, path: str) -> dict[str, Any]:
+        keys, model = _table_keys(path)
+        fields = {f.name: f for f in dataclasses.fields(model)}
+        properties = {}
+        for key in keys:
+            if key not in fields:
+                raise LookupError(
+                    f"config_schema: the parser accepts {_join(path, key)} but "
+                    f"{model.__name__} has no field {key!r}"
+                )
+            properties[key] = self.key(_join(path, key), fields[key], model)
+        schema: dict[str, Any] = {
+            "type": "object",
+            "properties": properties,
+            "additionalProperties": False,
+        }
+        if path in _REQUIRED:
+            schema["required"] = list(_REQUIRED[path])
+        if path in _CONDITIONS:
+            schema["allOf"] = _CONDITIONS[path]()
+        return schema
+
+    def description(self, path: str, comment: str | None, nested: type | None) -> str:
+        """The key's line from the table, else its ``#:`` comment, else its model's docstring;
+        with the key it defaults to, if any."""
+        source = _inherited_from(path)
+        text = _DESCRIPTIONS.get(path, comment)
+        if text is None and source is not None and path not in _INHERITED:
+            text = _DESCRIPTIONS.get(source)
+        if text is None and nested is not None:
+            text = (nested.__doc__ or "").strip().splitlines()[0]
+        text = _rst(text or "")
+        if source is not None and nested is None:
+            text = f"{text} Default: {source}.".strip()
+        return text
+
+    def key(self, path: str, field: dataclasses.Field[Any], model: type) -> dict[str, Any]:
+        kind, arg = _kind(field.type)
+        if model not in self.comments:
+            self.comments[model] = _field_comments(model)
+        comment = self.comments[model].get(field.name)
+        nested = arg if kind in ("table", "tables") else None
+        schema: dict[str, Any] = {"description": self.description(path, comment, nested)}
+        if kind == "table":
+            schema.update(self.table(path))
+        elif kind == "tables":
+            item = {"description": self.description(f"{path}[]", None, arg)}
+            item.update(self.table(f"{path}[]"))
+            schema.update({"type": "array", "items": item})
+        elif kind == "map":
+            schema.update({"type": "object", "additionalProperties": {"type": arg}})
+        elif kind == "list":
+            schema.update({"type": "array", "items": {"type": arg}})
+        else:
+            schema["type"] = arg
+        default = self.default(path, field, kind)
+        if default is not _NO_DEFAULT:
+            schema["default"] = default
+        for word, value in self.rules(path).items():
+            if isinstance(value, dict) and isinstance(schema.get(word), dict):
+                schema[word] = {**schema[word], **value}
+            else:
+                schema[word] = value
+        if self.env:
+            for part in (schema, schema.get("items"), schema.get("additionalProperties")):
+                if isinstance(part, dict) and part.get("type") == "string":
+                    _allow_env_reference(part)
+        return schema
+
+    def rules(self, path: str) -> dict[str, Any]:
+        """The key's rules; a key of an inherited table has those of the key it defaults to."""
+        source = _inherited_from(path)
+        if path not in _RULES and source is not None and path not in _INHERITED:
+            return _RULES.get(source, {})
+        return _RULES.get(path, {})
+
+    def default(self, path: str, field: dataclasses.Field[Any], kind: str) -> Any:
+        table, _, key = path.rpartition(".")
+        if (
+            kind in ("table", "tables")
+            or key in _REQUIRED.get(table, ())
+            or path in _UNWRITTEN_DEFAULTS
+            or _inherited_from(path) is not None
+        ):
+            return _NO_DEFAULT
+        if field.default is not dataclasses.MISSING:
+            value = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            value = field.default_factory()
+        else:
+            return _NO_DEFAULT
+        if value is None:
+            return _NO_DEFAULT
+        if kind == "map":
+            return dict(value)
+        return list(value) if isinstance(value, tuple) else value
+
+
+def _allow_env_reference(schema: dict[str, Any]) -> None:
+    """A constrained string may instead be written as a ``${env.NAME}`` reference."""
+    words = [w for w in ("enum", "const", "pattern") if w in schema]
+    if not words:
+        return
+    constraint = {w: schema.pop(w) for w in words}
+    schema["anyOf"] = [constraint, {"pattern": _ENV_REFERENCE}]
+
+
+def build_schema() -> dict[str, Any]:
+    """The JSON Schema of the gateway's TOML config, from the parser's own definitions."""
+    schema: dict[str, Any] = {"$schema": DRAFT, "title": "avx-gateway configuration"}
+    builder = _Builder()
+    schema["description"] = _DESCRIPTIONS[""]
+    schema.update(builder.table(""))
+    return schema
+
+
+def dumps(schema: dict[str, Any] | None = None) -> str:
+    """The schema as the committed file holds it: indent 2, a trailing newline."""
+    return json.dumps(build_schema() if schema is None else schema, indent=2) + "\n"
+
+
+def write(path: str) -> None:
+    """Write the schema to ``path``."""
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        f.write(dumps())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m avx_twisted.config_schema [PATH]``: the schema to PATH, or to stdout."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) > 1 or any(a.startswith("-") for a in args):
+        sys.stderr.write("usage: python -m avx_twisted.config_schema [PATH]\n")
+        return 2
+    if args:
+        write(args[0])
+    else:
+        sys.stdout.write(dumps())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
