@@ -1,7 +1,8 @@
 """The admin API (``[admin]``): its own listener, a bearer token, JSON in and out.
 
-``GET /config`` (secrets redacted), ``GET /routes``, ``GET /upstreams``, ``POST /reload``,
-``POST /upstreams/{url}/drain`` and ``POST /upstreams/{url}/enable`` (``{url}`` percent-encoded).
+``GET /healthz`` (no token needed), ``GET /config`` (secrets redacted), ``GET /routes``,
+``GET /upstreams``, ``POST /reload``, ``POST /upstreams/{url}/drain`` and
+``POST /upstreams/{url}/enable`` (``{url}`` percent-encoded).
 The token is configured only as its SHA-256 (``token_sha256``) and compared in constant time.
 """
 
@@ -89,6 +90,11 @@ class AdminResource(Resource):
         }
 
     def render(self, request: Request) -> bytes:
+        if request.path == b"/healthz" and request.method in (b"GET", b"HEAD"):
+            # Liveness without a token: what a supervisor or a load balancer can probe.
+            request.responseHeaders.setRawHeaders(b"Content-Type", _JSON)
+            request.responseHeaders.setRawHeaders(b"Cache-Control", [b"no-store"])
+            return b'{"status":"alive"}\n'
         if not self._authorized(request):
             self.log.warn(
                 "admin: refused request without a valid token from {client}",

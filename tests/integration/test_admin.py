@@ -70,6 +70,20 @@ async def test_token_is_required(tmp_path, closer):
 
 
 @ensure
+async def test_healthz_needs_no_token(tmp_path, closer):
+    up = closer.add(upstream(EchoResource("a")))
+    path = tmp_path / "gw.toml"
+    write(path, [up.url])
+    gw = closer.add(start(path))
+    for token in (None, "wrong", TOKEN):
+        response, body = await admin(gw, "GET", "/healthz", token=token)
+        assert response.code == 200
+        assert json.loads(body) == {"status": "alive"}
+    response, _ = await admin(gw, "POST", "/healthz", token=None)
+    assert response.code == 401  # only the probe is open
+
+
+@ensure
 async def test_config_routes_and_upstreams(tmp_path, closer):
     up = closer.add(upstream(EchoResource("a")))
     path = tmp_path / "gw.toml"
