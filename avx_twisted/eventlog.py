@@ -151,6 +151,11 @@ def use_for_twistd(target: str, fmt: str, level: str) -> str:
     return f"{__name__}.twistd_observer"
 
 
+def _settings_clear() -> None:
+    _twistd_settings.clear()
+    _installed.clear()
+
+
 def twistd_observer() -> EventLog:
     """twistd's log observer factory: called once, before twistd redirects standard I/O; every
     event from then on (twistd's own start-up lines included) goes to the result."""

@@ -51,6 +51,37 @@ class AccessLogWriterTests(SynchronousTestCase):
         self.assertEqual(len(writer.pending), 5)
         self.assertEqual(writer.dropped, 3)
 
+    def test_reopen_writes_on_in_a_new_file_after_a_move(self):
+        directory = tempfile.mkdtemp()
+        path = os.path.join(directory, "access.log")
+        writer = AccessLogWriter(path, "json", clock=Clock())
+        writer.start()
+        log = access_logger(writer)
+        log.info("access", time=1.0, request_id="before")
+        writer.flush()
+        os.rename(path, path + ".1")  # logrotate
+        writer.reopen()
+        log.info("access", time=1.0, request_id="after")
+        writer.stop()
+        with open(path + ".1") as f:
+            self.assertEqual([json.loads(line)["request_id"] for line in f], ["before"])
+        with open(path) as f:
+            self.assertEqual([json.loads(line)["request_id"] for line in f], ["after"])
+
+    def test_reopen_of_stdout_or_a_stopped_writer_does_nothing(self):
+        writer = AccessLogWriter("-", "json", clock=Clock())
+        writer.reopen()
+        self.assertEqual(writer.queue.qsize(), 0)
+
+    def test_drops_are_reported_to_the_hook(self):
+        writer = AccessLogWriter("-", "json", max_queue=1, clock=Clock())
+        dropped = []
+        writer.on_drop = dropped.append
+        log = access_logger(writer)
+        for _ in range(3):
+            log.info("access", time=1.0)
+        self.assertEqual(dropped, [1, 1])
+
     def test_events_reach_the_thread_in_batches(self):
         clock = Clock()
         writer = AccessLogWriter("-", "json", clock=clock, flush_s=0.1)
