@@ -34,7 +34,7 @@ else
 VENV_FAILED = rm -rf $(VENV); exit 1
 endif
 
-.PHONY: run test unit lint check clean bench redis-server
+.PHONY: run test test-tools unit lint check clean bench redis-server
 
 # httptools has no PyPy wheels: it builds from source against PyPy's Python.h with a C compiler.
 ifdef IS_PYPY
@@ -69,24 +69,36 @@ run: $(STAMP)
 	@echo "try: curl -s http://127.0.0.1:8080/api/users/42?verbose=1"
 	$(VENV)/bin/avx-gateway demo
 
-test: $(STAMP) redis-server
+test: $(STAMP) test-tools
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 
-# The shared rate-limit tests run a real redis-server (each test starts its own on a free port).
-redis-server:
-	@command -v redis-server >/dev/null 2>&1 || { \
+# What the tests run for real, installed with apt-get when missing (as root): redis-server (the
+# shared rate-limit tests start their own), prometheus (promtool checks a real scrape; a real
+# Prometheus runs the dashboard's queries), logrotate (parses the shipped logrotate file).
+# Without root, the redis tests need redis-server installed; the others skip, saying why.
+test-tools:
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	command -v logrotate >/dev/null 2>&1 || missing="$$missing logrotate"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -q && apt-get install -y -q redis-server; \
+	    echo "installing$$missing with apt-get (used by the tests)"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -q --no-install-recommends $$missing || exit 1; \
+	  elif ! command -v redis-server >/dev/null 2>&1; then \
+	    echo "the tests need redis-server (e.g. sudo apt-get install redis-server)" >&2; exit 1; \
 	  else \
-	    echo "redis-server is needed by the tests: install it (e.g. apt-get install redis-server)"; \
-	    exit 1; \
-	  fi; }
+	    echo "not installed:$$missing (needs root and apt-get); the tests that use them skip"; \
+	  fi; \
+	fi
+redis-server: test-tools
 unit: $(STAMP)
 	$(VENV)/bin/trial tests.unit
 
 check: $(STAMP)
-	$(VENV)/bin/twistd avx-gateway --config config/gateway.toml --check
+	$(VENV)/bin/avx-gateway check --config config/gateway.toml
 
 clean:
 	rm -rf .venv .venv-pypy $(VENV) build *.egg-info .pytest_cache _trial_temp
