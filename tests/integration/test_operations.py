@@ -299,13 +299,26 @@ async def test_what_check_accepts_starts(tmp_path, closer):
     assert result.stdout.startswith(f"{gw.config}: OK (1 routes")
     gw.start()
     try:
-        # The socket is bound before the reactor runs; the service starts once it does.
-        assert await wait_for(lambda: sock.exists() and "1 routes from" in gw.stderr(),
+        # The socket is bound before the reactor runs (and installs its signal handlers): wait
+        # for an answer.
+        assert await wait_for(lambda: unix_get(sock, "/healthz").startswith(b"HTTP/1.1 200"),
                               timeout=20), gw.stderr()
         assert gw.proc is not None and gw.proc.poll() is None
     finally:
         assert await gw.stop() == 0
     assert "Traceback" not in gw.stderr()
+
+
+def unix_get(path: Path, target: str) -> bytes:
+    """One request over a unix socket (blocking, short: the gateway answers it itself)."""
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(2.0)
+            s.connect(str(path))
+            s.sendall(f"GET {target} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n".encode())
+            return s.recv(65536)
+    except OSError:
+        return b""
 
 
 def test_a_port_in_use_is_one_line(tmp_path):
