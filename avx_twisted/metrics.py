@@ -64,7 +64,7 @@ class RouteMetrics:
         self.response_bytes = metrics.response_bytes.labels(route)
         self.rate_limited = metrics.rate_limited.labels(route)
         self._requests: dict[tuple[bytes, int], tuple[Any, Any]] = {}
-        self._upstreams: dict[str, Any] = {}
+        self._upstreams: dict[tuple[str, bytes, int], Any] = {}
         self._upstream_status: dict[tuple[str, int], Any] = {}
         self._websocket: Any = None
 
@@ -94,12 +94,17 @@ class RouteMetrics:
             self._upstream_status[key] = child
         return child
 
-    def upstream_duration(self, upstream: str) -> Any:
-        """The ``avx_upstream_duration_seconds`` child of one target."""
-        child = self._upstreams.get(upstream)
+    def upstream_duration(self, upstream: str, method: bytes, status: int) -> Any:
+        """The ``avx_upstream_duration_seconds`` child of one target, method and the upstream's
+        status class (``none``: no response)."""
+        key = (upstream, method if method in _METHODS else b"OTHER", status)
+        child = self._upstreams.get(key)
         if child is None:
-            child = self._metrics.upstream_duration.labels(self.route, upstream)
-            self._upstreams[upstream] = child
+            status_class = _STATUS_CLASS.get(status // 100, "none") if status else "none"
+            child = self._metrics.upstream_duration.labels(
+                self.route, upstream, key[1].decode(), status_class
+            )
+            self._upstreams[key] = child
         return child
 
     def websocket(self) -> Any:
@@ -153,8 +158,9 @@ class GatewayMetrics:
         )
         self.upstream_duration = Histogram(
             "avx_upstream_duration_seconds",
-            "Time until the upstream's response headers.",
-            ["route", "upstream"],
+            "Time until the upstream's response headers, by method and the upstream's status "
+            "class (none: no response).",
+            ["route", "upstream", "method", "status_class"],
             buckets=DURATION_BUCKETS,
             registry=r,
         )

@@ -211,7 +211,7 @@ class Exchange:
         metrics = self.route.metrics
         if metrics is not None:
             metrics.upstream_request(target.url, status).inc()
-            metrics.upstream_duration(target.url).observe(took)
+            metrics.upstream_duration(target.url, self.request.method, status).observe(took)
 
     def interim(self, head: Any) -> None:
         """A 1xx before the answer: 103 Early Hints go on to the client; 100 is ours to send."""

@@ -110,20 +110,29 @@ class GatewayProcess(MultiService):
         self.pidfile = pidfile
 
     def privilegedStartService(self) -> None:
+        from twisted.internet.error import CannotListenError
+
         from .service import ListenError
 
         try:
             super().privilegedStartService()
+        except CannotListenError as e:  # the demo upstream's (the gateway's are ListenErrors)
+            why = getattr(e.socketError, "strerror", None) or str(e.socketError)
+            self._failed(f"--demo upstream: cannot listen on {DEMO_UPSTREAM}: {why}", False)
         except ListenError as e:
-            if self.pidfile:
-                try:
-                    os.remove(self.pidfile)
-                except OSError:
-                    pass
-            if self.event_log == "stderr":
-                # The event log said it already, on stderr, in its own format.
-                raise SystemExit(EXIT_START) from None
-            fail(str(e), EXIT_START)
+            self._failed(str(e), logged=True)
+
+    def _failed(self, message: str, logged: bool) -> None:
+        """Exit 1 with one line; the pid file twistd wrote goes too."""
+        if self.pidfile:
+            try:
+                os.remove(self.pidfile)
+            except OSError:
+                pass
+        if logged and self.event_log == "stderr":
+            # The event log said it already, on stderr, in its own format.
+            raise SystemExit(EXIT_START) from None
+        fail(message, EXIT_START)
 
 
 def makeService(options: dict[str, Any]) -> IService:

@@ -99,7 +99,13 @@ async def test_metrics_count_a_known_mix_exactly(tmp_path, closer):
     up_req = "avx_upstream_requests_total"
     assert value(s, up_req, route="users", upstream=up.url, status="200") == 4
     assert value(s, up_req, route="broken", upstream=dead, status="0") == 1
-    assert value(s, "avx_upstream_duration_seconds_count", route="users", upstream=up.url) == 4
+    up_duration = "avx_upstream_duration_seconds_count"
+    assert value(s, up_duration, route="users", upstream=up.url, method="GET",
+                 status_class="2xx") == 3
+    assert value(s, up_duration, route="users", upstream=up.url, method="POST",
+                 status_class="2xx") == 1
+    assert value(s, up_duration, route="broken", upstream=dead, method="GET",
+                 status_class="none") == 1
     assert value(s, "avx_request_bytes_total", route="users") == 5
     assert value(s, "avx_response_bytes_total", route="users") > 0
     assert value(s, "avx_rate_limited_total", route="limited") == 1

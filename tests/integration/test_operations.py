@@ -348,6 +348,25 @@ def test_a_port_in_use_is_one_line(tmp_path):
         holder.close()
 
 
+def test_the_demo_upstreams_port_in_use_is_one_line():
+    holder = socket.socket()
+    try:
+        holder.bind(("127.0.0.1", 9001))
+        holder.listen()
+    except OSError:
+        pass  # something else holds 9001: the demo must say so all the same
+    try:
+        result = run(CLI, "demo")
+        assert result.returncode == 1
+        assert result.stderr.splitlines()[-1] == (
+            "avx-gateway: --demo upstream: cannot listen on tcp:9001:interface=127.0.0.1: "
+            "Address already in use"
+        )
+        assert "Traceback" not in result.stderr
+    finally:
+        holder.close()
+
+
 def test_a_private_listener_in_use_names_its_key(tmp_path):
     holder = socket.socket()
     holder.bind(("127.0.0.1", 0))
