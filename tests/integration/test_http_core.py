@@ -116,6 +116,8 @@ async def test_connection_level_refusals_are_counted_and_logged(closer, tmp_path
         ("POST", "/x", 413),
         ("GET", "/x", 400),
     ]
+    # The record says why (the core's own reason, more precise than the client's message).
+    assert all(r["error"] and r["upstream"] is None for r in lines), lines
 
 
 @ensure
