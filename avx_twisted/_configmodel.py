@@ -125,6 +125,18 @@ class UpstreamConfig:
 
 
 @dataclass(frozen=True)
+class PluginRef:
+    """One ``{ name, config }`` of ``routes[].plugins`` or ``[plugins] global``: the plugin, made
+    (and its config validated) when the file is loaded."""
+
+    name: str
+    config: dict = field(default_factory=dict, compare=False)  # type: ignore[type-arg]
+    #: The plugin object its distribution's factory made from ``config`` (not part of the
+    #: config's data: the admin API and comparisons leave it out).
+    instance: object = field(default=None, compare=False, repr=False, metadata={"internal": True})
+
+
+@dataclass(frozen=True)
 class RouteConfig:
     """One ``[[routes]]`` entry; per-route overrides are already resolved against the globals."""
 
@@ -144,6 +156,11 @@ class RouteConfig:
     #: Tunnel ``Upgrade: websocket`` requests on this route.
     websocket: bool = True
     websocket_idle_timeout_ms: int = 300000
+    #: Plugins of this route, in order (after ``[plugins] global``).
+    plugins: tuple[PluginRef, ...] = ()
+    #: ``"module:attribute"``: serve the route with this twisted.web IResource instead of an
+    #: upstream (``upstream`` is then absent).
+    resource: str | None = None
 
 
 @dataclass(frozen=True)
@@ -244,6 +261,26 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class TracingConfig:
+    """``[tracing]``: OpenTelemetry traces (absent = off)."""
+
+    exporter: str = "otlp"
+    endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    service_name: str = "avx-gateway"
+    #: Parent-based: a sampled incoming ``traceparent`` is always followed.
+    sample_ratio: float = 1.0
+    #: A response header carrying the trace id ("" = none).
+    response_header: str = ""
+
+
+@dataclass(frozen=True)
+class PluginsConfig:
+    """``[plugins]``: plugins run on every route, before the route's own."""
+
+    global_: tuple[PluginRef, ...] = ()
+
+
+@dataclass(frozen=True)
 class AdminConfig:
     """``[admin]``: the runtime admin API (absent = off)."""
 
@@ -269,6 +306,8 @@ class BaseGatewayConfig:
     health: HealthConfig = field(default_factory=HealthConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     admin: AdminConfig | None = None
+    tracing: TracingConfig | None = None
+    plugins: PluginsConfig = field(default_factory=PluginsConfig)
     source: str = "<config>"
 
     def internal_paths(self) -> dict[str, str]:

@@ -35,9 +35,12 @@ from ._configmodel import (
     LoggingConfig,
     MetricsConfig,
     MiddlewareConfig,
+    PluginRef,
+    PluginsConfig,
     RateLimitConfig,
     RouteConfig,
     ServerConfig,
+    TracingConfig,
     UpstreamConfig,
 )
 from .urls import parse_redis_url, parse_url
@@ -191,6 +194,8 @@ _TOP_KEYS = (
     "health",
     "logging",
     "admin",
+    "tracing",
+    "plugins",
 )
 _SERVER_KEYS = (
     "host",
@@ -225,6 +230,8 @@ _ROUTE_KEYS = (
     "upstream",
     "websocket",
     "websocket_idle_timeout_ms",
+    "plugins",
+    "resource",
 )
 _UPSTREAM_KEYS = ("urls", "strategy", "weights", "ca_file", "health_check", "circuit_breaker")
 _HEALTH_CHECK_KEYS = (
@@ -266,6 +273,9 @@ _JWT_KEYS = (
 )
 _API_KEY_KEYS = ("header", "query_param", "keys")
 _METRICS_KEYS = ("path", "listen")
+_TRACING_KEYS = ("exporter", "endpoint", "service_name", "sample_ratio", "response_header")
+_PLUGINS_KEYS = ("global",)
+_PLUGIN_REF_KEYS = ("name", "config")
 _HEALTH_KEYS = ("health_path", "liveness_path", "readiness_path", "listen")
 _LOGGING_KEYS = ("format", "access_log", "level", "event_format", "sample_ratio", "skip_paths")
 _ENV_REF = re.compile(r"(?<!\$)\$\{env\.([^}:]*)(?::-([^}]*))?\}")
@@ -281,6 +291,9 @@ class Parser:
         self.errors: list[str] = []
         # Index in the file's [[routes]] of each built route (invalid ones are left out).
         self.route_index: list[int] = []
+        #: Names of ``[plugins] global``, which a route may not list again.
+        self.global_plugins: set[str] = set()
+        self.route_globals: set[str] = set()
 
     def error(self, path: str, message: str) -> None:
         self.errors.append(f"{path}: {message}")
@@ -306,6 +319,13 @@ class Parser:
         health = self.health(top.table("health", _HEALTH_KEYS))
         logging = self.logging(top.table("logging", _LOGGING_KEYS))
         admin = self.admin(top.table("admin", ("listen", "token_sha256")))
+        tracing_t = top.table("tracing", _TRACING_KEYS)
+        tracing = self.tracing(tracing_t) if tracing_t is not None else None
+        plugins_t = top.table("plugins", _PLUGINS_KEYS)
+        plugins = PluginsConfig(
+            global_=self.plugin_refs(plugins_t, "global") if plugins_t is not None else ()
+        )
+        self.global_plugins = {ref.name for ref in plugins.global_}
         routes = self.routes(top, server, rate, auth)
         config = config_class(
             server=server,
@@ -318,6 +338,8 @@ class Parser:
             health=health,
             logging=logging,
             admin=admin,
+            tracing=tracing,
+            plugins=plugins,
             source=self.source,
         )
         self.cross_checks(config)
@@ -617,6 +639,62 @@ class Parser:
             skip_paths=t.get("skip_paths", "list[str]", d.skip_paths, _each(_url_path)),
         )
 
+    def tracing(self, t: _Table) -> TracingConfig:
+        d = TracingConfig()
+        ratio_ok = lambda r: None if 0.0 <= r <= 1.0 else "is not between 0 and 1"  # noqa: E731
+        header = t.get("response_header", "str", d.response_header)
+        if header and not _TOKEN.match(header):
+            self.error(t.key("response_header"), f"{header!r} is not a header name")
+        return TracingConfig(
+            exporter=t.get("exporter", "str", d.exporter, _one_of(("otlp", "console"))),
+            endpoint=t.get("endpoint", "str", d.endpoint, _http_url),
+            service_name=t.get(
+                "service_name", "str", d.service_name, lambda n: None if n else "must not be empty"
+            ),
+            sample_ratio=t.get("sample_ratio", "float", d.sample_ratio, ratio_ok),
+            response_header=header,
+        )
+
+    def plugin_refs(self, t: _Table, name: str) -> tuple[PluginRef, ...]:
+        """A list of ``{ name, config }`` tables: each plugin made from its config now, so that
+        its own errors are reported with the file's (and ``--check`` and reload see them)."""
+        from . import plugins
+
+        raw = t.data.get(name, [])
+        if not isinstance(raw, list):
+            self.error(t.key(name), "must be a list of { name = ..., config = {...} } tables")
+            return ()
+        refs: list[PluginRef] = []
+        seen: set[str] = set()
+        for i, item in enumerate(raw):
+            path = f"{t.key(name)}[{i}]"
+            p = _Table(self, path, item, _PLUGIN_REF_KEYS)
+            if not isinstance(item, Mapping):
+                continue
+            if "name" not in item:
+                self.error(p.key("name"), "is required")
+                continue
+            plugin_name = p.get("name", "str", None, lambda n: None if n else "must not be empty")
+            config = item.get("config", {})
+            if not isinstance(config, Mapping):
+                self.error(p.key("config"), f"{_show(config)} is not a table")
+                continue
+            if plugin_name is None:
+                continue
+            if plugin_name in seen or plugin_name in getattr(self, "route_globals", ()):
+                self.error(
+                    p.key("name"),
+                    f"plugin {plugin_name!r} is already on this route (a plugin runs once per "
+                    "route; [plugins] global ones run on every route)",
+                )
+                continue
+            seen.add(plugin_name)
+            instance, problems = plugins.load(plugin_name, config, path)
+            self.errors.extend(problems)
+            if instance is not None:
+                refs.append(PluginRef(plugin_name, dict(config), instance))
+        return tuple(refs)
+
     def admin(self, t: _Table | None) -> AdminConfig | None:
         if t is None:
             return None
@@ -695,8 +773,16 @@ class Parser:
         if scopes and "jwt" not in auth_list:
             self.error(t.key("scopes"), "needs 'jwt' in auth (scopes come from the JWT)")
         rate_t = t.table("rate_limit", _ROUTE_RATE_KEYS)
-        upstream = self.upstream(t.table("upstream", _UPSTREAM_KEYS), t.key("upstream"))
-        if path is None or upstream is None:
+        resource = t.get("resource", "str", None, _resource)
+        upstream = None
+        if resource is None:
+            upstream = self.upstream(t.table("upstream", _UPSTREAM_KEYS), t.key("upstream"))
+        elif t.has("upstream"):
+            self.error(t.key("resource"), "a route has either resource or [routes.upstream]")
+        self.route_globals = self.global_plugins
+        plugin_refs = self.plugin_refs(t, "plugins") if t.has("plugins") else ()
+        self.route_globals = set()
+        if path is None or (upstream is None and (resource is None or t.has("upstream"))):
             return None
         return RouteConfig(
             name=name or _route_name(path),
@@ -714,6 +800,8 @@ class Parser:
             rate_limit=self.rate_limit(rate_t, rate) if rate_t is not None else None,
             websocket=t.get("websocket", "bool", True),
             websocket_idle_timeout_ms=t.get("websocket_idle_timeout_ms", "int", 300000, _positive),
+            plugins=plugin_refs,
+            resource=resource,
         )
 
     def upstream(self, t: _Table | None, path: str) -> UpstreamConfig | None:
@@ -897,6 +985,18 @@ def _host(value: str) -> str | None:
 
 def _http_url(value: str) -> str | None:
     return None if re.match(r"^https?://[^/\s]+", value) else "is not an http:// or https:// URL"
+
+
+def _resource(value: str) -> str | None:
+    """``"module:attribute"`` naming a twisted.web IResource (imported now, so that ``--check``
+    sees a typo)."""
+    from .resources import load_resource
+
+    try:
+        load_resource(value)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def _redis_url(value: str) -> str | None:

@@ -150,7 +150,8 @@ class AdminResource(Resource):
                 "methods": list(r.config.methods) if r.config.methods else None,
                 "strip_path": r.config.strip_path,
                 "upstreams": [t.url for t in r.upstream.targets],
-                "strategy": r.config.upstream.strategy,
+                "strategy": r.config.upstream.strategy if r.config.upstream else None,
+                "resource": r.config.resource,
                 "auth": list(r.config.auth),
             }
             for r in self.service.runtime.routes

@@ -66,6 +66,15 @@ class UpstreamClients:
             self._policies[ca_file] = policy
         return policy
 
+    def http_client(self) -> Any:
+        """A ``treq.HTTPClient`` on the background pool (plugins' side calls), made once."""
+        client = getattr(self, "_http_client", None)
+        if client is None:
+            from treq.client import HTTPClient
+
+            client = self._http_client = HTTPClient(self.agent())
+        return client
+
     def agent(self, ca_file: str | None = None) -> IAgent:
         """The Agent for upstreams verified against ``ca_file`` (None: the system trust store)."""
         agent = self._agents.get(ca_file)

@@ -33,9 +33,12 @@ from ._configmodel import (
     LoggingConfig,
     MetricsConfig,
     MiddlewareConfig,
+    PluginRef,
+    PluginsConfig,
     RateLimitConfig,
     RouteConfig,
     ServerConfig,
+    TracingConfig,
     UpstreamConfig,
 )
 from ._configparse import Parser
@@ -66,9 +69,12 @@ __all__ = [
     "LoggingConfig",
     "MetricsConfig",
     "MiddlewareConfig",
+    "PluginRef",
+    "PluginsConfig",
     "RateLimitConfig",
     "RouteConfig",
     "ServerConfig",
+    "TracingConfig",
     "UpstreamConfig",
 ]
 

@@ -71,6 +71,11 @@ class RequestContext:
         "upstream_status",
         "error",
         "exchange",
+        "params",
+        "upstream_target",
+        "chain",
+        "plugin",
+        "trace",
     )
 
     def __init__(
@@ -95,5 +100,13 @@ class RequestContext:
         self.upstream_status: int | None = None
         #: Why the gateway answered an error or cut the response short (for the access log).
         self.error: str | None = None
+        #: The matched route's ``{param}`` values, and the path and query sent upstream.
+        self.params: dict[str, str] | None = None
+        self.upstream_target: bytes = b""
+        #: The route's plugin chain (None: the route has no plugins), and the plugins' context.
+        self.chain: Any = None
+        self.plugin: Any = None
+        #: The request's trace (``tracing.RequestTrace``), None when tracing is off.
+        self.trace: Any = None
         #: The forwarder's exchange once forwarding began (told when the client goes away).
         self.exchange: Any = None

@@ -58,9 +58,18 @@ def run_filters(
                 None,
             )
             return
-        result.send(request)
+        send_answer(result, request, ctx)
         return
     proceed()
+
+
+def send_answer(answer: Answer, request: Any, ctx: Optional[RequestContext]) -> None:
+    """Send an answer the gateway made for a request (a filter's refusal, a plugin's reply, an
+    error): through the route's plugins' response phases first, when it has plugins."""
+    chain = ctx.chain if ctx is not None else None
+    if chain is not None:
+        answer = chain.answer(answer, ctx)
+    answer.send(request)
 
 
 def _resumed(
@@ -76,13 +85,13 @@ def _resumed(
     if result is None:
         run_filters(filters, request, ctx, proceed, start)
     else:
-        result.send(request)
+        send_answer(result, request, ctx)
 
 
 def _filter_failed(failure: Failure, request: Any, ctx: RequestContext) -> None:
     log.failure("a request filter failed", failure)
     if not request.finished:
-        error_answer(500, "internal error", request_id=ctx.request_id).send(request)
+        send_answer(error_answer(500, "internal error", request_id=ctx.request_id), request, ctx)
 
 
 @implementer(IFilter)

@@ -16,7 +16,7 @@ from zope.interface import implementer
 
 from .context import RequestContext
 from .errors import REFUSALS, Answer, error_answer
-from .filters import body_size, run_filters
+from .filters import body_size, run_filters, send_answer
 from .h1 import IRequestHandler
 from .logs import request_id
 from .metrics import GatewayMetrics
@@ -145,6 +145,12 @@ class GatewayHandler:
         target = match.upstream_target
         if route.rewrite_target is not None:
             target = route.rewrite_target(target)
+        ctx.upstream_target = target
+        if route.plugins is not None:
+            ctx.chain = route.plugins
+            ctx.params = match.params
+        if ctx.trace is not None:
+            ctx.trace.set_route(route.name)
         if (
             request.head.upgrade == b"websocket"
             and route.websocket
@@ -156,7 +162,11 @@ class GatewayHandler:
             return
 
         def forward() -> None:
-            runtime.forwarder.forward(request, route, target, ctx)
+            # Plugins may have changed the target (``request.target`` in on_request).
+            if route.responder is not None:
+                route.responder.serve(request, ctx, ctx.upstream_target)
+            else:
+                runtime.forwarder.forward(request, route, ctx.upstream_target, ctx)
 
         run_filters(route.filters, request, ctx, forward)
 
@@ -189,6 +199,11 @@ class GatewayHandler:
                 addresses.client_ip(peer, forwarded), peer, addresses.is_trusted(peer), rid, started
             )
         request.context = ctx
+        tracing = runtime.tracing
+        if tracing is not None:
+            trace = ctx.trace = tracing.start_request(request, ctx)
+            if runtime.trace_header is not None and trace.trace_id:
+                request.response_fields.add(runtime.trace_header, trace.trace_id.encode())
         self.in_flight.begin()
         if self.in_flight_gauge is not None:
             self.in_flight_gauge.inc()
@@ -205,7 +220,7 @@ class GatewayHandler:
     ) -> None:
         if ctx.error is None:
             ctx.error = message
-        error_answer(status, message, fields, ctx.request_id).send(request)
+        send_answer(error_answer(status, message, fields, ctx.request_id), request, ctx)
 
     def _finished(self, request: Any, failure: Optional[Failure]) -> None:
         """Count the request and write its access-log event (once, whatever happened)."""
@@ -231,19 +246,30 @@ class GatewayHandler:
                 route.request_bytes.inc(received)
             if sent:
                 route.response_bytes.inc(sent)
+        if failure is not None and ctx.error is None:
+            ctx.error = "client closed the connection"
+        trace = ctx.trace
+        if trace is not None:
+            trace.end(status, ctx.error)
+        chain = ctx.chain
+        if chain is not None:
+            chain.finished(ctx, lambda: self._record(request, ctx, status, duration))
         access_log = self.access_log
         if access_log is None or request.path in self.skip_paths:
             return
         if status < 400 and self.sample_ratio < 1.0 and random.random() >= self.sample_ratio:
             return
+        access_log.info("access", **self._record(request, ctx, status, duration))
+
+    def _record(
+        self, request: Any, ctx: RequestContext, status: int, duration: float
+    ) -> dict[str, Any]:
+        """The fields of a finished request's access record (and of plugins' ``on_log``)."""
         identity = ctx.identity
         fields = request.fields
         exchange = ctx.exchange
-        error = ctx.error
-        if failure is not None and error is None:
-            error = "client closed the connection"
-        access_log.info(
-            "access",
+        trace = ctx.trace
+        return dict(
             time=time.time(),
             request_id=ctx.request_id.decode("latin-1"),
             client_ip=ctx.client_ip,
@@ -255,8 +281,8 @@ class GatewayHandler:
             upstream=ctx.upstream,
             status=status,
             upstream_status=ctx.upstream_status,
-            request_bytes=received,
-            response_bytes=sent,
+            request_bytes=body_size(request),
+            response_bytes=request.sent_bytes,
             duration_ms=round(duration * 1000.0, 3),
             upstream_duration_ms=None
             if ctx.upstream_duration is None
@@ -265,8 +291,9 @@ class GatewayHandler:
             user=identity.name if identity is not None else None,
             referer=_text(fields.get(b"referer")),
             user_agent=_text(fields.get(b"user-agent")),
-            trace_id=trace_id(fields.get(b"traceparent")),
-            error=error,
+            trace_id=trace.trace_id if trace is not None else trace_id(fields.get(b"traceparent")),
+            span_id=trace.span_id if trace is not None else None,
+            error=ctx.error,
         )
 
     def _preflight(self, request: Any, ctx: RequestContext) -> Optional[Answer]:

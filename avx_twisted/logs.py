@@ -52,6 +52,7 @@ FIELDS = (
     "user_agent",
     "referer",
     "trace_id",
+    "span_id",
     "error",
 )
 _LEVELS = {

@@ -265,6 +265,30 @@ class GatewayMetrics:
         )
         for result in ("success", "failure"):
             self.config_reloads.labels(result)
+        self.plugin_calls = Counter(
+            "avx_plugin_calls",
+            "Plugin phase calls, by plugin and phase.",
+            ["plugin", "phase"],
+            registry=r,
+        )
+        self.plugin_errors = Counter(
+            "avx_plugin_errors",
+            "Plugin phase calls that raised or failed, by plugin and phase.",
+            ["plugin", "phase"],
+            registry=r,
+        )
+        self.plugin_duration = Histogram(
+            "avx_plugin_duration_seconds",
+            "Time in a plugin phase's call (its synchronous part), by plugin and phase.",
+            ["plugin", "phase"],
+            buckets=(0.00001, 0.0001, 0.001, 0.01, 0.1, 1.0),
+            registry=r,
+        )
+        self.tracing_dropped = Counter(
+            "avx_tracing_spans_dropped",
+            "Spans not exported: the export queue was full or the collector failed.",
+            registry=r,
+        )
         if process and self.multiprocess_dir is None:
             ProcessCollector(registry=r)
         self._exposition_fields = [
@@ -282,6 +306,15 @@ class GatewayMetrics:
         if metrics is None:
             metrics = self.routes[name] = RouteMetrics(self, name)
         return metrics
+
+    def plugin_phase(self, plugin: str, phase: str) -> tuple[Any, Any, Any]:
+        """The (calls, errors, duration) children of one plugin's phase."""
+        phase_name = phase[3:] if phase.startswith("on_") else phase
+        return (
+            self.plugin_calls.labels(plugin, phase_name),
+            self.plugin_errors.labels(plugin, phase_name),
+            self.plugin_duration.labels(plugin, phase_name),
+        )
 
     def config_loaded(self, success: bool, time_s: float | None = 0.0) -> None:
         """A configuration load: the first (``time_s=None``: not counted as a reload) or a

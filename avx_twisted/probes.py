@@ -41,7 +41,8 @@ class Probes:
         serving = True
         for route in self.runtime.routes:
             targets = [t.status() for t in route.upstream.targets]
-            usable = any(t["available"] for t in targets)
+            # A route without targets (a resource route) is served by the gateway itself.
+            usable = any(t["available"] for t in targets) or not targets
             serving = serving and usable
             routes.append(
                 {

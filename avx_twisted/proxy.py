@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .errors import REFUSALS, error_answer
+from .filters import send_answer
 from .h1 import (
     REASONS,
     BodyFailed,
@@ -33,6 +34,7 @@ from .h1 import (
     head_bytes,
     request_line,
 )
+from .plugin_chain import PluginFailed
 from .proxy_headers import client_response_fields, upstream_request_fields
 
 if TYPE_CHECKING:
@@ -102,6 +104,11 @@ class Exchange:
         self.attempt_started = 0.0
         self.expired = False
         self.websocket = request.head.upgrade == b"websocket" and getattr(route, "websocket", False)
+        #: The route's plugins (None: none), the response body's transform through them, and
+        #: the trace of the current try.
+        self.chain = getattr(route, "plugins", None)
+        self.transform: Any = None
+        self.attempt_trace: Any = None
 
     @property
     def request_id(self) -> Optional[str]:
@@ -126,6 +133,9 @@ class Exchange:
         target = upstream.pick(self.tried)
         if target is None:
             retry_after = upstream.retry_after()
+            trace = self.ctx.trace if self.ctx is not None else None
+            if trace is not None:
+                trace.event("circuit_open" if retry_after is not None else "no_target")
             if retry_after is not None:
                 self.fail(
                     503, "upstream circuit open", [(b"Retry-After", b"%d" % ceil(retry_after))]
@@ -150,6 +160,24 @@ class Exchange:
             route.extra_headers(self.ctx),
             self.websocket,
         )
+        path = self.path
+        chain = self.chain
+        if chain is not None and chain.upstream:
+            try:
+                path, fields = chain.upstream_request(
+                    request.method, target.url, path, fields, self.ctx
+                )
+            except PluginFailed:
+                self.end_attempt()
+                if breaker is not None:
+                    breaker.release_trial()
+                self.fail(500, "internal error")
+                return
+        ctx = self.ctx
+        if ctx is not None and ctx.trace is not None:
+            self.attempt_trace = ctx.trace.start_attempt(
+                target.url, target.host, target.port, request.method, fields
+            )
         body = request.body
         stream = None
         whole = b""
@@ -164,7 +192,7 @@ class Exchange:
             else:
                 fields.append((b"Content-Length", b"%d" % body.declared))
                 stream = body
-        head = head_bytes(request_line(request.method, target.base_path + self.path), fields)
+        head = head_bytes(request_line(request.method, target.base_path + path), fields)
         self.attempt_started = self.forwarder.clock.seconds()
         if self.ctx is not None:
             self.ctx.upstream = target.url
@@ -191,6 +219,8 @@ class Exchange:
 
     def retry(self) -> None:
         self.retries_left -= 1
+        if self.ctx is not None and self.ctx.trace is not None:
+            self.ctx.trace.event("retry", failed=self.target.url if self.target else "")
         log.info(
             "retrying {method} for route {route} on another target after {url} failed",
             request_id=self.request_id,
@@ -202,8 +232,11 @@ class Exchange:
 
     # -- upstream answers --------------------------------------------------------------------
 
-    def observe(self, target: Target, status: int) -> None:
-        """Upstream metrics and the context's upstream timing for one attempt."""
+    def observe(self, target: Target, status: int, error_type: Optional[str] = None) -> None:
+        """Upstream metrics, the context's upstream timing and the try's span for one attempt."""
+        attempt_trace, self.attempt_trace = self.attempt_trace, None
+        if attempt_trace is not None:
+            attempt_trace.end(status, error_type)
         took = self.forwarder.clock.seconds() - self.attempt_started
         if self.ctx is not None:
             self.ctx.upstream_duration = took
@@ -254,6 +287,19 @@ class Exchange:
         length = response.length
         if request.method == b"HEAD":
             length = response.head.content_length
+        chain = self.chain
+        if chain is not None:
+            if chain.response:
+                try:
+                    status, fields = chain.response(status, fields, self.ctx)
+                except PluginFailed:
+                    response.abort()
+                    self.end_attempt()
+                    self.fail(500, "internal error", through_plugins=False)
+                    return
+            if chain.body and length != 0 and request.method != b"HEAD":
+                self.transform = chain.body_transform(self.ctx)
+                length = None  # the plugins may change its size: chunked (or close-delimited)
         self.state = ExchangeState.RELAYING
         self.response = response
         # Registered statuses get our reason phrase; others keep the upstream's.
@@ -268,7 +314,7 @@ class Exchange:
         target = self.target
         breaker = target.breaker if target is not None else None
         if target is not None:
-            self.observe(target, 0)
+            self.observe(target, 0, _error_type(failure, self.expired))
         self.end_attempt()
         if self.finished:
             if breaker is not None:
@@ -324,6 +370,15 @@ class Exchange:
     # -- the response body (the IResponseSink of the upstream connection) --------------------
 
     def body_data(self, data: bytes) -> None:
+        transform = self.transform
+        if transform is not None:
+            try:
+                data = transform.data(data)
+            except PluginFailed:
+                self.transform_failed()
+                return
+            if not data:
+                return
         self.request.write(data)
 
     def body_done(self) -> None:
@@ -337,8 +392,28 @@ class Exchange:
             self.done()
             request.abort()
             return
+        transform = self.transform
+        if transform is not None:
+            try:
+                tail = transform.end()
+            except PluginFailed:
+                self.transform_failed()
+                return
+            if tail:
+                request.write(tail)
         self.done()
         request.finish()
+
+    def transform_failed(self) -> None:
+        """A plugin failed on the response body: cut the answer (never a truncated body that
+        looks complete)."""
+        self.transform = None
+        response, self.response = self.response, None
+        if response is not None:
+            response.abort()
+        self.end_attempt()
+        self.done()
+        self.request.abort()
 
     def body_failed(self, reason: Failure) -> None:
         self.response = None
@@ -423,9 +498,15 @@ class Exchange:
             response.abort()
         self.end_attempt()
 
-    def fail(self, status: int, message: str, fields: Optional[List[Pair]] = None) -> None:
+    def fail(
+        self,
+        status: int,
+        message: str,
+        fields: Optional[List[Pair]] = None,
+        through_plugins: bool = True,
+    ) -> None:
         self.done()
-        if self.ctx is not None:
+        if self.ctx is not None and (self.ctx.error is None or through_plugins):
             self.ctx.error = message
         request = self.request
         if request.started:
@@ -434,7 +515,11 @@ class Exchange:
         if self.websocket and self.route.metrics is not None:
             self.route.metrics.websocket_handshake(status).inc()
         request_id = self.ctx.request_id if self.ctx is not None else b""
-        error_answer(status, message, fields or (), request_id).send(request)
+        answer = error_answer(status, message, fields or (), request_id)
+        if through_plugins:
+            send_answer(answer, request, self.ctx)
+        else:
+            answer.send(request)
 
     def end_attempt(self) -> None:
         """The current target is done with this request (success or not)."""
@@ -455,6 +540,27 @@ class Exchange:
 
 
 _NONE: frozenset[bytes] = frozenset()
+
+
+def _error_type(failure: Failure, expired: bool) -> str:
+    """A failed try in a word, for its span's ``error.type``."""
+    if expired:
+        return "timeout"
+    if failure.check(BodyFailed):
+        return "client_body"
+    if failure.check(ierror.ConnectionRefusedError):
+        return "connection_refused"
+    if failure.check(ierror.TimeoutError, ierror.ConnectingCancelledError):
+        return "connect_timeout"
+    if failure.check(ierror.DNSLookupError):
+        return "dns"
+    if failure.check(UpstreamClosed):
+        return "upstream_closed"
+    if failure.check(ProtocolViolation):
+        return "upstream_protocol"
+    if failure.check(CancelledError):
+        return "cancelled"
+    return failure.type.__name__
 
 
 class Forwarder:

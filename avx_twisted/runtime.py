@@ -11,11 +11,12 @@ from .auth.filter import AuthFilter
 from .auth.jwt import JwtAuthenticator
 from .breaker import CircuitBreaker
 from .client import UpstreamClients
-from .config import GatewayConfig, RouteConfig
+from .config import ConfigError, GatewayConfig, RouteConfig
 from .context import ClientAddresses
 from .cors import OWNED_RESPONSE_HEADERS, CorsFilter, CorsPolicy
 from .filters import BodyLimit
 from .health import HealthChecker
+from .plugin_chain import PluginChain
 from .proxy import Forwarder
 from .ratelimit import IRateLimitStore, MemoryStore, RateLimitFilter
 from .routing import RouteRule, RouteTable
@@ -54,6 +55,10 @@ class RuntimeRoute:
         self.metrics: RouteMetrics | None = None
         #: The CORS filter when this route answers CORS (preflights for any method reach it).
         self.cors: CorsFilter | None = None
+        #: The route's plugins (``[plugins] global`` and its own), or None: no plugin runs.
+        self.plugins: PluginChain | None = None
+        #: Serves the route instead of an upstream (``resource = "module:attribute"``), or None.
+        self.responder: Any = None
 
     def extra_headers(self, ctx: RequestContext | None) -> list[tuple[bytes, bytes]]:
         """Headers this route adds upstream for a request (verified JWT claims)."""
@@ -112,6 +117,12 @@ class Runtime:
                 for r in self.routes
             ]
         )
+        #: The process's tracing (``tracing.Tracing``), set by the service; None: off.
+        self.tracing: Any = previous.tracing if previous is not None else None
+        #: ``[tracing] response_header`` (the trace id on every answer), or None.
+        self.trace_header: bytes | None = None
+        if config.tracing is not None and config.tracing.response_header:
+            self.trace_header = config.tracing.response_header.encode("ascii")
         self.forwarder = Forwarder(
             reactor,
             preserve_host=config.server.preserve_host,
@@ -158,6 +169,17 @@ class Runtime:
 
     def _build_route(self, route: RouteConfig) -> RuntimeRoute:
         up = route.upstream
+        if up is None:  # a resource route: the gateway serves it
+            runtime_route = RuntimeRoute(route, Upstream.none(), self.clients.agent())
+            self._route_filters(runtime_route, route)
+            from .resources import ResourceResponder, load_resource
+
+            try:
+                resource = load_resource(route.resource or "")
+            except ValueError as e:
+                raise ConfigError([f"routes: {route.name!r}: resource: {e}"]) from None
+            runtime_route.responder = ResourceResponder(resource, self.reactor)
+            return runtime_route
         fresh = Upstream.from_urls(up.urls, strategy=up.strategy, weights=up.weights)
         agent = self.clients.agent(up.ca_file)
         targets = []
@@ -183,6 +205,11 @@ class Runtime:
             targets.append(target)
         upstream = Upstream(targets, fresh.balancer)
         runtime_route = RuntimeRoute(route, upstream, agent)
+        self._route_filters(runtime_route, route)
+        return runtime_route
+
+    def _route_filters(self, runtime_route: RuntimeRoute, route: RouteConfig) -> None:
+        """The route's filter chain: CORS, auth, rate limit, body limit, then its plugins."""
         metrics = self.metrics.route(route.name) if self.metrics is not None else None
         runtime_route.metrics = metrics
         filters = runtime_route.filters
@@ -218,7 +245,12 @@ class Runtime:
                 rate_filter.refused = metrics.rate_limited
             filters.append(rate_filter)
         filters.append(BodyLimit(route.max_body_bytes))
-        return runtime_route
+        refs = self.config.plugins.global_ + route.plugins
+        if refs:
+            chain = PluginChain(refs, route.name, self.reactor, self.clients, self.metrics)
+            runtime_route.plugins = chain
+            if chain.request:
+                filters.append(chain)
 
 
 def _query_stripper(api_key: ApiKeyAuthenticator) -> Callable[[bytes], bytes]:

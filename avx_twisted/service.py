@@ -69,6 +69,14 @@ class GatewayService(MultiService):
         middleware = config.middleware
         self.metrics = GatewayMetrics() if middleware.enable_metrics else None
         self.runtime = Runtime(config, reactor, metrics=self.metrics)
+        #: OpenTelemetry tracing (``[tracing]``), one per process; None when off.
+        self.tracing: Any = None
+        if config.tracing is not None:
+            from .tracing import Tracing
+
+            on_dropped = self.metrics.tracing_dropped.inc if self.metrics is not None else None
+            self.tracing = Tracing(config.tracing, on_dropped=on_dropped)
+            self.runtime.tracing = self.tracing
         self.probes = Probes(self)
         health = config.health
         probes: dict[bytes, InternalAnswer] = {
@@ -273,6 +281,8 @@ class GatewayService(MultiService):
                 self.site.abort_all()  # tunnels and answers still going are cut off
             if self.access_writer is not None:
                 self.access_writer.stop()
+            if self.tracing is not None:
+                self.tracing.shutdown()
             waits = [closing, self.runtime.clients.close(), self.site.close_all(1.0)]
             close_store = getattr(self.runtime.rate_store, "close", None)
             if close_store is not None:
@@ -442,6 +452,7 @@ def _restart_only_changes(old: GatewayConfig, new: GatewayConfig) -> list[str]:
             (old.health, old.metrics, old.middleware.enable_metrics),
             (new.health, new.metrics, new.middleware.enable_metrics),
         ),
+        "[tracing]": (old.tracing, new.tracing),
         "[logging] and middleware.enable_logging": (
             (old.logging, old.middleware.enable_logging),
             (new.logging, new.middleware.enable_logging),

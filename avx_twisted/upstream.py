@@ -83,6 +83,14 @@ class Upstream:
         self.targets: tuple[Target, ...] = tuple(targets)
         self.balancer = balancer
 
+    @classmethod
+    def none(cls) -> Upstream:
+        """No targets: a route served by the gateway itself (``resource = ...``)."""
+        upstream = cls.__new__(cls)
+        upstream.targets = ()
+        upstream.balancer = None  # type: ignore[assignment]
+        return upstream
+
     def pick(self, exclude: Collection[Target] = ()) -> Target | None:
         """An available target not in `exclude` (used by retries to try *other* targets),
         or None when none is left."""

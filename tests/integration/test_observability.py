@@ -171,7 +171,8 @@ async def test_json_access_log_has_one_line_per_request_with_every_field(tmp_pat
     assert list(first) == [
         "time", "request_id", "client_ip", "method", "host", "path", "protocol", "status",
         "route", "upstream", "upstream_status", "request_bytes", "response_bytes", "duration_ms",
-        "upstream_duration_ms", "retries", "user", "user_agent", "referer", "trace_id", "error",
+        "upstream_duration_ms", "retries", "user", "user_agent", "referer", "trace_id", "span_id",
+        "error",
     ]
     assert first["host"] == f"127.0.0.1:{port}" and first["protocol"] == "HTTP/1.1"
     assert first["upstream_status"] == 200 and first["retries"] == 0
