@@ -20,7 +20,10 @@ schema constrains may also be a ``${env.NAME}`` reference, which the parser subs
 Left to the parser, which the schema cannot see or say: files that must exist, Twisted endpoint
 strings, the details of route patterns, IP networks, unique route names, one weight per URL,
 reserved paths, environment variables that must be set, and a float such as ``8080.0`` written
-for an integer (JSON Schema counts it as one).
+for an integer (JSON Schema counts it as one). Also that a plugin is installed and accepts its
+``config`` table (which the plugin itself checks: the schema allows any keys there), that a
+plugin is listed once per route, counting ``[plugins] global``, and that a route's ``resource``
+imports and is a twisted.web IResource (the schema checks its ``"module:attribute"`` form).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import keyword
 import re
 import sys
 from typing import Any, Callable, Sequence
@@ -53,9 +57,12 @@ from ._configmodel import (
     LoggingConfig,
     MetricsConfig,
     MiddlewareConfig,
+    PluginRef,
+    PluginsConfig,
     RateLimitConfig,
     RouteConfig,
     ServerConfig,
+    TracingConfig,
     UpstreamConfig,
 )
 
@@ -67,16 +74,22 @@ DRAFT = "https://json-schema.org/draft/2020-12/schema"
 # The shape of the document
 # ---------------------------------------------------------------------------------------------
 
+#: The two lists of ``{ name, config }`` tables: the same PluginRef, the same rules.
+_PLUGIN_LISTS = ("routes[].plugins", "plugins.global")
+
 #: Every table of the TOML document: its key path ("[]" marks an array of tables), the name of
 #: the parser's tuple of its keys (None: the parser lists them inline, and they are exactly the
-#: model's fields) and the dataclass its values land on.
+#: model's fields but those marked ``metadata={"internal": True}``) and the dataclass its values
+#: land on. A key that is a Python keyword is the field of that name with a trailing underscore
+#: (``[plugins] global``: ``PluginsConfig.global_``).
 #:
 #: Where the TOML shape differs from the dataclass, the field's annotation says how:
 #: ``tuple[Model, ...]`` is an array of tables (``[[routes]]``, ``auth.api_key.keys``), a
-#: ``Model`` field a table (``[routes.upstream]``, required in a route), and
-#: ``tuple[tuple[str, str], ...]`` a table of string values (``auth.jwt.forward_claims``:
-#: claim = "Header-Name"). A route's ``rate_limit`` is a RateLimitConfig of which TOML gives only
-#: ``_ROUTE_RATE_KEYS``; the rest, and every key left out, comes from ``[rate_limiting]``.
+#: ``Model`` field a table (``[routes.upstream]``), ``tuple[tuple[str, str], ...]`` a table of
+#: string values (``auth.jwt.forward_claims``: claim = "Header-Name") and ``dict`` a table of any
+#: keys and values (a plugin's ``config``, which the plugin checks). A route's ``rate_limit`` is a
+#: RateLimitConfig of which TOML gives only ``_ROUTE_RATE_KEYS``; the rest, and every key left
+#: out, comes from ``[rate_limiting]``.
 _TABLES: dict[str, tuple[str | None, type]] = {
     "": ("_TOP_KEYS", BaseGatewayConfig),
     "server": ("_SERVER_KEYS", ServerConfig),
@@ -96,15 +109,25 @@ _TABLES: dict[str, tuple[str | None, type]] = {
     "health": ("_HEALTH_KEYS", HealthConfig),
     "logging": ("_LOGGING_KEYS", LoggingConfig),
     "admin": (None, AdminConfig),
+    "tracing": ("_TRACING_KEYS", TracingConfig),
+    "plugins": ("_PLUGINS_KEYS", PluginsConfig),
+    **{f"{path}[]": ("_PLUGIN_REF_KEYS", PluginRef) for path in _PLUGIN_LISTS},
 }
 
 #: Keys the parser requires, by table.
 _REQUIRED: dict[str, tuple[str, ...]] = {
     "": ("routes",),
-    "routes[]": ("path", "upstream"),
+    "routes[]": ("path",),
     "routes[].upstream": ("urls",),
     "auth.api_key.keys[]": ("name", "sha256"),
     "admin": ("token_sha256",),
+    **{f"{path}[]": ("name",) for path in _PLUGIN_LISTS},
+}
+
+#: Keys of which a table has exactly one, by table (``oneOf`` there): a route is answered by its
+#: upstream or by a twisted.web resource.
+_ONE_OF: dict[str, tuple[str, ...]] = {
+    "routes[]": ("upstream", "resource"),
 }
 
 #: Keys whose default is another key's value (a whole table: each of its keys), so the schema
@@ -119,6 +142,9 @@ _INHERITED: dict[str, str] = {
 _UNWRITTEN_DEFAULTS = frozenset({"server.listen", "metrics.listen", "health.listen"})
 
 _URL_PATH = r"^/[^?# ]*$"  # _configparse._url_path
+_HTTP_URL = r"^https?://[^/\s]+"  # _configparse._http_url
+_IDENTIFIERS = r"[^\W\d]\w*(\.[^\W\d]\w*)*"  # dotted Python names
+_RESOURCE = rf"^{_IDENTIFIERS}:{_IDENTIFIERS}$"  # resources.load_resource
 
 
 def _no_mixed_algorithms() -> dict[str, Any]:
@@ -152,6 +178,8 @@ _RULES: dict[str, dict[str, Any]] = {
     "routes[].retries": {"minimum": 0},
     "routes[].auth": {"items": {"enum": list(AUTH_METHODS)}},
     "routes[].websocket_idle_timeout_ms": {"minimum": 1},
+    "routes[].resource": {"pattern": _RESOURCE},
+    **{f"{path}[].name": {"minLength": 1} for path in _PLUGIN_LISTS},
     "routes[].upstream.urls": {"minItems": 1, "items": {"pattern": "^https?://"}},
     "routes[].upstream.strategy": {"enum": list(STRATEGIES)},
     "routes[].upstream.weights": {"items": {"minimum": 1}},
@@ -180,7 +208,7 @@ _RULES: dict[str, dict[str, Any]] = {
         "items": {"enum": list(HMAC_ALGORITHMS + PUBLIC_KEY_ALGORITHMS)},
         **_no_mixed_algorithms(),
     },
-    "auth.jwt.jwks_url": {"pattern": r"^https?://[^/\s]+"},
+    "auth.jwt.jwks_url": {"pattern": _HTTP_URL},
     "auth.jwt.leeway_s": {"minimum": 0},
     "auth.jwt.forward_claims": {"additionalProperties": {"pattern": _configparse._TOKEN.pattern}},
     "auth.api_key.header": {"pattern": _configparse._TOKEN.pattern},
@@ -199,6 +227,12 @@ _RULES: dict[str, dict[str, Any]] = {
     "logging.skip_paths": {"items": {"pattern": _URL_PATH}},
     "admin.listen": {"minLength": 1},
     "admin.token_sha256": {"pattern": _configparse._HEX64.pattern},
+    "tracing.exporter": {"enum": ["otlp", "console"]},
+    "tracing.endpoint": {"pattern": _HTTP_URL},
+    "tracing.service_name": {"minLength": 1},
+    "tracing.sample_ratio": {"minimum": 0, "maximum": 1},
+    # "" (no header) or a header name.
+    "tracing.response_header": {"pattern": f"^({_configparse._TOKEN.pattern[1:-1]})?$"},
 }
 
 
@@ -276,7 +310,7 @@ _DESCRIPTIONS: dict[str, str] = {
     "server.keepalive_timeout_ms": "An idle kept-alive client connection is closed after this.",
     "server.server_header": 'Server field on every answer; "" passes the upstream\'s, adds none.',
     "routes": "The routes, one [[routes]] table each; at least one.",
-    "routes[]": "One route: the requests it serves and the upstream they go to.",
+    "routes[]": "One route: the requests it serves, and its upstream or resource answering them.",
     "routes[].name": "Label in metrics and logs, unique; default derived from path (api_users).",
     "routes[].path": "Paths served: exact /a/b, prefix wildcard /a/*, parameters /a/{id}/b.",
     "routes[].host": "Serve only this Host (or *.domain: its subdomains); default any host.",
@@ -289,7 +323,9 @@ _DESCRIPTIONS: dict[str, str] = {
     "routes[].scopes": "Scopes the JWT's scope/scp claim must all hold (needs jwt in auth).",
     "routes[].cors": "Apply [cors] to this route when middleware.enable_cors is on.",
     "routes[].rate_limit": "This route's own token bucket, instead of [rate_limiting]'s.",
-    "routes[].upstream": "The route's targets and how one is picked.",
+    "routes[].upstream": "The route's targets and how one is picked; not with resource.",
+    "routes[].resource": 'twisted.web IResource answering instead of an upstream: "module:attr".',
+    "routes[].plugins": "This route's plugins, in order, after [plugins] global (none again).",
     "routes[].websocket_idle_timeout_ms": "A WebSocket tunnel idle this long is closed.",
     "routes[].upstream.urls": "Targets: http:// or https:// URLs (https verified), with base path.",
     "routes[].upstream.strategy": "How a target is picked for each request.",
@@ -350,6 +386,23 @@ _DESCRIPTIONS: dict[str, str] = {
     "logging.level": "Lowest level of the gateway's own log events.",
     "admin.listen": "Twisted endpoint string of the admin API (keep it private).",
     "admin.token_sha256": "SHA-256 hex digest of the admin bearer token.",
+    "tracing": "[tracing]: OpenTelemetry traces of requests; off while absent.",
+    "tracing.exporter": "Where spans go: OTLP/HTTP to endpoint, or stderr (a JSON line each).",
+    "tracing.endpoint": 'The collector\'s OTLP/HTTP traces URL, with exporter = "otlp".',
+    "tracing.service_name": "service.name of the spans.",
+    "tracing.sample_ratio": "Share of new traces kept; a sampled incoming traceparent is followed.",
+    "tracing.response_header": 'Response header carrying the trace id ("": none).',
+    "plugins": "[plugins]: plugins run on every route, before the route's own.",
+    "plugins.global": "Plugins of every route, in order; a route may not list one of them again.",
+    **{
+        key: text
+        for path in _PLUGIN_LISTS
+        for key, text in {
+            f"{path}[]": "One plugin, as a { name, config } table.",
+            f"{path}[].name": "The installed plugin's name (its avx_gateway.plugins entry point).",
+            f"{path}[].config": "The plugin's settings: any keys, checked by the plugin on load.",
+        }.items()
+    },
 }
 
 #: A string holding an environment reference, which the parser substitutes before checking.
@@ -366,17 +419,28 @@ _NO_DEFAULT = object()
 def _table_keys(path: str) -> tuple[tuple[str, ...], type]:
     name, model = _TABLES[path]
     if name is None:
-        return tuple(f.name for f in dataclasses.fields(model)), model
+        fields = dataclasses.fields(model)
+        return tuple(f.name for f in fields if not f.metadata.get("internal")), model
     return tuple(getattr(_configparse, name)), model
+
+
+def _field_of(key: str, fields: dict[str, dataclasses.Field[Any]]) -> dataclasses.Field[Any] | None:
+    """The field a TOML key lands on: its namesake, or ``key_`` for a Python keyword."""
+    if key in fields:
+        return fields[key]
+    return fields.get(f"{key}_") if keyword.iskeyword(key) else None
 
 
 def _kind(annotation: Any) -> tuple[str, Any]:
     """How a field annotation is written in TOML: ("scalar", json type), ("list", json type),
-    ("table", model), ("tables", model) or ("map", json type)."""
+    ("table", model), ("tables", model), ("map", json type) or ("any", None): a table of any
+    keys and values."""
     text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
     text = re.sub(r"\s*\|\s*None$", "", str(text).strip())
     if text in _SCALARS:
         return "scalar", _SCALARS[text]
+    if re.match(r"^dict(\[.*\])?$", text):
+        return "any", None
     inner = re.match(r"^tuple\[(.+), \.\.\.\]$", text)
     if inner:
         item = inner.group(1)
@@ -441,12 +505,13 @@ class _Builder:
         fields = {f.name: f for f in dataclasses.fields(model)}
         properties = {}
         for key in keys:
-            if key not in fields:
+            field = _field_of(key, fields)
+            if field is None:
                 raise LookupError(
                     f"config_schema: the parser accepts {_join(path, key)} but "
                     f"{model.__name__} has no field {key!r}"
                 )
-            properties[key] = self.key(_join(path, key), fields[key], model)
+            properties[key] = self.key(_join(path, key), field, model)
         schema: dict[str, Any] = {
             "type": "object",
             "properties": properties,
@@ -454,6 +519,8 @@ class _Builder:
         }
         if path in _REQUIRED:
             schema["required"] = list(_REQUIRED[path])
+        if path in _ONE_OF:
+            schema["oneOf"] = [{"required": [key]} for key in _ONE_OF[path]]
         if path in _CONDITIONS:
             schema["allOf"] = _CONDITIONS[path]()
         return schema
@@ -487,6 +554,8 @@ class _Builder:
             schema.update({"type": "array", "items": item})
         elif kind == "map":
             schema.update({"type": "object", "additionalProperties": {"type": arg}})
+        elif kind == "any":
+            schema["type"] = "object"
         elif kind == "list":
             schema.update({"type": "array", "items": {"type": arg}})
         else:
