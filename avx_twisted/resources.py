@@ -139,7 +139,7 @@ class _Channel:
     #: http.Request.finish logs through ``channel.factory`` when there is one: not here.
     factory = None
 
-    def __init__(self, responder: ResourceResponder, answer: Any, ctx: Any, target: bytes):
+    def __init__(self, responder: ResourceResponder, answer: Any, ctx: Any, target: bytes) -> None:
         self.state = ChannelState.READING
         self.site = responder.site
         self.clock = responder.clock

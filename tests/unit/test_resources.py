@@ -781,7 +781,6 @@ class ProducerTests(ResourceTestCase):
         self.lose(ConnectionLost())
         self.assertTrue(ticking.tickers[0].stopped)
 
-
     def test_a_failing_pull_producer_before_the_head_is_a_500(self) -> None:
         broken = self.root.children[b"broken"]
         self.send(get(b"/broken"))
