@@ -118,7 +118,7 @@ class PluginChain:
         self.request = bound("on_request")
         self.upstream = bound("on_upstream_request")
         # Response phases unwind the onion: the last plugin sees the response first.
-        self.response = bound("on_response")[::-1]
+        self.responses = bound("on_response")[::-1]
         self.body = bound("on_response_body")[::-1]
         self.body_caps = {
             id(phase): int(getattr(ref.instance, "response_body_buffer", 0) or 0)
@@ -231,7 +231,7 @@ class PluginChain:
         pctx = self.context(ctx)
         holder = Fields(fields)
         view = Response(status, holder)
-        for phase in self.response:
+        for phase in self.responses:
             try:
                 phase.call(view, pctx)
             except Exception:
@@ -246,7 +246,7 @@ class PluginChain:
     def answer(self, answer: Answer, ctx: Any) -> Answer:
         """A short-circuit of this route (a filter's, a plugin's, the gateway's error) through
         the response phases; a failing plugin makes it the gateway's 500."""
-        if not self.response:
+        if not self.responses:
             return answer
         try:
             status, fields = self.response(answer.status, list(answer.fields), ctx)

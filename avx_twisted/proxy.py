@@ -289,7 +289,7 @@ class Exchange:
             length = response.head.content_length
         chain = self.chain
         if chain is not None:
-            if chain.response:
+            if chain.responses:
                 try:
                     status, fields = chain.response(status, fields, self.ctx)
                 except PluginFailed:

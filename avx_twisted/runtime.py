@@ -177,7 +177,7 @@ class Runtime:
             try:
                 resource = load_resource(route.resource or "")
             except ValueError as e:
-                raise ConfigError([f"routes: {route.name!r}: resource: {e}"]) from None
+                raise ConfigError([f"route {route.name!r}: resource {route.resource!r} {e}"]) from None
             runtime_route.responder = ResourceResponder(resource, self.reactor)
             return runtime_route
         fresh = Upstream.from_urls(up.urls, strategy=up.strategy, weights=up.weights)

@@ -1,0 +1,331 @@
+"""Plugins through a real gateway and upstream on 127.0.0.1: every phase, onion order, isolation,
+metrics, reload. The plugins are registered in-process (``plugins.register``); the packaged
+example distribution is tested through a real venv in test_plugin_distribution.py."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import pytest_twisted
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+from avx_twisted import plugins
+from avx_twisted.demo import EchoResource
+from tests.support.process import free_port
+from tests.support.servers import FnResource, gateway, http, upstream
+
+ensure = pytest_twisted.ensureDeferred
+SEEN: list[tuple[str, str]] = []
+
+
+class Mark:
+    """Adds ``X-Mark: <name>`` upstream and ``X-Mark-Back: <name>`` to the response; records
+    the order of its phases in SEEN."""
+
+    api_version = 1
+
+    def __init__(self, config: plugins.PluginConfig) -> None:
+        self.name = config.str("name")
+        self.delay = config.float("delay", 0.0)
+
+    def on_request(self, request: Any, ctx: Any) -> Any:
+        SEEN.append(("request", self.name))
+        ctx.state.setdefault("marks", []).append(self.name)
+        request.headers.add("X-Mark", self.name)
+        if self.delay:
+            return deferLater(reactor, self.delay, lambda: None)
+        return None
+
+    def on_response(self, response: Any, ctx: Any) -> None:
+        SEEN.append(("response", self.name))
+        response.headers.add("X-Mark-Back", self.name)
+        response.headers.set("X-Marks-Seen", ",".join(ctx.state["marks"]))
+
+
+class Deny:
+    api_version = 1
+
+    def __init__(self, config: plugins.PluginConfig) -> None:
+        self.header = config.header("header")
+
+    def on_request(self, request: Any, ctx: Any) -> Any:
+        if self.header in request.headers:
+            return plugins.error(403, "forbidden header", ctx)
+        return None
+
+
+class Boom:
+    api_version = 1
+
+    def __init__(self, config: plugins.PluginConfig) -> None:
+        self.phase = config.str("phase", choices=("request", "deferred", "upstream", "response",
+                                                  "body", "log"))
+
+    def on_request(self, request: Any, ctx: Any) -> Any:
+        if self.phase == "request":
+            raise RuntimeError("secret internals of the plugin")
+        if self.phase == "deferred":
+            return deferLater(reactor, 0, lambda: 1 / 0)
+        return None
+
+    def on_upstream_request(self, request: Any, ctx: Any) -> None:
+        if self.phase == "upstream":
+            raise RuntimeError("secret internals of the plugin")
+
+    def on_response(self, response: Any, ctx: Any) -> None:
+        if self.phase == "response":
+            raise RuntimeError("secret internals of the plugin")
+
+    def on_response_body(self, data: bytes, last: bool, ctx: Any) -> bytes:
+        if self.phase == "body" and last:
+            raise RuntimeError("secret internals of the plugin")
+        return data
+
+    def on_log(self, ctx: Any, summary: dict[str, Any]) -> None:
+        if self.phase == "log":
+            raise RuntimeError("secret internals of the plugin")
+
+
+class Rewrite:
+    """Sends every try to ``/rewritten`` with a header naming the target it goes to."""
+
+    api_version = 1
+
+    def __init__(self, config: plugins.PluginConfig) -> None:
+        pass
+
+    def on_upstream_request(self, request: Any, ctx: Any) -> None:
+        request.headers.set("X-Upstream-Url", request.url)
+        request.headers.set("X-Route-Param", ctx.params.get("id", "-"))
+        request.target = "/rewritten?was=" + request.target.lstrip("/")
+
+
+class Upper:
+    """Upper-cases the response body, streamed or (``buffer``) whole."""
+
+    api_version = 1
+
+    def __init__(self, config: plugins.PluginConfig) -> None:
+        self.response_body_buffer = config.int("buffer", 0)
+        self.calls = 0
+
+    def on_response_body(self, data: bytes, last: bool, ctx: Any) -> bytes:
+        self.calls += 1
+        if self.response_body_buffer:
+            return b"<" + data.upper() + b">" if last else data
+        return data.upper()
+
+
+class Recorder:
+    api_version = 1
+    logged: list[dict[str, Any]] = []
+    errors: list[str] = []
+
+    def __init__(self, config: plugins.PluginConfig) -> None:
+        pass
+
+    def on_log(self, ctx: Any, summary: dict[str, Any]) -> None:
+        Recorder.logged.append(summary)
+
+    def on_error(self, ctx: Any, error: str) -> None:
+        Recorder.errors.append(error)
+
+
+@pytest.fixture(autouse=True)
+def registered():
+    for name, factory in [("mark", Mark), ("mark2", Mark), ("deny", Deny), ("boom", Boom),
+                          ("rewrite", Rewrite), ("upper", Upper), ("recorder", Recorder)]:
+        plugins.register(name, factory)
+    SEEN.clear()
+    Recorder.logged.clear()
+    Recorder.errors.clear()
+    yield
+    for name in ("mark", "mark2", "deny", "boom", "rewrite", "upper", "recorder"):
+        plugins.unregister(name)
+
+
+def gw_for(closer, url: str, route_plugins: list, global_plugins: list = (), **route: Any):
+    return closer.add(gateway({
+        "server": {"host": "127.0.0.1", "port": 0},
+        "plugins": {"global": list(global_plugins)},
+        "routes": [
+            {"name": "plain", "path": "/plain/*", "upstream": {"urls": [url]}},
+            {"name": "api", "path": "/api/{id}/*", "plugins": route_plugins,
+             "upstream": {"urls": [url]}, **route},
+        ],
+    }))
+
+
+async def call(gw, method: str, path: str, **kw):
+    response = await http(method, f"http://127.0.0.1:{gw.port}{path}", **kw)
+    return response, await response.content()
+
+
+def mark(name: str, **config: Any) -> dict[str, Any]:
+    return {"name": "mark", "config": {"name": name, **config}}
+
+
+@ensure
+async def test_request_phases_in_order_response_phases_in_reverse(closer):
+    up = closer.add(upstream(EchoResource("svc")))
+    gw = gw_for(
+        closer,
+        up.url,
+        [{"name": "mark2", "config": {"name": "route", "delay": 0.01}},
+         {"name": "deny", "config": {"header": "X-Nope"}}],
+        global_plugins=[mark("global"), {"name": "recorder"}],
+    )
+    response, body = await call(gw, "GET", "/api/7/x")
+    assert response.code == 200
+    assert json.loads(body)["headers"]["X-Mark"] == ["global", "route"]
+    assert response.headers.getRawHeaders("x-mark-back") == ["route", "global"]
+    assert response.headers.getRawHeaders("x-marks-seen") == ["global,route"]
+    assert SEEN == [("request", "global"), ("request", "route"), ("response", "route"),
+                    ("response", "global")]
+    # A short-circuit goes back through the response phases of the plugins before it.
+    SEEN.clear()
+    response, body = await call(gw, "GET", "/api/7/x", headers={"X-Nope": "1"})
+    assert response.code == 403
+    assert json.loads(body)["error"] == "forbidden header"
+    assert response.headers.getRawHeaders("x-mark-back") == ["route", "global"]
+    # Global plugins run on every route; on_log sees every request.
+    SEEN.clear()
+    assert (await call(gw, "GET", "/plain/x"))[0].code == 200
+    assert SEEN == [("request", "global"), ("response", "global")]
+    assert [r["route"] for r in Recorder.logged] == ["api", "api", "plain"]
+    assert [r["status"] for r in Recorder.logged] == [200, 403, 200]
+
+
+@ensure
+async def test_global_plugins_run_before_the_routes_own(closer):
+    up = closer.add(upstream(EchoResource("svc")))
+    gw = closer.add(gateway({
+        "server": {"host": "127.0.0.1", "port": 0},
+        "plugins": {"global": [{"name": "mark", "config": {"name": "global"}}]},
+        "routes": [{"path": "/*", "plugins": [{"name": "upper"}], "upstream": {"urls": [up.url]}},
+                   ],
+    }))
+    response, body = await call(gw, "GET", "/x")
+    assert response.code == 200
+    assert b'"X-MARK": [' in body  # upper-cased by the route's plugin, marked by the global one
+    assert SEEN == [("request", "global"), ("response", "global")]
+
+
+@ensure
+async def test_exceptions_answer_500_and_never_leak(closer):
+    up = closer.add(upstream(EchoResource("svc")))
+    for phase in ("request", "deferred", "upstream", "response"):
+        gw = gw_for(closer, up.url, [{"name": "boom", "config": {"phase": phase}}])
+        response, body = await call(gw, "GET", "/api/1/x")
+        assert response.code == 500, phase
+        assert b"secret" not in body
+        assert json.loads(body)["error"] == "internal error"
+        # The gateway and its other routes go on.
+        assert (await call(gw, "GET", "/plain/x"))[0].code == 200
+        _, text = await call(gw, "GET", "/metrics")
+        families = {f.name: f for f in text_string_to_metric_families(text.decode())}
+        errors = {(s.labels["plugin"], s.labels["phase"]): s.value
+                  for s in families["avx_plugin_errors"].samples}
+        want = {"request": "request", "deferred": "request", "upstream": "upstream_request",
+                "response": "response"}[phase]
+        assert errors[("boom", want)] == 1, errors
+
+
+@ensure
+async def test_a_failing_body_plugin_cuts_the_response(closer):
+    up = closer.add(upstream(EchoResource("svc")))
+    gw = gw_for(closer, up.url, [{"name": "boom", "config": {"phase": "body"}}])
+    with pytest.raises(Exception):  # noqa: B017 - the client sees a broken response
+        response = await http("GET", f"http://127.0.0.1:{gw.port}/api/1/x")
+        await response.content()
+
+
+@ensure
+async def test_a_failing_log_plugin_changes_nothing(closer):
+    up = closer.add(upstream(EchoResource("svc")))
+    gw = gw_for(closer, up.url, [{"name": "boom", "config": {"phase": "log"}}])
+    assert (await call(gw, "GET", "/api/1/x"))[0].code == 200
+    assert (await call(gw, "GET", "/api/1/x"))[0].code == 200
+
+
+@ensure
+async def test_upstream_request_phase_changes_target_and_headers(closer):
+    up = closer.add(upstream(EchoResource("svc")))
+    gw = gw_for(closer, up.url, [{"name": "rewrite"}], strip_path=True)
+    response, body = await call(gw, "GET", "/api/42/thing?q=1")
+    echoed = json.loads(body)
+    assert echoed["uri"] == "/rewritten?was=thing?q=1"
+    assert echoed["headers"]["X-Upstream-Url"] == [up.url]
+    assert echoed["headers"]["X-Route-Param"] == ["42"]
+
+
+@ensure
+async def test_response_body_streamed_and_buffered(closer):
+    big = b"abcdefgh" * (128 * 1024)  # 1 MiB, in many chunks
+    up = closer.add(upstream(FnResource(lambda r: big)))
+    gw = gw_for(closer, up.url, [{"name": "upper"}])
+    response, body = await call(gw, "GET", "/api/1/x")
+    assert response.code == 200 and body == big.upper()
+    assert response.headers.getRawHeaders("content-length") is None  # length may change
+    gw2 = gw_for(closer, up.url, [{"name": "upper", "config": {"buffer": 2 * len(big)}}])
+    response, body = await call(gw2, "GET", "/api/1/x")
+    assert body == b"<" + big.upper() + b">"
+    # Over the cap the body passes that plugin unchanged (and it is counted).
+    gw3 = gw_for(closer, up.url, [{"name": "upper", "config": {"buffer": 1000}}])
+    response, body = await call(gw3, "GET", "/api/1/x")
+    assert response.code == 200 and body == big
+    response, _ = await call(gw3, "HEAD", "/api/1/x")
+    assert response.code == 200
+
+
+@ensure
+async def test_on_log_and_on_error(closer):
+    dead = f"http://127.0.0.1:{free_port()}"
+    gw = gw_for(closer, dead, [{"name": "recorder"}])
+    response, _ = await call(gw, "GET", "/api/1/x")
+    assert response.code == 502
+    assert Recorder.errors == ["upstream unavailable"]
+    summary = Recorder.logged[0]
+    assert summary["status"] == 502 and summary["route"] == "api"
+    assert summary["error"] == "upstream unavailable"
+
+
+@ensure
+async def test_reload_swaps_plugin_configs_or_keeps_the_running_ones(closer, tmp_path):
+    from twisted.internet import reactor as r
+
+    from avx_twisted.config import GatewayConfig
+    from avx_twisted.service import GatewayService
+
+    up = closer.add(upstream(EchoResource("svc")))
+    path = tmp_path / "gw.toml"
+
+    def write(config: str) -> None:
+        path.write_text(f"""
+[server]
+host = "127.0.0.1"
+port = 0
+[[routes]]
+path = "/*"
+plugins = [{config}]
+[routes.upstream]
+urls = ["{up.url}"]
+""")
+
+    write('{ name = "mark", config = { name = "one" } }')
+    gw = closer.add(GatewayService(GatewayConfig.load(str(path)), r))
+    gw.startService()
+    _, body = await call(gw, "GET", "/x")
+    assert json.loads(body)["headers"]["X-Mark"] == ["one"]
+    write('{ name = "mark", config = { name = "two" } }')
+    assert gw.reload()
+    _, body = await call(gw, "GET", "/x")
+    assert json.loads(body)["headers"]["X-Mark"] == ["two"]
+    write('{ name = "mark", config = { name = 3 } }')
+    assert not gw.reload()  # refused atomically: the running plugins stay
+    _, body = await call(gw, "GET", "/x")
+    assert json.loads(body)["headers"]["X-Mark"] == ["two"]
