@@ -213,8 +213,11 @@ class PluginChain:
             except Exception:
                 self._failed(phase, "on_upstream_request", Failure(), ctx)
                 raise PluginFailed(phase.plugin) from None
-        new_target = view.target.encode("latin-1")
-        if not new_target.startswith(b"/") or any(c in new_target for c in b" \r\n\0"):
+        try:
+            new_target = view.target.encode("latin-1")
+        except (AttributeError, UnicodeEncodeError):
+            new_target = b""
+        if not new_target.startswith(b"/") or any(c in new_target for c in b" \r\n\0#"):
             log.error(
                 "plugin set an invalid upstream target {target!r}",
                 target=view.target,

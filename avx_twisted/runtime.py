@@ -177,7 +177,8 @@ class Runtime:
             try:
                 resource = load_resource(route.resource or "")
             except ValueError as e:
-                raise ConfigError([f"route {route.name!r}: resource {route.resource!r} {e}"]) from None
+                problem = f"route {route.name!r}: resource {route.resource!r} {e}"
+                raise ConfigError([problem]) from None
             runtime_route.responder = ResourceResponder(resource, self.reactor)
             return runtime_route
         fresh = Upstream.from_urls(up.urls, strategy=up.strategy, weights=up.weights)
