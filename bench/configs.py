@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 API_KEY = "bench-api-key-7c1d5e0f"
 ORIGIN_HEADER = "http://bench.example"
@@ -16,6 +16,7 @@ BIG_SIZE = 1 << 20  # 1 MiB
 HUGE_SIZE = 200 * 1000 * 1000  # 200 MB
 UPLOAD_SIZE = 1000 * 1000 * 1000  # 1 GB, the upload memory check
 NOFILE = 65536
+NOOP_PLUGIN = "bench-noop"  # bench/noop_plugin.py, registered by bench/twistd_with_plugin.py
 
 
 def nginx_common(workdir: Path, name: str) -> str:
@@ -73,10 +74,14 @@ def gateway_toml(
     keepalive_ms: int = 60000,
     sink_port: Optional[int] = None,
     sink_max_body: int = 2 * UPLOAD_SIZE,
+    tracing_endpoint: Optional[str] = None,
+    plugins: Sequence[str] = (),
 ) -> str:
     """The gateway's config: ``/*`` to the origin on ``origin_port``. With ``sink_port``, also
     an exact route ``/sink`` to that origin taking bodies up to ``sink_max_body`` bytes, with
-    deadlines long enough for a 1 GB upload (the upload memory check)."""
+    deadlines long enough for a 1 GB upload (the upload memory check). With
+    ``tracing_endpoint``, ``[tracing]`` with every request sampled and exported there (OTLP/HTTP);
+    ``plugins`` (names, no config) run on the ``/*`` route."""
     lines = [
         "[server]",
         f'listen = ["tcp:{port}:interface=127.0.0.1:backlog=1024"]',
@@ -94,6 +99,8 @@ def gateway_toml(
     ]
     if full:
         lines += ['auth = ["api_key"]', "cors = true"]
+    if plugins:
+        lines.append("plugins = [" + ", ".join(f'{{ name = "{n}" }}' for n in plugins) + "]")
     lines += ["", "[routes.upstream]", f'urls = ["http://127.0.0.1:{origin_port}"]', ""]
     if sink_port is not None:
         lines += _sink_route(sink_port, sink_max_body, full)
@@ -129,6 +136,14 @@ def gateway_toml(
             "[logging]",
             'format = "json"',
             f'access_log = "{workdir}/access-{port}.log"',
+        ]
+    if tracing_endpoint is not None:
+        lines += [
+            "",
+            "[tracing]",
+            'exporter = "otlp"',
+            f'endpoint = "{tracing_endpoint}"',
+            "sample_ratio = 1.0",
         ]
     return "\n".join(lines) + "\n"
 

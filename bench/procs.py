@@ -56,7 +56,10 @@ class Processes:
         cores: Optional[str] = None,
         stdin: Any = subprocess.DEVNULL,
         stdout: Any = None,
+        env: Optional[Dict[str, str]] = None,
     ) -> subprocess.Popen:
+        """Start ``cmd`` (pinned to ``cores``), output to ``WORKDIR/NAME.log``; ``env``: variables
+        added to this process's environment."""
         if cores is not None:
             cmd = ["taskset", "-c", cores, *cmd]
         logfile = self.workdir / f"{name}.log"
@@ -69,6 +72,7 @@ class Processes:
             start_new_session=True,
             preexec_fn=_raise_nofile,
             cwd=str(self.workdir),
+            env=None if env is None else {**os.environ, **env},
         )
         out.close()
         proc.name = name  # type: ignore[attr-defined]

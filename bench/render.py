@@ -4,7 +4,9 @@ as docs/benchmarks.md.
     .venv/bin/python bench/render.py [RESULTS.json] [--doc docs/benchmarks.md] [--no-doc]
 
 The "Profile" section of an existing docs/benchmarks.md is kept as it is when the file is
-rewritten, so notes written there survive a re-run.
+rewritten, so notes written there survive a re-run; so is its "Overhead of tracing and plugins"
+section when the results have no such rows (older results). A partial run of bench/run.py with
+``--doc`` replaces only that section (``write_overhead_section``).
 """
 
 from __future__ import annotations
@@ -414,6 +416,9 @@ def render_text(results: Json) -> str:
     notes = [f"  {r['id']}: {r['note']}" for r in shown_rows(results) if r.get("note")]
     if notes:
         parts += ["Notes:", *notes, ""]
+    over = overhead_rows(results)
+    if over:
+        parts += ["Overhead vs the full stack of this run:", text_table(OVERHEAD_COLUMNS, over)]
     half_rows = half_rate_rows(results)
     if half_rows:
         parts += ["Latency at half the max rate (tiny):", text_table(HALF_COLUMNS, half_rows)]
@@ -445,6 +450,176 @@ def half_rate_rows(results: Json) -> List[List[str]]:
     return rows
 
 
+# --------------------------------------------------------------------------- overhead
+
+OVERHEAD_HEADING = "## Overhead of tracing and plugins"
+#: The rows measured against the full-stack row (bench/run.py's ``overhead`` rows).
+OVERHEAD_IDS = ("gw-full-trace", "gw-full-plugin")
+OVERHEAD_COLUMNS = [
+    "Row",
+    "Tiny req/s",
+    "Tiny vs full stack",
+    "Tiny p99 ms",
+    "1 MiB MB/s",
+    "MB/s vs full stack",
+    "1 MiB p99 ms",
+    "CPU % tiny: proxy / other / load core (wrk+origin)",
+]
+
+
+def has_overhead_rows(results: Json) -> bool:
+    """Whether ``results`` ran (or tried) any overhead row: older results and partial runs
+    without them have nothing to say about it."""
+    return any(
+        (row_by_id(results, i) or {}).get("status", "unselected") != "unselected"
+        for i in OVERHEAD_IDS
+    )
+
+
+def overhead_rows(results: Json) -> List[List[str]]:
+    """The full-stack row, then each overhead row with its ratios to it (same run)."""
+    if not has_overhead_rows(results):
+        return []
+    full = row_by_id(results, "gw-full")
+    out = []
+    for row in [full] + [row_by_id(results, i) for i in OVERHEAD_IDS]:
+        if row is None or row.get("status") == "unselected":
+            continue
+        label = row["label"] if measured(row) else f"{row['label']} ({status_text(row)})"
+        tiny, big = metric(row, "tiny", "rps"), metric(row, "big", "mbps")
+        is_full = row is full
+        out.append(
+            [
+                label,
+                f_int(tiny),
+                "1.00x" if is_full and tiny else f_ratio(ratio(tiny, metric(full, "tiny", "rps"))),
+                f_ms(metric(row, "tiny", "p99_ms")),
+                f_int(big),
+                "1.00x" if is_full and big else f_ratio(ratio(big, metric(full, "big", "mbps"))),
+                f_ms(metric(row, "big", "p99_ms")),
+                cpu_text(row),
+            ]
+        )
+    return out
+
+
+def _sink_text(checks: Json) -> str:
+    after = checks.get("sink_after_stop") or {}
+    if not after or after.get("error"):
+        return f"the sink's counts could not be read ({after.get('error', 'no answer')})"
+    spans = after.get("spans")
+    text = (
+        f"the sink received {_count(after.get('requests'))} export requests, "
+        f"{_count(after.get('bytes'))} bytes"
+    )
+    if spans is not None:
+        text += f", {_count(spans)} spans"
+    if after.get("undecodable"):
+        text += f" ({_count(after['undecodable'])} requests it could not decode)"
+    dropped = checks.get("spans_dropped")
+    if dropped is not None:
+        text += f"; the gateway's `avx_tracing_spans_dropped_total`: {dropped:,.0f} after the load"
+    return text
+
+
+def overhead_section(results: Json, partial: bool = False) -> str:
+    """The markdown of the overhead section, heading included."""
+    out: List[str] = [OVERHEAD_HEADING + "\n"]
+    add = out.append
+    meta = results.get("meta", {})
+    settings = meta.get("settings", {})
+    add(
+        "What tracing every request and a plugin on every phase cost the full-stack gateway "
+        "(CPython), each as a row of its own with exactly the full-stack row's config plus one "
+        "thing, measured like the other rows (same pinning, warm-up and wrk runs), divided by the "
+        "full-stack row of the same run:\n"
+    )
+    add(
+        '- **full stack + tracing**: `[tracing]` with `exporter = "otlp"`, `sample_ratio = 1.0` '
+        "(every request sampled: a SERVER span per request, a CLIENT span per upstream try) and "
+        "`endpoint` a local sink; the batch span processor exports every 500 ms "
+        "(`OTEL_BSP_SCHEDULE_DELAY=500` in the gateway's environment; queue 2048, batches of 512) "
+        "from its thread in the gateway process, so encoding and sending the spans runs on the "
+        "gateway's core. The sink (`bench/otlp_sink.py`, on the load core) is a raw asyncio "
+        "HTTP/1.1 server: keep-alive, every `POST` answered `200` with an empty protobuf body "
+        "and `Content-Type: application/x-protobuf`; it decodes each export only to count its "
+        "spans, so the spans really leave the process and arrive.\n"
+        '- **full stack + no-op plugin**: `plugins = [{ name = "bench-noop" }]` on the route; '
+        "`bench/noop_plugin.py` implements all six phases (`on_request`, `on_upstream_request`, "
+        "`on_response`, `on_response_body`, `on_log`, `on_error`) and only counts its calls. It "
+        "is registered in-process (`avx_twisted.plugins.register`) by "
+        "`bench/twistd_with_plugin.py`, which then runs twistd with the same arguments. A plugin "
+        "with `on_response_body` may change a body's size, so the gateway sends every response "
+        "chunked (the tiny one and the 1 MiB one): that cost is part of this row.\n"
+    )
+    if partial:
+        rows = [r.get("id") for r in shown_rows(results)]
+        add(
+            f"Measured in a partial run ({meta.get('started', '?')}, `--only {','.join(rows)}`, "
+            f"{settings.get('duration_s', 0):g} s cells after {settings.get('warmup_s', 0):g} s "
+            "warm-up), with its own full-stack row: compare the ratios, not these req/s with "
+            "the Results table above, which is another run.\n"
+        )
+    add(markdown_table(OVERHEAD_COLUMNS, overhead_rows(results)))
+    notes = []
+    for row_id in OVERHEAD_IDS:
+        row = row_by_id(results, row_id)
+        if row is None or row.get("status") == "unselected":
+            continue
+        checks = row.get("overhead_checks") or {}
+        if row.get("overhead") == "tracing" and checks:
+            notes.append(f"- {row['label']}: {_sink_text(checks)}.")
+        elif row.get("overhead") == "plugin" and checks:
+            calls = checks.get("plugin_calls")
+            text = (
+                f"before the load `/tiny` answered {checks.get('tiny_status')} with "
+                f"`Transfer-Encoding: {checks.get('tiny_transfer_encoding')}`"
+            )
+            if calls:
+                text += "; the plugin's calls: " + ", ".join(
+                    f"`{k}` {v:,}" for k, v in calls.items()
+                )
+            notes.append(f"- {row['label']}: {text}.")
+        if row.get("note"):
+            notes.append(f"- {row['label']}: {row['note']}")
+    if notes:
+        add("\n".join(notes) + "\n")
+    return wrap_markdown("\n".join(out))
+
+
+def existing_section(doc: Path, heading: str) -> Optional[str]:
+    """The section of ``doc`` under ``heading``, heading included, up to the next "## "."""
+    try:
+        text = doc.read_text()
+    except OSError:
+        return None
+    start = text.find("\n" + heading + "\n")
+    if start < 0:
+        return None
+    body = text[start + 1 :]
+    end = body.find("\n## ", len(heading))
+    return (body if end < 0 else body[: end + 1]).strip("\n") + "\n"
+
+
+def write_overhead_section(results: Json, doc: Path) -> None:
+    """Replace only the overhead section of ``doc`` with this (partial) run's, leaving every
+    other byte of it as it is; without one, insert it after the Results section."""
+    text = doc.read_text()
+    section = overhead_section(results, partial=True).strip("\n") + "\n"
+    start = text.find("\n" + OVERHEAD_HEADING + "\n")
+    if start >= 0:
+        end = text.find("\n## ", start + len(OVERHEAD_HEADING) + 2)
+        tail = "" if end < 0 else text[end + 1 :]
+        doc.write_text(text[: start + 1] + section + ("\n" + tail if tail else ""))
+        return
+    for before in ("\n## Latency at half the maximum rate\n", "\n" + PROFILE_HEADING + "\n"):
+        at = text.find(before)
+        if at >= 0:
+            doc.write_text(text[: at + 1] + section + "\n" + text[at + 1 :])
+            return
+    doc.write_text(text.rstrip("\n") + "\n\n" + section)
+
+
 # --------------------------------------------------------------------------- markdown
 
 
@@ -462,7 +637,11 @@ def existing_profile(doc: Path) -> Optional[str]:
     return (body if end < 0 else body[: end + 1]).strip("\n") + "\n"
 
 
-def render_markdown(results: Json, profile: Optional[str] = None) -> str:
+def render_markdown(
+    results: Json, profile: Optional[str] = None, overhead: Optional[str] = None
+) -> str:
+    """The whole doc; ``profile`` is the body of the kept "Profile" section, ``overhead`` the
+    existing overhead section, kept when ``results`` have no overhead rows (older results)."""
     meta = results.get("meta", {})
     machine = meta.get("machine", {})
     settings = meta.get("settings", {})
@@ -545,7 +724,8 @@ def render_markdown(results: Json, profile: Optional[str] = None) -> str:
         '2. **avx-gateway, full stack**: the same route with `auth = ["api_key"]` (key sent by '
         'wrk in `X-API-Key`), rate limiting on (`key = "ip"`, 10^9 req/s, never triggers), '
         "CORS on (wrk sends `Origin`, the gateway answers with `Access-Control-Allow-Origin`), "
-        "Prometheus metrics on, JSON access log to a file.\n"
+        "Prometheus metrics on, JSON access log to a file. The same with tracing of every request, "
+        "and with a no-op plugin on every phase: see *Overhead of tracing and plugins*.\n"
         "3. **nginx proxy_pass**: 1 worker, `upstream` block with `keepalive 64`, "
         '`proxy_http_version 1.1`, `proxy_set_header Connection ""`, access log off, default '
         "buffering.\n"
@@ -628,6 +808,10 @@ def render_markdown(results: Json, profile: Optional[str] = None) -> str:
             add(f"- {row['label']} ({row['runtime']}): {text}")
         add("")
 
+    if has_overhead_rows(results):
+        add(overhead_section(results))
+    elif overhead is not None:  # results without those rows: the doc's section stays
+        add(overhead)
     add("## Latency at half the maximum rate\n")
     add(
         "Debian has no wrk2, so wrk paces the requests itself: a Lua `delay()` (bench/run.py, "
@@ -812,7 +996,9 @@ def wrap_markdown(text: str, width: int = 100) -> str:
 
 
 def write_doc(results: Json, doc: Path) -> None:
-    doc.write_text(render_markdown(results, existing_profile(doc)))
+    doc.write_text(
+        render_markdown(results, existing_profile(doc), existing_section(doc, OVERHEAD_HEADING))
+    )
 
 
 def main() -> int:

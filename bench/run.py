@@ -8,12 +8,16 @@ first); every option is passed on. One run:
    ``/big`` (1 MiB) and ``/huge`` (200 MB), pinned with the load generator to the second core;
 2. for each proxy (pinned to the first core): starts it, records its RSS, warms it up, measures
    ``/tiny`` and ``/big`` with ``wrk --latency`` (64 keep-alive connections), records its RSS
-   again and, for the gateway, measures latency at half the rate it just reached;
+   again and, for the gateway, measures latency at half the rate it just reached; two more
+   full-stack rows add tracing of every request (OTLP/HTTP to bench/otlp_sink.py) and a no-op
+   plugin on every phase (bench/noop_plugin.py, through bench/twistd_with_plugin.py), for
+   their ratios to the full-stack row;
 3. the memory checks (bench/memory.py): RSS of a 200 MB response passing through, of a 1 GB
    upload passing through to an origin that discards it (bench/sink_origin.py), and of 10,000
    idle keep-alive client connections;
 4. writes ``bench/results/latest.json`` (and a timestamped copy) and renders it with
-   ``bench/render.py`` to stdout and ``docs/benchmarks.md``.
+   ``bench/render.py`` to stdout and ``docs/benchmarks.md`` (a partial run, ``--only``: only
+   with ``--doc``, and then only the doc's overhead section).
 
 The rest of bench/: procs.py (starting and stopping processes, RSS and CPU from /proc), wrk.py
 (wrk runs and their output), configs.py (what is sent and served, the nginx and gateway
@@ -53,6 +57,7 @@ from configs import (  # noqa: E402
     BIG_SIZE,
     HEADERS,
     HUGE_SIZE,
+    NOOP_PLUGIN,
     ORIGIN_HEADER,
     TINY_BODY,
     UPLOAD_SIZE,
@@ -137,6 +142,7 @@ class Bench:
         self.origin_port = 0
         self.origin_pid = 0
         self.cores = self.settings["proxy_core"]  # where the next proxy started is pinned
+        self.sink: Optional[Any] = None  # (process, base URL) of the tracing row's OTLP sink
         self.results: Json = {}
 
     # -- setup
@@ -175,16 +181,115 @@ class Bench:
 
     # -- proxies: each returns (process, command line) started on ``port``
 
-    def gateway_starter(self, venv: Path, full: bool, workers: int = 1) -> Callable[[int], Any]:
+    def gateway_starter(
+        self, venv: Path, full: bool, workers: int = 1, overhead: Optional[str] = None
+    ) -> Callable[[int], Any]:
+        """``overhead``: "tracing" adds ``[tracing]`` (every request sampled, OTLP/HTTP to the
+        sink this starts, bench/otlp_sink.py); "plugin" runs the no-op plugin on the route,
+        registered in-process by bench/twistd_with_plugin.py in place of the twistd script."""
+
         def start(port: int) -> subprocess.Popen:
-            kind = "full" if full else "plain"
+            kind = ("full" if full else "plain") + (f"-{overhead}" if overhead else "")
             conf = self.workdir / f"gateway-{kind}-w{workers}-{port}.toml"
-            conf.write_text(gateway_toml(self.workdir, port, self.origin_port, full, workers))
-            twistd = str(venv / "bin" / "twistd")
-            cmd = [twistd, "--pidfile=", "-n", "avx-gateway", "--config", str(conf)]
-            return self.procs.start(cmd, f"gateway-{kind}-w{workers}-{port}", cores=self.cores)
+            endpoint = self.start_otlp_sink() if overhead == "tracing" else None
+            plugins = [NOOP_PLUGIN] if overhead == "plugin" else []
+            conf.write_text(
+                gateway_toml(
+                    self.workdir,
+                    port,
+                    self.origin_port,
+                    full,
+                    workers,
+                    tracing_endpoint=endpoint,
+                    plugins=plugins,
+                )
+            )
+            args = ["--pidfile=", "-n", "avx-gateway", "--config", str(conf)]
+            if overhead == "plugin":
+                cmd = [str(venv / "bin" / "python"), str(BENCH / "twistd_with_plugin.py"), *args]
+            else:
+                cmd = [str(venv / "bin" / "twistd"), *args]
+            # Spans leave every 500 ms (the SDK's default 5 s would let the queue of 2048 fill
+            # and drop spans between exports); 127.0.0.1 never through an HTTP proxy.
+            env = {"OTEL_BSP_SCHEDULE_DELAY": "500", "NO_PROXY": "127.0.0.1,localhost"}
+            env["no_proxy"] = env["NO_PROXY"]
+            return self.procs.start(
+                cmd,
+                f"gateway-{kind}-w{workers}-{port}",
+                cores=self.cores,
+                env=env if overhead == "tracing" else None,
+            )
 
         return start
+
+    def start_otlp_sink(self) -> str:
+        """Start bench/otlp_sink.py on the load core (once per row) and return its endpoint."""
+        port = free_port()
+        cmd = [str(ROOT / ".venv" / "bin" / "python"), str(BENCH / "otlp_sink.py"), str(port)]
+        proc = self.procs.start(cmd, f"otlp-sink-{port}", cores=self.settings["load_core"])
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(proc, base + "/ready", timeout=20, headers=[])
+        self.sink = (proc, base)
+        self.results.setdefault("otlp_sink", {})["command"] = proc.cmdline
+        return base + "/v1/traces"
+
+    def sink_stats(self) -> Json:
+        if self.sink is None:
+            return {}
+        with urllib.request.urlopen(self.sink[1] + "/stats", timeout=5) as resp:
+            return json.loads(resp.read())  # type: ignore[no-any-return]
+
+    def check_overhead(self, row: Json, base: str) -> None:
+        """Before the load: the tracing row's spans reach the sink (the stack check's requests
+        were traced); the plugin row's responses are chunked (the plugin's body phase is on)."""
+        kind = row.get("overhead")
+        if kind == "tracing":
+            deadline = time.monotonic() + 10
+            stats = self.sink_stats()
+            while not stats.get("requests") and time.monotonic() < deadline:
+                time.sleep(0.2)
+                stats = self.sink_stats()
+            if not stats.get("requests") or stats.get("spans") == 0:
+                raise RuntimeError(f"no spans reached the OTLP sink: {stats}")
+            row["overhead_checks"] = {"sink_before_load": stats}
+        elif kind == "plugin":
+            status, headers = _fetch(base + "/tiny", {"X-API-Key": API_KEY})
+            encoding = headers.get("Transfer-Encoding")
+            row["overhead_checks"] = {"tiny_status": status, "tiny_transfer_encoding": encoding}
+            if status != 200 or encoding != "chunked":
+                raise RuntimeError(f"the no-op plugin's body phase is not on: {status}, {encoding}")
+
+    def after_overhead(self, row: Json, proc: subprocess.Popen) -> None:
+        """After the gateway stopped (its spans flushed): what the sink received; the calls of
+        each of the plugin's phases (its shutdown line in the gateway's log)."""
+        kind = row.get("overhead")
+        checks = row.setdefault("overhead_checks", {})
+        if kind == "tracing" and self.sink is not None:
+            try:
+                checks["sink_after_stop"] = self.sink_stats()
+            except OSError as e:
+                checks["sink_after_stop"] = {"error": str(e)}
+            self.procs.stop(self.sink[0])
+            self.sink = None
+        elif kind == "plugin":
+            text = Path(proc.logfile).read_text(errors="replace")  # type: ignore[attr-defined]
+            marker = f"{NOOP_PLUGIN} calls: "
+            lines = [line for line in text.splitlines() if marker in line]
+            if lines:
+                checks["plugin_calls"] = json.loads(lines[-1].split(marker, 1)[1])
+
+    def scrape_counter(self, base: str, name: str) -> Optional[float]:
+        """One unlabelled counter from the gateway's /metrics (None when absent)."""
+        req = urllib.request.Request(base + "/metrics", headers={"X-API-Key": API_KEY})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                text = resp.read().decode()
+        except OSError:
+            return None
+        for line in text.splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+        return None
 
     def nginx_starter(self) -> Callable[[int], Any]:
         def start(port: int) -> subprocess.Popen:
@@ -217,6 +322,8 @@ class Bench:
             row["rss_idle_kb"] = rss_kb(proc.pid)
             if row.get("full_stack"):
                 row["stack_checks"] = check_full_stack(base)
+            if row.get("overhead"):
+                self.check_overhead(row, base)
             if row.get("check_workers"):
                 time.sleep(1.0)
                 if WORKERS_NOT_IMPLEMENTED in Path(proc.logfile).read_text(errors="replace"):
@@ -235,6 +342,9 @@ class Bench:
                 run_wrk(self.settings, base + "/big", max(1.0, args.warmup / 2))
             row["big"] = self.measure(proc.pid, base + "/big")
             row["rss_after_kb"] = rss_kb(proc.pid)
+            if row.get("overhead") == "tracing":
+                dropped = self.scrape_counter(base, "avx_tracing_spans_dropped_total")
+                row.setdefault("overhead_checks", {})["spans_dropped"] = dropped
             if row.get("full_stack"):
                 row["access_log_lines"] = count_lines(self.workdir / f"access-{port}.log")
             row["status"] = "ok"
@@ -252,6 +362,11 @@ class Bench:
             log(f"{row['label']}: ERROR {e}")
         finally:
             self.procs.stop(proc)
+            if row.get("overhead"):
+                try:
+                    self.after_overhead(row, proc)
+                except Exception as e:
+                    row.setdefault("overhead_checks", {})["error"] = str(e)[:300]
         return row
 
     def measure(self, pid: int, url: str) -> Json:
@@ -339,6 +454,22 @@ class Bench:
                 self.gateway_starter(cpy, True),
                 one,
                 full,
+            ),
+            (
+                "gw-full-trace",
+                "avx-gateway, full stack + tracing (100% sampled, OTLP)",
+                "CPython",
+                self.gateway_starter(cpy, True, overhead="tracing"),
+                one,
+                {**full, "half_rate": False, "overhead": "tracing"},
+            ),
+            (
+                "gw-full-plugin",
+                "avx-gateway, full stack + no-op plugin on every phase",
+                "CPython",
+                self.gateway_starter(cpy, True, overhead="plugin"),
+                one,
+                {**full, "half_rate": False, "overhead": "plugin"},
             ),
             ("nginx", "nginx proxy_pass", "nginx", self.nginx_starter(), one, {}),
             (
@@ -489,10 +620,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--slow-rate", default="40M", help="curl --limit-rate of the slow 200 MB")
     parser.add_argument(
         "--only",
-        help="comma-separated row ids to run (gw-plain, gw-full, nginx, twisted-rp, aiohttp, "
-        "httptools, gw-plain-pypy, gw-full-pypy, twisted-rp-pypy, httptools-pypy, gw-w1, gw-w2; "
+        help="comma-separated row ids to run (gw-plain, gw-full, gw-full-trace, gw-full-plugin, "
+        "nginx, twisted-rp, aiohttp, httptools, gw-plain-pypy, gw-full-pypy, twisted-rp-pypy, "
+        "httptools-pypy, gw-w1, gw-w2; "
         "'none': no row, only the memory checks); a partial run is saved as "
-        "results-*-partial.json and leaves latest.json and the doc alone unless --doc is given",
+        "results-*-partial.json and leaves latest.json and the doc alone unless --doc is given; "
+        "then only the doc's 'Overhead of tracing and plugins' section is replaced (when the run "
+        "has gw-full-trace or gw-full-plugin), the rest of an existing doc is left as it is",
     )
     parser.add_argument("--skip-memory", action="store_true", help="skip the memory checks")
     parser.add_argument(
@@ -541,6 +675,15 @@ def main() -> int:
         log(f"partial run (--only): results in {args.results_dir}, docs left alone")
         return 0
     doc = Path(args.doc or ROOT / "docs" / "benchmarks.md")
+    if args.only and doc.exists():
+        # Rendered whole, a partial run would leave only its own rows in the doc: it replaces
+        # just the overhead section, the rest keeps the last complete run.
+        if not render.has_overhead_rows(results):
+            log(f"partial run without overhead rows: {doc} left alone")
+            return 0
+        render.write_overhead_section(results, doc)
+        log(f"replaced the overhead section of {doc} (partial run; the rest left as it was)")
+        return 0
     render.write_doc(results, doc)
     log(f"wrote {doc} and {args.results_dir}/latest.json in {results['meta']['wall_s']} s")
     return 0
