@@ -310,6 +310,25 @@ class BaseGatewayConfig:
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     source: str = "<config>"
 
+    def listeners(self) -> list[tuple[str, str]]:
+        """Every listener as (purpose, endpoint string), in a fixed order that worker processes
+        and their supervisor agree on: the data plane's (``data``), then ``metrics`` and
+        ``health`` when they have their own listener, then ``admin``."""
+        found = [("data", e) for e in self.server.endpoints]
+        if self.metrics.listen and self.middleware.enable_metrics:
+            found.append(("metrics", self.metrics.listen))
+        if self.health.listen:
+            found.append(("health", self.health.listen))
+        if self.admin is not None:
+            found.append(("admin", self.admin.listen))
+        return found
+
+    def listener_key(self, purpose: str) -> str:
+        """The config key of a listener purpose, for messages (``metrics.listen``...)."""
+        if purpose == "data":
+            return "server.listen" if self.server.listen else "server.host/port"
+        return f"{purpose}.listen"
+
     def internal_paths(self) -> dict[str, str]:
         """Paths the gateway answers itself on the data-plane listeners, by purpose; routes may
         not claim them. Probes and metrics on their own listener (``listen``) free their paths."""

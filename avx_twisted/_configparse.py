@@ -886,20 +886,11 @@ class Parser:
     def listener_checks(self, config: BaseGatewayConfig) -> None:
         """Every listener can be opened as configured: shareable by worker processes when
         ``workers > 1``, and no two on the same port."""
-        listeners = [
-            ("server.listen" if config.server.listen else "server.host/port", e)
-            for e in config.server.endpoints
-        ]
-        if config.metrics.listen and config.middleware.enable_metrics:
-            listeners.append(("metrics.listen", config.metrics.listen))
-        if config.health.listen:
-            listeners.append(("health.listen", config.health.listen))
-        if config.admin is not None:
-            listeners.append(("admin.listen", config.admin.listen))
         seen: dict[tuple[str, int], str] = {}
-        for key, description in listeners:
+        for purpose, description in config.listeners():
+            key = config.listener_key(purpose)
             address = tcp_address(description)
-            if config.server.workers > 1 and key != "admin.listen" and address is None:
+            if config.server.workers > 1 and purpose != "admin" and address is None:
                 self.error(
                     key,
                     f"{description!r} cannot be shared by {config.server.workers} worker "

@@ -20,18 +20,15 @@ from .config import ConfigError, GatewayConfig
 
 
 def listeners(config: GatewayConfig) -> list[tuple[str, str]]:
-    """Every listener of ``config`` as (key path, endpoint string)."""
-    server = config.server
-    found = [
-        (f"server.listen[{i}]" if server.listen else "server.host", description)
-        for i, description in enumerate(server.endpoints)
-    ]
-    if config.metrics.listen and config.middleware.enable_metrics:
-        found.append(("metrics.listen", config.metrics.listen))
-    if config.health.listen:
-        found.append(("health.listen", config.health.listen))
-    if config.admin is not None:
-        found.append(("admin.listen", config.admin.listen))
+    """Every listener of ``config`` as (key path, endpoint string); a data-plane listener is
+    named by its index in ``server.listen``, or ``server.host``."""
+    listen = config.server.listen
+    found = []
+    for purpose, description in config.listeners():
+        key = config.listener_key(purpose)
+        if purpose == "data":
+            key = f"server.listen[{len(found)}]" if listen else "server.host"
+        found.append((key, description))
     return found
 
 
@@ -80,14 +77,16 @@ def build_problems(config: GatewayConfig) -> list[str]:
 
 
 def discard(service: Any) -> None:
-    """Let go of a gateway that was built but never started (its Redis client connects lazily
-    on the global reactor: stop it before it tries)."""
+    """Let go of a gateway that was built but never started: its Redis client connects lazily
+    on the global reactor (stop it before it tries), and tracing runs an export thread."""
     close = getattr(service.runtime.rate_store, "close", None)
     if close is not None:
         try:
             close()
         except Exception:  # noqa: S110 - nothing was connected; nothing to report
             pass
+    if service.tracing is not None:  # its export thread started with it
+        service.tracing.shutdown()
 
 
 def check(config: GatewayConfig) -> list[str]:

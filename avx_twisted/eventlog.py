@@ -18,7 +18,6 @@ from twisted.logger import (
     FileLogObserver,
     FilteringLogObserver,
     ILogObserver,
-    LogLevel,
     LogLevelFilterPredicate,
     formatEvent,
     formatEventAsClassicLogText,
@@ -26,17 +25,12 @@ from twisted.logger import (
 from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
+from .logs import LEVELS
+
 #: The event log this process writes to (set by :func:`twistd_observer_factory` and the workers),
 #: so that SIGUSR1 can reopen it.
 _installed: list[EventLog] = []
 
-_LEVELS = {
-    "debug": LogLevel.debug,
-    "info": LogLevel.info,
-    "warn": LogLevel.warn,
-    "error": LogLevel.error,
-    "critical": LogLevel.critical,
-}
 _PLAIN = (str, int, float, bool, type(None))
 
 
@@ -105,7 +99,7 @@ class EventLog:
             formatter = lambda event: text_line(event, prefix)  # noqa: E731
         self._observer = FilteringLogObserver(
             FileLogObserver(self.file, formatter),
-            [LogLevelFilterPredicate(defaultLogLevel=_LEVELS[level])],
+            [LogLevelFilterPredicate(defaultLogLevel=LEVELS[level])],
         )
 
     def __call__(self, event: dict[str, Any]) -> None:

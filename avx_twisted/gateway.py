@@ -251,15 +251,23 @@ class GatewayHandler:
         trace = ctx.trace
         if trace is not None:
             trace.end(status, ctx.error)
+        record: list[dict[str, Any]] = []  # made once, for on_log and the access log
         chain = ctx.chain
         if chain is not None:
-            chain.finished(ctx, lambda: self._record(request, ctx, status, duration))
+
+            def summary() -> dict[str, Any]:
+                if not record:
+                    record.append(self._record(request, ctx, status, duration))
+                return record[0]
+
+            chain.finished(ctx, summary)
         access_log = self.access_log
         if access_log is None or request.path in self.skip_paths:
             return
         if status < 400 and self.sample_ratio < 1.0 and random.random() >= self.sample_ratio:
             return
-        access_log.info("access", **self._record(request, ctx, status, duration))
+        fields = record[0] if record else self._record(request, ctx, status, duration)
+        access_log.info("access", **fields)
 
     def _record(
         self, request: Any, ctx: RequestContext, status: int, duration: float

@@ -55,7 +55,8 @@ FIELDS = (
     "span_id",
     "error",
 )
-_LEVELS = {
+#: ``logging.level`` names and their twisted.logger levels.
+LEVELS = {
     "debug": LogLevel.debug,
     "info": LogLevel.info,
     "warn": LogLevel.warn,
@@ -252,7 +253,7 @@ def apply_level(publisher: LogPublisher, level: str) -> bool:
     observers: Iterable[Any] | None = getattr(publisher, "_observers", None)
     if observers is None:
         return False
-    predicate = LogLevelFilterPredicate(defaultLogLevel=_LEVELS[level])
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LEVELS[level])
     wrapped = []
     for observer in list(observers):
         if isinstance(observer, FilteringLogObserver):

@@ -37,12 +37,7 @@ def listener_plan(config: GatewayConfig) -> list[tuple[str, str]]:
     """Every serving listener of a gateway as (purpose, endpoint string), in a fixed order that
     worker processes and their supervisor agree on: the data plane's, then ``[metrics] listen``
     and ``[health] listen`` when set. (The admin listener is not shared with workers.)"""
-    plan = [("data", e) for e in config.server.endpoints]
-    if config.metrics.listen and config.middleware.enable_metrics:
-        plan.append(("metrics", config.metrics.listen))
-    if config.health.listen:
-        plan.append(("health", config.health.listen))
-    return plan
+    return [(purpose, e) for purpose, e in config.listeners() if purpose != "admin"]
 
 
 class GatewayService(MultiService):
@@ -173,9 +168,7 @@ class GatewayService(MultiService):
             self._adopt(self.inherited, plan, factories)
         else:
             for purpose, description in plan:
-                key = _LISTEN_KEYS[purpose]
-                if purpose == "data" and not self.config.server.listen:
-                    key = "server.host/port"
+                key = self.config.listener_key(purpose)
                 port = self._bind(key, description, factories[purpose])
                 if purpose == "data":
                     self.ports.append(port)
@@ -410,9 +403,6 @@ class GatewayService(MultiService):
     def port(self) -> int:
         """The first listener's port number (handy with ``port = 0``)."""
         return self.ports[0].getHost().port  # type: ignore[no-any-return]
-
-
-_LISTEN_KEYS = {"data": "server.listen", "metrics": "metrics.listen", "health": "health.listen"}
 
 
 def _bind_error(failure: Failure) -> str:

@@ -162,7 +162,7 @@ class WorkerSupervisor(Service):
             self.listeners = bind_listeners([description for _, description in plan])
         except OSError as e:
             # Which one failed: the first that does not bind alone (the others are closed).
-            key, description = _failed_listener(plan)
+            key, description = _failed_listener(self.config, plan)
             why = e.strerror or str(e)
             self.log.critical(
                 "cannot listen on {endpoint} ({key}): {why}", endpoint=description, key=key, why=why
@@ -300,16 +300,17 @@ class WorkerSupervisor(Service):
         exit_cleanly_after_signal(self.reactor)
 
 
-def _failed_listener(plan: Sequence[tuple[str, str]]) -> tuple[str, str]:
+def _failed_listener(
+    config: GatewayConfig, plan: Sequence[tuple[str, str]]
+) -> tuple[str, str]:
     """The first listener of ``plan`` that cannot be bound now, as (key path, endpoint)."""
-    keys = {"data": "server.listen", "metrics": "metrics.listen", "health": "health.listen"}
     for purpose, description in plan:
         try:
             listener = _bind_one(description)
         except OSError:
-            return keys[purpose], description
+            return config.listener_key(purpose), description
         listener.sock.close()
-    return keys[plan[0][0]], plan[0][1]
+    return config.listener_key(plan[0][0]), plan[0][1]
 
 
 # -- the worker process ----------------------------------------------------------------------------
