@@ -120,6 +120,25 @@ class Upper:
         return data.upper()
 
 
+class SideCall:
+    """Asks ``url`` (a policy service) with ``ctx.http`` before letting a request go on."""
+
+    api_version = 1
+
+    def __init__(self, config: plugins.PluginConfig) -> None:
+        self.url = config.str("url")
+
+    def on_request(self, request: Any, ctx: Any) -> Any:
+        d = ctx.http.get(self.url + "/allow?user=" + ctx.client_ip)
+
+        def decided(response: Any) -> Any:
+            return response.content().addCallback(
+                lambda body: None if body == b"yes" else plugins.error(403, "denied", ctx)
+            )
+
+        return d.addCallback(decided)
+
+
 class Recorder:
     api_version = 1
     logged: list[dict[str, Any]] = []
@@ -138,13 +157,14 @@ class Recorder:
 @pytest.fixture(autouse=True)
 def registered():
     for name, factory in [("mark", Mark), ("mark2", Mark), ("deny", Deny), ("boom", Boom),
-                          ("rewrite", Rewrite), ("upper", Upper), ("recorder", Recorder)]:
+                          ("rewrite", Rewrite), ("upper", Upper), ("recorder", Recorder),
+                          ("side-call", SideCall)]:
         plugins.register(name, factory)
     SEEN.clear()
     Recorder.logged.clear()
     Recorder.errors.clear()
     yield
-    for name in ("mark", "mark2", "deny", "boom", "rewrite", "upper", "recorder"):
+    for name in ("mark", "mark2", "deny", "boom", "rewrite", "upper", "recorder", "side-call"):
         plugins.unregister(name)
 
 
@@ -329,3 +349,15 @@ urls = ["{up.url}"]
     assert not gw.reload()  # refused atomically: the running plugins stay
     _, body = await call(gw, "GET", "/x")
     assert json.loads(body)["headers"]["X-Mark"] == ["two"]
+
+
+@ensure
+async def test_a_side_call_through_ctx_http(closer):
+    answers = {"yes": b"yes"}
+    policy = closer.add(upstream(FnResource(lambda r: answers["yes"])))
+    up = closer.add(upstream(EchoResource("svc")))
+    gw = gw_for(closer, up.url, [{"name": "side-call", "config": {"url": policy.url}}])
+    assert (await call(gw, "GET", "/api/1/x"))[0].code == 200
+    answers["yes"] = b"no"
+    response, body = await call(gw, "GET", "/api/1/x")
+    assert response.code == 403 and json.loads(body)["error"] == "denied"
