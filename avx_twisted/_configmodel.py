@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 STRATEGIES = ("round_robin", "random", "least_connections", "weighted")
-RATE_LIMIT_KEYS = ("ip", "global", "route", "api_key", "jwt_sub")
-AUTH_METHODS = ("jwt", "api_key")
+RATE_LIMIT_KEYS = ("ip", "global", "route", "api_key", "jwt_sub", "consumer")
+AUTH_METHODS = ("jwt", "api_key", "mtls", "oauth2")
+TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
+CLIENT_AUTH_MODES = ("none", "optional", "require")
 HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
 PUBLIC_KEY_ALGORITHMS = (
     "RS256",
@@ -49,6 +51,49 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class TlsCertificate:
+    """One certificate (chain) and its private key, chosen by SNI when ``server_name`` is set."""
+
+    cert_file: str
+    key_file: str
+    server_name: str = ""
+
+
+@dataclass(frozen=True)
+class ListenerTlsConfig:
+    """``[server.listeners.tls]``: TLS termination on a structured listener."""
+
+    #: The default certificate (chain) in PEM: for clients without SNI, or an SNI name no
+    #: other certificate carries.
+    cert_file: str
+    #: Its private key (PEM, unencrypted).
+    key_file: str
+    #: More certificates, by SNI name (``*.example.com`` matches one label).
+    certificates: tuple[TlsCertificate, ...] = ()
+    #: The oldest TLS version accepted.
+    min_version: str = "TLSv1.2"
+    #: Client certificates: none (not asked), optional (verified if sent), require.
+    client_auth: str = "none"
+    #: The CA bundle client certificates must chain to.
+    client_ca_file: str | None = None
+
+    @property
+    def default(self) -> TlsCertificate:
+        return TlsCertificate(self.cert_file, self.key_file)
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    """One ``[[server.listeners]]`` entry: an endpoint string, TLS, the PROXY protocol."""
+
+    endpoint: str
+    tls: ListenerTlsConfig | None = None
+    proxy_protocol: bool = False
+    #: h2 by ALPN on TLS, h2c prior knowledge on cleartext (HTTP/2 is not built yet).
+    http2: bool = False
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """``[server]``: where the gateway listens and its global limits."""
 
@@ -58,6 +103,8 @@ class ServerConfig:
     timeout_ms: int = 30000
     connect_timeout_ms: int = 5000
     listen: tuple[str, ...] = ()
+    #: Structured listeners (``[[server.listeners]]``), opened beside ``listen``.
+    listeners: tuple[ListenerConfig, ...] = ()
     trusted_proxies: tuple[str, ...] = ()
     preserve_host: bool = True
     max_body_bytes: int = 10 * 1024 * 1024
@@ -72,8 +119,9 @@ class ServerConfig:
 
     @property
     def endpoints(self) -> tuple[str, ...]:
-        """Twisted server endpoint strings to listen on (``listen`` or host/port)."""
-        if self.listen:
+        """Twisted server endpoint strings of ``listen``, or host/port when neither ``listen``
+        nor ``listeners`` is given."""
+        if self.listen or self.listeners:
             return self.listen
         host = self.host.replace(":", "\\:")
         return (f"tcp:{self.port}:interface={host}",)
@@ -120,6 +168,11 @@ class UpstreamConfig:
     strategy: str = "round_robin"
     weights: tuple[int, ...] | None = None
     ca_file: str | None = None
+    #: mTLS to the upstream: a client certificate (chain) and its key.
+    client_cert_file: str | None = None
+    client_key_file: str | None = None
+    #: SNI and the name the upstream's certificate must carry ("" = each URL's host).
+    server_name: str = ""
     health_check: HealthCheckConfig | None = None
     circuit_breaker: CircuitBreakerConfig = field(default_factory=CircuitBreakerConfig)
 
@@ -137,6 +190,14 @@ class PluginRef:
 
 
 @dataclass(frozen=True)
+class MtlsPolicy:
+    """Which verified client certificates ``auth = ["mtls"]`` accepts (both empty: any)."""
+
+    allowed_subjects: tuple[str, ...] = ()
+    allowed_sans: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class RouteConfig:
     """One ``[[routes]]`` entry; per-route overrides are already resolved against the globals."""
 
@@ -151,6 +212,8 @@ class RouteConfig:
     retries: int = 0
     auth: tuple[str, ...] = ()
     scopes: tuple[str, ...] = ()
+    #: Replaces ``[auth.mtls]``'s lists on this route (None: the global ones).
+    mtls: MtlsPolicy | None = None
     cors: bool = True
     rate_limit: RateLimitConfig | None = None
     #: Tunnel ``Upgrade: websocket`` requests on this route.
@@ -198,6 +261,47 @@ class JwtConfig:
     audience: str | None = None
     leeway_s: int = 0
     forward_claims: tuple[tuple[str, str], ...] = ()
+    #: OIDC discovery: the issuer whose ``/.well-known/openid-configuration`` names the JWKS.
+    oidc_issuer: str | None = None
+
+
+@dataclass(frozen=True)
+class MtlsConfig:
+    """``[auth.mtls]``: the verified client certificate as the credential."""
+
+    #: Accepted subjects (RFC 4514 strings); with ``allowed_sans`` empty too: any verified one.
+    allowed_subjects: tuple[str, ...] = ()
+    #: Accepted subject alternative names (URI, DNS or email).
+    allowed_sans: tuple[str, ...] = ()
+    #: Send ``X-Forwarded-Client-Cert`` (Envoy's format) upstream.
+    forward_client_cert: bool = False
+
+    @property
+    def policy(self) -> MtlsPolicy:
+        return MtlsPolicy(self.allowed_subjects, self.allowed_sans)
+
+
+@dataclass(frozen=True)
+class OAuth2Config:
+    """``[auth.oauth2]``: opaque bearer tokens checked by RFC 7662 introspection."""
+
+    introspection_url: str
+    client_id: str
+    client_secret: str = field(default="", repr=False)
+    #: The environment variable the secret was read from (instead of ``client_secret``).
+    client_secret_env: str | None = None
+    #: ``basic`` (client_secret_basic) or ``post`` (client_secret_post).
+    client_auth: str = "basic"
+    issuer: str | None = None
+    audience: str | None = None
+    forward_claims: tuple[tuple[str, str], ...] = ()
+    #: An active answer is reused at most this long (never past the token's ``exp``); 0: never.
+    cache_ttl_s: int = 60
+    #: An inactive answer (or an unknown token) is reused this long.
+    negative_cache_ttl_s: int = 5
+    timeout_ms: int = 2000
+    #: A CA bundle for an https introspection endpoint (default: the system trust store).
+    ca_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -223,6 +327,8 @@ class AuthConfig:
 
     jwt: JwtConfig | None = None
     api_key: ApiKeyConfig | None = None
+    mtls: MtlsConfig | None = None
+    oauth2: OAuth2Config | None = None
 
 
 @dataclass(frozen=True)
@@ -312,9 +418,11 @@ class BaseGatewayConfig:
 
     def listeners(self) -> list[tuple[str, str]]:
         """Every listener as (purpose, endpoint string), in a fixed order that worker processes
-        and their supervisor agree on: the data plane's (``data``), then ``metrics`` and
-        ``health`` when they have their own listener, then ``admin``."""
+        and their supervisor agree on: the data plane's (``data`` for ``listen`` or host/port,
+        ``listeners[i]`` for each structured listener), then ``metrics`` and ``health`` when
+        they have their own listener, then ``admin``."""
         found = [("data", e) for e in self.server.endpoints]
+        found += [(f"listeners[{i}]", x.endpoint) for i, x in enumerate(self.server.listeners)]
         if self.metrics.listen and self.middleware.enable_metrics:
             found.append(("metrics", self.metrics.listen))
         if self.health.listen:
@@ -327,7 +435,15 @@ class BaseGatewayConfig:
         """The config key of a listener purpose, for messages (``metrics.listen``...)."""
         if purpose == "data":
             return "server.listen" if self.server.listen else "server.host/port"
+        if purpose.startswith("listeners["):
+            return f"server.{purpose}.endpoint"
         return f"{purpose}.listen"
+
+    def listener_config(self, purpose: str) -> ListenerConfig | None:
+        """The structured listener of a ``listeners[i]`` purpose (None for the others)."""
+        if not purpose.startswith("listeners["):
+            return None
+        return self.server.listeners[int(purpose[len("listeners[") : -1])]
 
     def internal_paths(self) -> dict[str, str]:
         """Paths the gateway answers itself on the data-plane listeners, by purpose; routes may

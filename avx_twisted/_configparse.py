@@ -16,11 +16,13 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from ._configmodel import (
     AUTH_METHODS,
+    CLIENT_AUTH_MODES,
     HMAC_ALGORITHMS,
     LOG_LEVELS,
     PUBLIC_KEY_ALGORITHMS,
     RATE_LIMIT_KEYS,
     STRATEGIES,
+    TLS_VERSIONS,
     AdminConfig,
     ApiKey,
     ApiKeyConfig,
@@ -32,14 +34,20 @@ from ._configmodel import (
     HealthCheckConfig,
     HealthConfig,
     JwtConfig,
+    ListenerConfig,
+    ListenerTlsConfig,
     LoggingConfig,
     MetricsConfig,
     MiddlewareConfig,
+    MtlsConfig,
+    MtlsPolicy,
+    OAuth2Config,
     PluginRef,
     PluginsConfig,
     RateLimitConfig,
     RouteConfig,
     ServerConfig,
+    TlsCertificate,
     TracingConfig,
     UpstreamConfig,
 )
@@ -213,7 +221,18 @@ _SERVER_KEYS = (
     "keepalive_timeout_ms",
     "server_header",
     "shutdown_delay_ms",
+    "listeners",
 )
+_LISTENER_KEYS = ("endpoint", "http2", "proxy_protocol", "tls")
+_LISTENER_TLS_KEYS = (
+    "cert_file",
+    "key_file",
+    "certificates",
+    "min_version",
+    "client_auth",
+    "client_ca_file",
+)
+_SNI_CERT_KEYS = ("server_name", "cert_file", "key_file")
 _ROUTE_KEYS = (
     "name",
     "path",
@@ -225,6 +244,7 @@ _ROUTE_KEYS = (
     "retries",
     "auth",
     "scopes",
+    "mtls",
     "cors",
     "rate_limit",
     "upstream",
@@ -233,7 +253,17 @@ _ROUTE_KEYS = (
     "plugins",
     "resource",
 )
-_UPSTREAM_KEYS = ("urls", "strategy", "weights", "ca_file", "health_check", "circuit_breaker")
+_UPSTREAM_KEYS = (
+    "urls",
+    "strategy",
+    "weights",
+    "ca_file",
+    "client_cert_file",
+    "client_key_file",
+    "server_name",
+    "health_check",
+    "circuit_breaker",
+)
 _HEALTH_CHECK_KEYS = (
     "path",
     "interval_ms",
@@ -270,6 +300,23 @@ _JWT_KEYS = (
     "audience",
     "leeway_s",
     "forward_claims",
+    "oidc_issuer",
+)
+_MTLS_KEYS = ("allowed_subjects", "allowed_sans", "forward_client_cert")
+_MTLS_POLICY_KEYS = ("allowed_subjects", "allowed_sans")
+_OAUTH2_KEYS = (
+    "introspection_url",
+    "client_id",
+    "client_secret",
+    "client_secret_env",
+    "client_auth",
+    "issuer",
+    "audience",
+    "forward_claims",
+    "cache_ttl_s",
+    "negative_cache_ttl_s",
+    "timeout_ms",
+    "ca_file",
 )
 _API_KEY_KEYS = ("header", "query_param", "keys")
 _METRICS_KEYS = ("path", "listen")
@@ -314,7 +361,7 @@ class Parser:
         )
         rate = self.rate_limit(top.table("rate_limiting", _RATE_KEYS), RateLimitConfig())
         cors = self.cors(top.table("cors", _CORS_KEYS))
-        auth = self.auth(top.table("auth", ("jwt", "api_key")))
+        auth = self.auth(top.table("auth", ("jwt", "api_key", "mtls", "oauth2")))
         metrics = self.metrics(top.table("metrics", _METRICS_KEYS))
         health = self.health(top.table("health", _HEALTH_KEYS))
         logging = self.logging(top.table("logging", _LOGGING_KEYS))
@@ -388,6 +435,7 @@ class Parser:
         if t is None:
             return d
         listen = t.get("listen", "list[str]", (), self.endpoint_list)
+        listeners = self.listeners(t)
         proxies = t.get("trusted_proxies", "list[str]", (), _each(_network))
         port_ok = lambda p: None if 0 <= p <= 65535 else "is not a port (0-65535)"  # noqa: E731
         return ServerConfig(
@@ -397,6 +445,7 @@ class Parser:
             timeout_ms=t.get("timeout_ms", "int", d.timeout_ms, _positive),
             connect_timeout_ms=t.get("connect_timeout_ms", "int", d.connect_timeout_ms, _positive),
             listen=listen,
+            listeners=listeners,
             trusted_proxies=proxies,
             preserve_host=t.get("preserve_host", "bool", d.preserve_host),
             max_body_bytes=t.get("max_body_bytes", "int", d.max_body_bytes, _at_least(0)),
@@ -412,6 +461,102 @@ class Parser:
             ),
             server_header=t.get("server_header", "str", d.server_header, _field_value),
             shutdown_delay_ms=t.get("shutdown_delay_ms", "int", d.shutdown_delay_ms, _at_least(0)),
+        )
+
+    def listeners(self, t: _Table) -> tuple[ListenerConfig, ...]:
+        """``[[server.listeners]]``: each an endpoint string, optionally TLS and PROXY."""
+        raw = t.data.get("listeners", [])
+        if not isinstance(raw, list):
+            self.error(t.key("listeners"), "must be an array of tables ([[server.listeners]])")
+            return ()
+        found = []
+        for i, item in enumerate(raw):
+            lt = _Table(self, f"{t.key('listeners')}[{i}]", item, _LISTENER_KEYS)
+            if not isinstance(item, Mapping):
+                continue
+            if not lt.has("endpoint"):
+                self.error(lt.key("endpoint"), "is required (a Twisted endpoint string)")
+            endpoint = lt.get("endpoint", "str", None, _plain_endpoint)
+            http2 = lt.get("http2", "bool", False)
+            if http2:
+                self.error(
+                    lt.key("http2"),
+                    "HTTP/2 is not supported yet: listeners speak HTTP/1.1 (ALPN offers "
+                    "http/1.1); leave http2 out or set it to false",
+                )
+            tls_t = lt.table("tls", _LISTENER_TLS_KEYS)
+            tls = self.listener_tls(tls_t) if tls_t is not None else None
+            proxy = lt.get("proxy_protocol", "bool", False)
+            if endpoint is not None:
+                found.append(ListenerConfig(endpoint, tls=tls, proxy_protocol=proxy))
+        return tuple(found)
+
+    def listener_tls(self, t: _Table) -> ListenerTlsConfig | None:
+        """``[server.listeners.tls]``: every file is read and checked now (a key that does not
+        match its certificate, an unreadable CA bundle), so ``--check`` sees what start-up
+        would."""
+        from .tls import TlsFileError, load_ca_file, load_certificate
+
+        def pair(table: _Table, sni: bool) -> TlsCertificate | None:
+            for required in ("cert_file", "key_file") + (("server_name",) if sni else ()):
+                if not table.has(required):
+                    self.error(table.key(required), "is required")
+            name = table.get("server_name", "str", "", _sni_name) if sni else ""
+            cert = table.get("cert_file", "str", None)
+            key = table.get("key_file", "str", None)
+            if cert is None or key is None or (sni and not name):
+                return None
+            found = TlsCertificate(self.file(cert), self.file(key), name.lower())
+            try:
+                load_certificate(found)
+            except TlsFileError as e:
+                self.error(table.key(e.key), str(e))
+                return None
+            return found
+
+        default = pair(t, sni=False)
+        certificates = []
+        raw = t.data.get("certificates", [])
+        if not isinstance(raw, list):
+            self.error(
+                t.key("certificates"), "must be a list of { server_name, cert_file, key_file }"
+            )
+            raw = []
+        names: set[str] = set()
+        for i, item in enumerate(raw):
+            ct = _Table(self, f"{t.key('certificates')}[{i}]", item, _SNI_CERT_KEYS)
+            if not isinstance(item, Mapping):
+                continue
+            cert = pair(ct, sni=True)
+            if cert is None:
+                continue
+            if cert.server_name in names:
+                self.error(ct.key("server_name"), f"{cert.server_name!r} has another certificate")
+            names.add(cert.server_name)
+            certificates.append(cert)
+        client_auth = t.get("client_auth", "str", "none", _one_of(CLIENT_AUTH_MODES))
+        ca_file = t.get("client_ca_file", "str", None)
+        if ca_file is not None:
+            ca_file = self.file(ca_file)
+            try:
+                load_ca_file(ca_file)
+            except TlsFileError as e:
+                self.error(t.key("client_ca_file"), str(e))
+        if client_auth != "none" and ca_file is None:
+            self.error(
+                t.key("client_ca_file"),
+                f"is required with client_auth = {client_auth!r} (the CA bundle client "
+                "certificates must chain to)",
+            )
+        if default is None:
+            return None
+        return ListenerTlsConfig(
+            cert_file=default.cert_file,
+            key_file=default.key_file,
+            certificates=tuple(certificates),
+            min_version=t.get("min_version", "str", "TLSv1.2", _one_of(TLS_VERSIONS)),
+            client_auth=client_auth,
+            client_ca_file=ca_file,
         )
 
     def endpoint_list(self, values: Sequence[str]) -> str | None:
@@ -494,10 +639,95 @@ class Parser:
             return AuthConfig()
         jwt_t = t.table("jwt", _JWT_KEYS)
         api_t = t.table("api_key", _API_KEY_KEYS)
+        mtls_t = t.table("mtls", _MTLS_KEYS)
+        oauth2_t = t.table("oauth2", _OAUTH2_KEYS)
         return AuthConfig(
             jwt=self.jwt(jwt_t) if jwt_t is not None else None,
             api_key=self.api_key(api_t) if api_t is not None else None,
+            mtls=self.mtls(mtls_t) if mtls_t is not None else None,
+            oauth2=self.oauth2(oauth2_t) if oauth2_t is not None else None,
         )
+
+    def mtls_policy(self, t: _Table) -> MtlsPolicy:
+        from .tls import normalise_subject
+
+        def subject_check(value: str) -> str | None:
+            try:
+                normalise_subject(value)
+            except ValueError as e:
+                return f"is not an RFC 4514 distinguished name like 'CN=billing,O=Acme': {e}"
+            return None
+
+        subjects = t.get("allowed_subjects", "list[str]", (), _each(subject_check))
+        sans = t.get("allowed_sans", "list[str]", (), _each(_non_empty))
+        return MtlsPolicy(allowed_subjects=subjects, allowed_sans=sans)
+
+    def mtls(self, t: _Table) -> MtlsConfig:
+        policy = self.mtls_policy(t)
+        return MtlsConfig(
+            allowed_subjects=policy.allowed_subjects,
+            allowed_sans=policy.allowed_sans,
+            forward_client_cert=t.get("forward_client_cert", "bool", False),
+        )
+
+    def oauth2(self, t: _Table) -> OAuth2Config | None:
+        d = OAuth2Config(introspection_url="", client_id="")
+        for required in ("introspection_url", "client_id"):
+            if not t.has(required):
+                self.error(t.key(required), "is required")
+        url = t.get("introspection_url", "str", None, _introspection_url)
+        client_id = t.get("client_id", "str", None, _non_empty)
+        secret = t.get("client_secret", "str", None)
+        secret_env = t.get("client_secret_env", "str", None)
+        if secret is not None and secret_env is not None:
+            self.error(
+                t.key("client_secret_env"), "give client_secret or client_secret_env, not both"
+            )
+        if secret_env is not None and secret is None:
+            secret = os.environ.get(secret_env)
+            if not secret:
+                self.error(
+                    t.key("client_secret_env"), f"environment variable {secret_env!r} is not set"
+                )
+        if secret is None and not t.has("client_secret_env"):
+            self.error(t.key("client_secret"), "is required (or client_secret_env)")
+        ca_file = t.get("ca_file", "str", None)
+        if ca_file is not None:
+            ca_file = self.file(ca_file)
+            if not os.path.isfile(ca_file):
+                self.error(t.key("ca_file"), f"{ca_file!r} does not exist")
+        config = OAuth2Config(
+            introspection_url=url or "",
+            client_id=client_id or "",
+            client_secret=secret or "",
+            client_secret_env=secret_env,
+            client_auth=t.get("client_auth", "str", d.client_auth, _one_of(("basic", "post"))),
+            issuer=t.get("issuer", "str", None),
+            audience=t.get("audience", "str", None),
+            forward_claims=self.forward_claims(t),
+            cache_ttl_s=t.get("cache_ttl_s", "int", d.cache_ttl_s, _at_least(0)),
+            negative_cache_ttl_s=t.get(
+                "negative_cache_ttl_s", "int", d.negative_cache_ttl_s, _at_least(0)
+            ),
+            timeout_ms=t.get("timeout_ms", "int", d.timeout_ms, _positive),
+            ca_file=ca_file,
+        )
+        return config if url and client_id else None
+
+    def forward_claims(self, t: _Table) -> tuple[tuple[str, str], ...]:
+        claims_raw = t.data.get("forward_claims", {})
+        claims: list[tuple[str, str]] = []
+        if not isinstance(claims_raw, Mapping):
+            self.error(t.key("forward_claims"), 'must be a table of claim = "Header-Name"')
+            return ()
+        for claim, header in claims_raw.items():
+            if not isinstance(header, str) or not _TOKEN.match(header):
+                self.error(
+                    t.key(f"forward_claims.{claim}"), f"{_show(header)} is not a header name"
+                )
+            else:
+                claims.append((claim, header))
+        return tuple(claims)
 
     def jwt(self, t: _Table) -> JwtConfig:
         d = JwtConfig()
@@ -524,6 +754,12 @@ class Parser:
         secret_env = t.get("secret_env", "str", None)
         key_file = t.get("public_key_file", "str", None)
         jwks_url = t.get("jwks_url", "str", None, _http_url)
+        oidc_issuer = t.get("oidc_issuer", "str", None, _http_url)
+        if oidc_issuer is not None and jwks_url is not None:
+            self.error(
+                t.key("oidc_issuer"),
+                "give oidc_issuer (the JWKS is found by discovery) or jwks_url, not both",
+            )
         if secret_env is not None and secret is None and not os.environ.get(secret_env):
             self.error(t.key("secret_env"), f"environment variable {secret_env!r} is not set")
         if key_file is not None:
@@ -534,23 +770,14 @@ class Parser:
         if algs_ok and any(a in HMAC_ALGORITHMS for a in algs):
             if not t.has("secret") and not t.has("secret_env"):
                 self.error(t.key("secret"), "HS* algorithms need 'secret' or 'secret_env'")
-        elif algs_ok and not t.has("public_key_file") and not t.has("jwks_url"):
+        elif algs_ok and not any(t.has(k) for k in ("public_key_file", "jwks_url", "oidc_issuer")):
             self.error(
                 t.key("public_key_file"),
-                "public-key algorithms need 'public_key_file' or 'jwks_url'",
+                "public-key algorithms need 'public_key_file', 'jwks_url' or 'oidc_issuer'",
             )
-        claims_raw = t.data.get("forward_claims", {})
-        claims: list[tuple[str, str]] = []
-        if not isinstance(claims_raw, Mapping):
-            self.error(t.key("forward_claims"), 'must be a table of claim = "Header-Name"')
-        else:
-            for claim, header in claims_raw.items():
-                if not isinstance(header, str) or not _TOKEN.match(header):
-                    self.error(
-                        t.key(f"forward_claims.{claim}"), f"{_show(header)} is not a header name"
-                    )
-                else:
-                    claims.append((claim, header))
+        if oidc_issuer is not None and algs_ok and any(a in HMAC_ALGORITHMS for a in algs):
+            self.error(t.key("oidc_issuer"), "is for public-key algorithms (RS*, PS*, ES*, EdDSA)")
+        claims = self.forward_claims(t)
         return JwtConfig(
             algorithms=algs,
             secret=secret,
@@ -560,7 +787,8 @@ class Parser:
             issuer=t.get("issuer", "str", None),
             audience=t.get("audience", "str", None),
             leeway_s=t.get("leeway_s", "int", d.leeway_s, _at_least(0)),
-            forward_claims=tuple(claims),
+            forward_claims=claims,
+            oidc_issuer=oidc_issuer,
         )
 
     def api_key(self, t: _Table) -> ApiKeyConfig:
@@ -770,8 +998,15 @@ class Parser:
             if getattr(auth, method, None) is None:
                 self.error(t.key("auth"), f"uses {method!r} but [auth.{method}] is not configured")
         scopes = t.get("scopes", "list[str]", ())
-        if scopes and "jwt" not in auth_list:
-            self.error(t.key("scopes"), "needs 'jwt' in auth (scopes come from the JWT)")
+        if scopes and "jwt" not in auth_list and "oauth2" not in auth_list:
+            self.error(
+                t.key("scopes"),
+                "needs 'jwt' or 'oauth2' in auth (scopes come from the token)",
+            )
+        mtls_t = t.table("mtls", _MTLS_POLICY_KEYS)
+        mtls = self.mtls_policy(mtls_t) if mtls_t is not None else None
+        if mtls is not None and "mtls" not in auth_list:
+            self.error(t.key("mtls"), "is only used with 'mtls' in auth")
         rate_t = t.table("rate_limit", _ROUTE_RATE_KEYS)
         resource = t.get("resource", "str", None, _resource)
         upstream = None
@@ -796,6 +1031,7 @@ class Parser:
             retries=t.get("retries", "int", 0, _at_least(0)),
             auth=auth_list,
             scopes=scopes,
+            mtls=mtls,
             cors=t.get("cors", "bool", True),
             rate_limit=self.rate_limit(rate_t, rate) if rate_t is not None else None,
             websocket=t.get("websocket", "bool", True),
@@ -842,6 +1078,12 @@ class Parser:
             ca_file = self.file(ca_file)
             if not os.path.isfile(ca_file):
                 self.error(t.key("ca_file"), f"{ca_file!r} does not exist")
+        client_cert, client_key = self.upstream_client_cert(t)
+        server_name = t.get("server_name", "str", "", _sni_name)
+        tls_only = client_cert or server_name
+        if tls_only and urls and not any(u.startswith("https://") for u in urls):
+            used = "client_cert_file" if client_cert else "server_name"
+            self.error(t.key(used), "is only used with https:// upstream URLs")
         hc_t = t.table("health_check", _HEALTH_CHECK_KEYS)
         cb_t = t.table("circuit_breaker", _BREAKER_KEYS)
         if not urls:
@@ -851,9 +1093,34 @@ class Parser:
             strategy=strategy,
             weights=weights,
             ca_file=ca_file,
+            client_cert_file=client_cert,
+            client_key_file=client_key,
+            server_name=server_name.lower(),
             health_check=self.health_check(hc_t) if hc_t is not None else None,
             circuit_breaker=self.breaker(cb_t) if cb_t is not None else CircuitBreakerConfig(),
         )
+
+    def upstream_client_cert(self, t: _Table) -> tuple[str | None, str | None]:
+        """``client_cert_file`` and ``client_key_file`` (both or neither), read and matched."""
+        from .tls import TlsFileError, load_certificate
+
+        cert = t.get("client_cert_file", "str", None)
+        key = t.get("client_key_file", "str", None)
+        if (cert is None) != (key is None):
+            missing, given = ("client_key_file", "client_cert_file")
+            if cert is None:
+                missing, given = given, missing
+            self.error(t.key(missing), f"is required with {given}")
+            return None, None
+        if cert is None or key is None:
+            return None, None
+        pair = TlsCertificate(self.file(cert), self.file(key))
+        try:
+            load_certificate(pair, key_prefix="client_")
+        except TlsFileError as e:
+            self.error(t.key(e.key), str(e))
+            return None, None
+        return pair.cert_file, pair.key_file
 
     def health_check(self, t: _Table) -> HealthCheckConfig:
         d = HealthCheckConfig()
@@ -988,6 +1255,51 @@ def _resource(value: str) -> str | None:
     except ValueError as e:
         return str(e)
     return None
+
+
+def _non_empty(value: str) -> str | None:
+    return None if value else "must not be empty"
+
+
+def _sni_name(value: str) -> str | None:
+    """A TLS server name: a DNS name, or ``*.`` and a DNS name (one label)."""
+    name = value[2:] if value.startswith("*.") else value
+    labels = name.rstrip(".").split(".")
+    if not name or len(name) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
+        return "is not a DNS name (or *.name)"
+    return None
+
+
+def _introspection_url(value: str) -> str | None:
+    """https, or plain http only to a loopback address (development IdPs)."""
+    if value.startswith("https://"):
+        return _http_url(value)
+    if value.startswith("http://"):
+        try:
+            host = parse_url(value)[1]
+        except ValueError as e:
+            return str(e)
+        if host == "localhost" or _is_loopback(host):
+            return None
+        return "must be https:// (plain http:// only to a loopback address such as 127.0.0.1)"
+    return "is not an https:// URL"
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _plain_endpoint(value: str) -> str | None:
+    """A structured listener's endpoint: its TLS comes from ``tls`` and its PROXY protocol
+    from ``proxy_protocol``, not from ``ssl:`` or ``haproxy:`` strings."""
+    if value.startswith(("ssl:", "haproxy:")):
+        kind = value.split(":", 1)[0]
+        instead = "[server.listeners.tls]" if kind == "ssl" else "proxy_protocol = true"
+        return f"is an {kind}: endpoint; use tcp:, unix: or systemd: with {instead}"
+    return _endpoint(value)
 
 
 def _redis_url(value: str) -> str | None:

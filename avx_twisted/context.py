@@ -76,6 +76,7 @@ class RequestContext:
         "chain",
         "plugin",
         "trace",
+        "tls",
     )
 
     def __init__(
@@ -110,3 +111,5 @@ class RequestContext:
         self.trace: Any = None
         #: The forwarder's exchange once forwarding began (told when the client goes away).
         self.exchange: Any = None
+        #: The TLS facts of the connection (``tls.TlsInfo``), None on cleartext.
+        self.tls: Any = None

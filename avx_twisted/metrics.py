@@ -289,6 +289,48 @@ class GatewayMetrics:
             "Spans not exported: the export queue was full or the collector failed.",
             registry=r,
         )
+        self.tls_certificate_expiry = Gauge(
+            "avx_tls_certificate_expiry_seconds",
+            "Seconds until a certificate's notAfter (negative: expired), for every listener "
+            "certificate (by SNI name) and upstream client certificate (listener "
+            '"upstream:<route>").',
+            ["listener", "server_name"],
+            multiprocess_mode="livemin",
+            registry=r,
+        )
+        self.tls_handshake_errors = Counter(
+            "avx_tls_handshake_errors",
+            "TLS handshakes that failed, by listener (no or a bad client certificate, "
+            "no shared version or cipher, a client that went away).",
+            ["listener"],
+            registry=r,
+        )
+        self.oauth2_introspections = Counter(
+            "avx_oauth2_introspections",
+            "RFC 7662 introspection calls by result: active, inactive, invalid (a claim "
+            "check failed), error (the IdP did not answer usably).",
+            ["result"],
+            registry=r,
+        )
+        self.oauth2_cache_hits = Counter(
+            "avx_oauth2_cache_hits",
+            "Bearer tokens answered from the introspection cache, by result (active, inactive).",
+            ["result"],
+            registry=r,
+        )
+        self.idp_errors = Counter(
+            "avx_idp_errors",
+            "Failed calls to an identity provider, by kind (introspection, discovery, jwks) "
+            "and reason (timeout, connect, status, body, circuit_open).",
+            ["kind", "reason"],
+            registry=r,
+        )
+        self.jwks_refreshes = Counter(
+            "avx_jwks_refreshes",
+            "JWKS fetches by trigger (schedule, unknown_kid, discovery) and result (ok, error).",
+            ["trigger", "result"],
+            registry=r,
+        )
         if process and self.multiprocess_dir is None:
             ProcessCollector(registry=r)
         self._exposition_fields = [

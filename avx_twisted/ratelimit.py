@@ -168,7 +168,8 @@ def bucket_key(kind: str, route: str, client_ip: str, identity: str | None) -> s
     - "global": "g", one bucket shared by every route whose limit is global;
     - "route": "r:<route>", one bucket for all clients of the route;
     - "ip": "ip:<route>:<client_ip>";
-    - "api_key" / "jwt_sub": "<kind>:<route>:<identity>", or None when the request has no
+    - "api_key" / "jwt_sub" / "consumer": "<kind>:<route>:<identity>", or None when the
+      request has no
       identity (None or ""), in which case the caller falls back to the "ip" key.
 
     `route` is the route's name; in the unusual case that it contains ":" or "%", those are
@@ -181,7 +182,7 @@ def bucket_key(kind: str, route: str, client_ip: str, identity: str | None) -> s
         return "g"
     if kind == "route":
         return f"r:{_route_part(route)}"
-    if kind == "api_key" or kind == "jwt_sub":
+    if kind == "api_key" or kind == "jwt_sub" or kind == "consumer":
         if not identity:
             return None
         return f"{kind}:{_route_part(route)}:{identity}"
@@ -217,8 +218,9 @@ class RateLimitFilter:
     """The route filter: one token per request from the bucket its key names; 429 when empty.
 
     ``RateLimit-*`` headers go on every answer of the route (allowed ones too), ``Retry-After``
-    on refusals. Keys ``api_key``/``jwt_sub`` use the identity that authentication found, and fall
-    back to the client address for requests without one.
+    on refusals. Keys ``api_key``/``jwt_sub`` use the identity that authentication found,
+    ``consumer`` the name of whichever identity it found (API key name, mTLS consumer, token
+    subject); all fall back to the client address for requests without one.
     """
 
     log = Logger()
@@ -229,14 +231,16 @@ class RateLimitFilter:
         self.kind = config.key
         self.rate = config.requests_per_second
         self.burst = config.burst_size
-        self.identity_method = {"api_key": "api_key", "jwt_sub": "jwt"}.get(config.key)
+        self.identity_method = {"api_key": "api_key", "jwt_sub": "jwt", "consumer": "*"}.get(
+            config.key
+        )
         #: A counter incremented for every refusal (metrics), or None.
         self.refused: Any = None
 
     def __call__(self, request: Any, ctx: Any) -> Answer | None | Deferred[Answer | None]:
         identity = None
         if self.identity_method is not None and ctx.identity is not None:
-            if ctx.identity.method == self.identity_method:
+            if self.identity_method in (ctx.identity.method, "*"):
                 identity = ctx.identity.name
         key = bucket_key(self.kind, self.route, ctx.client_ip, identity)
         if key is None:

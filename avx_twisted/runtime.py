@@ -9,6 +9,7 @@ from twisted.web.iweb import IAgent
 from .auth.api_key import ApiKeyAuthenticator
 from .auth.filter import AuthFilter
 from .auth.jwt import JwtAuthenticator
+from .auth.mtls import MtlsAuthenticator
 from .breaker import CircuitBreaker
 from .client import UpstreamClients
 from .config import ConfigError, GatewayConfig, RouteConfig
@@ -46,7 +47,10 @@ class RuntimeRoute:
         self.filters: list[Filter] = []
         #: Request headers never forwarded on this route (credentials, client copies of claims).
         self.strip_headers: frozenset[bytes] = frozenset()
-        self.claim_headers: Callable[[Identity], list[tuple[bytes, bytes]]] | None = None
+        #: Verified claims sent upstream, by the identity's method (``jwt``, ``oauth2``).
+        self.claim_headers: dict[str, Callable[[Identity], list[tuple[bytes, bytes]]]] = {}
+        #: Send the verified client certificate upstream (``X-Forwarded-Client-Cert``).
+        self.forward_client_cert = False
         #: Upstream response headers the gateway owns on this route (CORS when it answers CORS).
         self.owned_response_headers: frozenset[bytes] = frozenset()
         #: Rewrites the upstream target (drops an API key sent in the query), or None.
@@ -61,10 +65,19 @@ class RuntimeRoute:
         self.responder: Any = None
 
     def extra_headers(self, ctx: RequestContext | None) -> list[tuple[bytes, bytes]]:
-        """Headers this route adds upstream for a request (verified JWT claims)."""
-        if self.claim_headers is None or ctx is None or ctx.identity is None:
+        """Headers this route adds upstream for a request: verified token claims, and the
+        client certificate (``X-Forwarded-Client-Cert``) with ``forward_client_cert``."""
+        if ctx is None:
             return []
-        return self.claim_headers(ctx.identity)
+        found: list[tuple[bytes, bytes]] = []
+        identity = ctx.identity
+        if identity is not None and self.claim_headers:
+            claims = self.claim_headers.get(identity.method)
+            if claims is not None:
+                found = claims(identity)
+        if self.forward_client_cert and ctx.tls is not None and ctx.tls.client_cert is not None:
+            found.append((b"X-Forwarded-Client-Cert", ctx.tls.client_cert.xfcc()))
+        return found
 
     def __repr__(self) -> str:
         return f"<RuntimeRoute {self.name} {self.config.path}>"
@@ -96,10 +109,26 @@ class Runtime:
         self.health_checkers: list[HealthChecker] = []
         self.cors = CorsFilter(CorsPolicy(config.cors)) if config.middleware.enable_cors else None
         auth = config.auth
-        self.jwt = JwtAuthenticator(auth.jwt, reactor, self.clients.agent()) if auth.jwt else None
+        self.jwt = (
+            JwtAuthenticator(auth.jwt, reactor, self.clients.agent(), metrics=metrics)
+            if auth.jwt
+            else None
+        )
         self.api_key = ApiKeyAuthenticator(auth.api_key) if auth.api_key else None
-        # Client copies of forwarded-claim headers are removed on every route, not only JWT ones.
-        self.always_stripped = self.jwt.stripped_headers if self.jwt else frozenset()
+        self.oauth2: Any = None
+        if auth.oauth2 is not None:
+            from .auth.oauth2 import OAuth2Authenticator
+
+            self.oauth2 = OAuth2Authenticator(
+                auth.oauth2, reactor, self.clients.agent(auth.oauth2.ca_file), metrics=metrics
+            )
+        # Client copies of forwarded-claim headers and of X-Forwarded-Client-Cert are removed
+        # on every route, not only on the routes that set them.
+        stripped = {b"x-forwarded-client-cert"}
+        for authenticator in (self.jwt, self.oauth2):
+            if authenticator is not None:
+                stripped |= authenticator.stripped_headers
+        self.always_stripped = frozenset(stripped)
         self.rate_store: IRateLimitStore | None = None
         if config.middleware.enable_rate_limiting:
             kept = previous.rate_store if previous is not None else None
@@ -150,22 +179,27 @@ class Runtime:
         for checker in self.health_checkers:
             if id(checker) not in kept:
                 checker.stop()
-        if self.jwt is not None:
-            self.jwt.stop()
+        self._stop_auth()
 
     def start(self) -> None:
-        """Start what runs in the background: health checks, JWKS refresh (idempotent)."""
+        """Start what runs in the background: health checks, JWKS refresh and OIDC discovery,
+        the introspection cache's expiry (idempotent)."""
         for checker in self.health_checkers:
             checker.start()
-        if self.jwt is not None and self.config.auth.jwt and self.config.auth.jwt.jwks_url:
-            self.jwt.start()
+        for authenticator in (self.jwt, self.oauth2):
+            if authenticator is not None:
+                authenticator.start()
 
     def stop(self) -> None:
         """Stop every background timer of this runtime."""
         for checker in self.health_checkers:
             checker.stop()
-        if self.jwt is not None:
-            self.jwt.stop()
+        self._stop_auth()
+
+    def _stop_auth(self) -> None:
+        for authenticator in (self.jwt, self.oauth2):
+            if authenticator is not None:
+                authenticator.stop()
 
     def _build_route(self, route: RouteConfig) -> RuntimeRoute:
         up = route.upstream
@@ -219,6 +253,8 @@ class Runtime:
             runtime_route.owned_response_headers = OWNED_RESPONSE_HEADERS
             filters.append(self.cors)
         runtime_route.strip_headers = self.always_stripped
+        mtls = self.config.auth.mtls
+        runtime_route.forward_client_cert = mtls is not None and mtls.forward_client_cert
         route_uses_query_keys = bool(
             self.config.auth.api_key and self.config.auth.api_key.query_param
         )
@@ -227,7 +263,12 @@ class Runtime:
             for method in route.auth:
                 if method == "jwt" and self.jwt is not None:
                     authenticators.append(self.jwt)
-                    runtime_route.claim_headers = self.jwt.claim_headers
+                    runtime_route.claim_headers["jwt"] = self.jwt.claim_headers
+                elif method == "oauth2" and self.oauth2 is not None:
+                    authenticators.append(self.oauth2)
+                    runtime_route.claim_headers["oauth2"] = self.oauth2.claim_headers
+                elif method == "mtls" and mtls is not None:
+                    authenticators.append(MtlsAuthenticator(route.mtls or mtls.policy))
                 elif method == "api_key" and self.api_key is not None:
                     api_key = self.api_key
                     authenticators.append(api_key)

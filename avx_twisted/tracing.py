@@ -361,8 +361,18 @@ class RequestTrace:
     the response header; ``sampled`` says whether the spans are recorded and exported.
     """
 
-    __slots__ = ("_tracer", "_server", "_span", "_method", "_parent", "_open", "_tries",
-                 "trace_id", "span_id", "sampled")
+    __slots__ = (
+        "_tracer",
+        "_server",
+        "_span",
+        "_method",
+        "_parent",
+        "_open",
+        "_tries",
+        "trace_id",
+        "span_id",
+        "sampled",
+    )
 
     def __init__(self, tracer: Any, span: Span, method: str) -> None:
         self._tracer = tracer
@@ -418,8 +428,7 @@ class RequestTrace:
         fields.append(
             (
                 b"traceparent",
-                b"00-%032x-%016x-%02x"
-                % (context.trace_id, context.span_id, context.trace_flags),
+                b"00-%032x-%016x-%02x" % (context.trace_id, context.span_id, context.trace_flags),
             )
         )
         state = context.trace_state

@@ -170,9 +170,7 @@ def _credentials(userinfo: str) -> tuple[str | None, str | None]:
     except UnicodeDecodeError:
         raise ValueError("has a user name or password that is not percent-encoded UTF-8")
     if username is not None and password is None:
-        raise ValueError(
-            "has a user name but no password (write :password@ for a password alone)"
-        )
+        raise ValueError("has a user name but no password (write :password@ for a password alone)")
     return username, password
 
 

@@ -72,9 +72,7 @@ def _bind_one(description: str) -> Listener:
             "(only tcp:, tcp6: and ssl: endpoints can)"
         )
     interface = getattr(endpoint, "_interface", "") or ""
-    family = (
-        "inet6" if ":" in interface or type(endpoint).__name__.startswith("TCP6") else "inet"
-    )
+    family = "inet6" if ":" in interface or type(endpoint).__name__.startswith("TCP6") else "inet"
     sock = socket.socket(_FAMILIES[family], socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -300,9 +298,7 @@ class WorkerSupervisor(Service):
         exit_cleanly_after_signal(self.reactor)
 
 
-def _failed_listener(
-    config: GatewayConfig, plan: Sequence[tuple[str, str]]
-) -> tuple[str, str]:
+def _failed_listener(config: GatewayConfig, plan: Sequence[tuple[str, str]]) -> tuple[str, str]:
     """The first listener of ``plan`` that cannot be bound now, as (key path, endpoint)."""
     for purpose, description in plan:
         try:

@@ -36,9 +36,14 @@ class AuthError(Exception):
     ``status`` is 401 (no or bad credential) or 403 (good credential, not enough scope);
     ``reason`` is a short machine label for metrics (``missing``, ``malformed``, ``expired``,
     ``not_yet_valid``, ``bad_signature``, ``bad_issuer``, ``bad_audience``, ``unknown_kid``,
-    ``bad_algorithm``, ``missing_claim``, ``unknown_key``, ``insufficient_scope``);
+    ``bad_algorithm``, ``missing_claim``, ``unknown_key``, ``insufficient_scope``,
+    ``no_certificate``, ``certificate_not_allowed``, ``certificate_binding``, ``inactive``,
+    ``idp_unavailable``);
     ``description`` is short human text that is safe to send to the client (it never echoes the
     credential); ``www_authenticate`` is the ready challenge header value, or None.
+
+    A 503 (``idp_unavailable``: the identity provider could not be asked) fails closed: the
+    request is refused with ``Retry-After: retry_after_s``, never let through.
     """
 
     def __init__(
@@ -47,12 +52,14 @@ class AuthError(Exception):
         reason: str,
         description: str,
         www_authenticate: str | None = None,
+        retry_after_s: int | None = None,
     ) -> None:
         super().__init__(status, reason, description)
         self.status = status
         self.reason = reason
         self.description = description
         self.www_authenticate = www_authenticate
+        self.retry_after_s = retry_after_s
 
     def __str__(self) -> str:
         return f"{self.status} {self.reason}: {self.description}"

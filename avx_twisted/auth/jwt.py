@@ -132,8 +132,11 @@ class JwtAuthenticator:
         *,
         refresh_s: float = 300.0,
         timeout_s: float = 10.0,
+        metrics: Any = None,
     ) -> None:
         self.config = config
+        #: ``metrics.GatewayMetrics`` (JWKS refreshes, IdP errors), or None.
+        self.metrics = metrics
         self.refresh_s = refresh_s
         self.timeout_s = timeout_s
         self._clock = clock

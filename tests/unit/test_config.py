@@ -730,7 +730,7 @@ class ChoiceErrorTests(ConfigTestCase):
     def test_auth_method(self) -> None:
         self.assertError(
             config(route(auth=["basic"])),
-            "routes[0].auth: ['basic'] has an item 'basic' that is not one of jwt, api_key",
+            "routes[0].auth: ['basic'] has an item 'basic' that is not one of jwt, api_key, mtls, oauth2",
         )
 
 
