@@ -22,6 +22,7 @@ from .logs import request_id
 from .metrics import GatewayMetrics
 from .routing import BadPath, MethodNotAllowed, RouteMatch
 from .runtime import Runtime
+from .tls import connection_tls
 
 InternalAnswer = Callable[[Any], Answer]
 
@@ -199,6 +200,12 @@ class GatewayHandler:
                 addresses.client_ip(peer, forwarded), peer, addresses.is_trusted(peer), rid, started
             )
         request.context = ctx
+        if request.secure:
+            channel = request.channel
+            info = channel.tls_info
+            if info is None:
+                info = channel.tls_info = connection_tls(channel.transport)
+            ctx.tls = info
         tracing = runtime.tracing
         if tracing is not None:
             trace = ctx.trace = tracing.start_request(request, ctx)
@@ -277,6 +284,8 @@ class GatewayHandler:
         fields = request.fields
         exchange = ctx.exchange
         trace = ctx.trace
+        tls = ctx.tls
+        cert = tls.client_cert if tls is not None else None
         return dict(
             time=time.time(),
             request_id=ctx.request_id.decode("latin-1"),
@@ -302,6 +311,9 @@ class GatewayHandler:
             trace_id=trace.trace_id if trace is not None else trace_id(fields.get(b"traceparent")),
             span_id=trace.span_id if trace is not None else None,
             error=ctx.error,
+            tls_version=tls.version if tls is not None else None,
+            client_cert_subject=cert.subject if cert is not None else None,
+            client_cert_sha256=cert.sha256 if cert is not None else None,
         )
 
     def _preflight(self, request: Any, ctx: RequestContext) -> Optional[Answer]:

@@ -54,6 +54,9 @@ FIELDS = (
     "trace_id",
     "span_id",
     "error",
+    "tls_version",
+    "client_cert_subject",
+    "client_cert_sha256",
 )
 #: ``logging.level`` names and their twisted.logger levels.
 LEVELS = {
@@ -117,6 +120,7 @@ def _format_text(event: dict[str, Any]) -> str:
             upstream=event.get("upstream") or "-",
             request_id=event["request_id"],
         )
+        + (f" tls={event['tls_version']}" if event.get("tls_version") else "")
     )
 
 

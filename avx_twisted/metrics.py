@@ -338,6 +338,7 @@ class GatewayMetrics:
             (b"Cache-Control", b"no-store"),
         ]
         self._targets: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+        self._certificates: dict[tuple[str, str, str], tuple[Any, float]] = {}
         self._listening: set[int] = set()
         self.routes: dict[str, RouteMetrics] = {}
         self.unmatched = self.route(UNMATCHED)
@@ -389,11 +390,31 @@ class GatewayMetrics:
         self.refresh_targets()
 
     def refresh_targets(self) -> None:
-        """Set the health and circuit gauges from every watched target's state now."""
+        """Set the health and circuit gauges from every watched target's state now, and the
+        certificates' time left."""
         for target, healthy, circuit in self._targets.values():
             healthy.set(1 if target.healthy else 0)
             breaker = target.breaker
             circuit.set(breaker.state.gauge if breaker is not None else 0)
+        if self._certificates:
+            now = time.time()
+            for child, not_after in self._certificates.values():
+                child.set(round(not_after - now))
+
+    def watch_certificates(self, source: str, entries: Iterable[tuple[str, str, float]]) -> None:
+        """Export ``avx_tls_certificate_expiry_seconds`` for ``entries`` of (listener,
+        server_name, notAfter timestamp); ``source`` (``listeners``, ``upstreams``) names the
+        set a reload replaces as a whole (series of certificates gone are removed)."""
+        fresh = {(source, listener, name): not_after for listener, name, not_after in entries}
+        for key in [k for k in self._certificates if k[0] == source and k not in fresh]:
+            del self._certificates[key]
+            self.tls_certificate_expiry.remove(key[1], key[2])
+        for key, not_after in fresh.items():
+            self._certificates[key] = (
+                self.tls_certificate_expiry.labels(key[1], key[2]),
+                not_after,
+            )
+        self.refresh_targets()
 
     def render(self, request: Any) -> Answer:
         """The text exposition format, for ``GET /metrics``."""

@@ -17,6 +17,7 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger, globalLogPublisher
 from twisted.python.failure import Failure
 
+from ._configmodel import ListenerConfig, TlsCertificate
 from ._version import __version__
 from .config import ConfigError, GatewayConfig
 from .eventlog import reopen_event_log
@@ -26,6 +27,14 @@ from .logs import AccessLogWriter, access_logger, apply_level
 from .metrics import GatewayMetrics
 from .probes import Probes
 from .runtime import Runtime
+from .tls import (
+    ServerTLS,
+    TlsFileError,
+    TLSServerFactory,
+    certificate_names,
+    expiry,
+    load_certificate,
+)
 
 
 class ListenError(Exception):
@@ -35,9 +44,15 @@ class ListenError(Exception):
 
 def listener_plan(config: GatewayConfig) -> list[tuple[str, str]]:
     """Every serving listener of a gateway as (purpose, endpoint string), in a fixed order that
-    worker processes and their supervisor agree on: the data plane's, then ``[metrics] listen``
-    and ``[health] listen`` when set. (The admin listener is not shared with workers.)"""
+    worker processes and their supervisor agree on: the data plane's (``server.listen`` or
+    host/port, then each ``[[server.listeners]]``), then ``[metrics] listen`` and ``[health]
+    listen`` when set. (The admin listener is not shared with workers.)"""
     return [(purpose, e) for purpose, e in config.listeners() if purpose != "admin"]
+
+
+def is_data_plane(purpose: str) -> bool:
+    """Whether a listener purpose of :func:`listener_plan` serves routes."""
+    return purpose == "data" or purpose.startswith("listeners[")
 
 
 class GatewayService(MultiService):
@@ -126,6 +141,18 @@ class GatewayService(MultiService):
             ),
             server_header=server.server_header.encode("ascii") or None,
         )
+        #: The TLS side of each structured listener with ``tls``, by purpose (reloaded on
+        #: SIGHUP: new connections get the new certificates, open ones keep theirs).
+        self.listener_tls: dict[str, ServerTLS] = {}
+        for purpose, description in listener_plan(config):
+            listener = config.listener_config(purpose)
+            if listener is not None and listener.tls is not None:
+                try:
+                    self.listener_tls[purpose] = ServerTLS(listener.tls, description)
+                except TlsFileError as e:
+                    key = f"server.{purpose}.tls.{e.key}"
+                    raise ConfigError([f"{key}: {e}"], source=config.source) from None
+        self._watch_certificates(config)
         if self.metrics is not None:
             gauge = self.metrics.open_connections
             if self.metrics.multiprocess_dir is None:
@@ -158,19 +185,23 @@ class GatewayService(MultiService):
         if self._bound:
             return
         self._bound = True
-        factories = {"data": self.site}
+        factories: dict[str, Any] = {"data": self.site}
         for purpose, handler in self.private_handlers.items():
             factories[purpose] = ServerFactory(
                 handler, self.reactor, ServerLimits(max_body_bytes=0)
             )
         plan = listener_plan(self.config)
+        for purpose, _ in plan:
+            listener = self.config.listener_config(purpose)
+            if listener is not None:
+                factories[purpose] = self._listener_factory(purpose, listener)
         if self.inherited is not None:
             self._adopt(self.inherited, plan, factories)
         else:
             for purpose, description in plan:
                 key = self.config.listener_key(purpose)
                 port = self._bind(key, description, factories[purpose])
-                if purpose == "data":
+                if is_data_plane(purpose):
                     self.ports.append(port)
                 else:
                     self.private_ports[purpose] = port
@@ -287,6 +318,58 @@ class GatewayService(MultiService):
 
         return drained.addCallback(after_drain)
 
+    def _listener_factory(self, purpose: str, listener: ListenerConfig) -> Any:
+        """The data plane's factory as a structured listener wraps it: in TLS with the
+        listener's contexts, then in the PROXY protocol (whose header comes before TLS)."""
+        factory: Any = self.site
+        tls = self.listener_tls.get(purpose)
+        if tls is not None:
+            factory = TLSServerFactory(tls, factory)
+            if self.metrics is not None:
+                factory.on_handshake_error = self.metrics.tls_handshake_errors.labels(tls.name).inc
+        if listener.proxy_protocol:
+            # Twisted's own PROXY v1/v2 parser (what the haproxy: endpoint wraps with).
+            from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
+
+            factory = HAProxyWrappingFactory(factory)
+        return factory
+
+    def _watch_certificates(self, config: GatewayConfig) -> None:
+        """``avx_tls_certificate_expiry_seconds`` of the listeners' certificates and of the
+        upstream client certificates (``listener="upstream:<route>"``)."""
+        if self.metrics is None:
+            return
+        entries = [e for tls in self.listener_tls.values() for e in tls.expiries()]
+        self.metrics.watch_certificates("listeners", entries)
+        upstream = []
+        for route in config.routes:
+            up = route.upstream
+            if up is None or up.client_cert_file is None or up.client_key_file is None:
+                continue
+            try:
+                chain, _ = load_certificate(TlsCertificate(up.client_cert_file, up.client_key_file))
+            except TlsFileError:
+                continue  # the parser read it a moment ago; a file removed since is not exported
+            names = certificate_names(chain[0])
+            upstream.append((f"upstream:{route.name}", names[0] if names else "", expiry(chain[0])))
+        self.metrics.watch_certificates("upstreams", upstream)
+
+    def _reload_tls(self, config: GatewayConfig) -> str | None:
+        """Build the new contexts of every TLS listener, then install them all (or none):
+        the problem in one line when a file cannot be used."""
+        built = []
+        for purpose, tls in self.listener_tls.items():
+            listener = config.listener_config(purpose) if purpose.startswith("listeners[") else None
+            if listener is None or listener.tls is None:
+                continue  # the listener itself changed: only a restart applies that
+            try:
+                built.append((tls, listener.tls, tls.build(listener.tls)))
+            except TlsFileError as e:
+                return f"server.{purpose}.tls.{e.key}: {e}"
+        for tls, tls_config, contexts in built:
+            tls.install(tls_config, contexts)
+        return None
+
     def _bind(self, key: str, description: str, factory: Any) -> IListeningPort:
         """Listen on an endpoint string now; a failure closes what is open and raises
         :class:`ListenError`, so twistd exits non-zero before serving anything."""
@@ -322,7 +405,7 @@ class GatewayService(MultiService):
                 endpoint = serverFromString(self.reactor, description)
                 factory = TLSMemoryBIOFactory(endpoint._sslContextFactory, False, factory)
             port = self.reactor.adoptStreamPort(fd, family, factory)
-            if purpose == "data":
+            if is_data_plane(purpose):
                 self.ports.append(port)
             else:
                 self.private_ports[purpose] = port
@@ -365,6 +448,16 @@ class GatewayService(MultiService):
             if self.metrics is not None:
                 self.metrics.config_loaded(False)
             return False
+        problem = self._reload_tls(config)
+        if problem is not None:
+            self.log.error(
+                "reload refused, the running configuration stays:\n{source}: {problem}",
+                source=source,
+                problem=problem,
+            )
+            if self.metrics is not None:
+                self.metrics.config_loaded(False)
+            return False
         needs_restart = _restart_only_changes(self.config, config)
         if needs_restart:
             self.log.warn(
@@ -379,6 +472,7 @@ class GatewayService(MultiService):
         if self.metrics is not None:
             self.metrics.config_loaded(True)
             self.metrics.watch_routes(runtime.routes)
+        self._watch_certificates(config)
         self.log.info(
             "reloaded {source}: {routes} routes", source=source, routes=len(config.routes)
         )
@@ -421,6 +515,10 @@ def _restart_only_changes(old: GatewayConfig, new: GatewayConfig) -> list[str]:
     """Keys a reload cannot apply (listeners, processes, endpoints and logging are bound once)."""
     checks = {
         "server.host/port/listen": (old.server.endpoints, new.server.endpoints),
+        "server.listeners (endpoint, proxy_protocol, tls on or off)": (
+            [(x.endpoint, x.proxy_protocol, x.tls is None) for x in old.server.listeners],
+            [(x.endpoint, x.proxy_protocol, x.tls is None) for x in new.server.listeners],
+        ),
         "server.workers": (old.server.workers, new.server.workers),
         "server.connect_timeout_ms": (
             old.server.connect_timeout_ms,

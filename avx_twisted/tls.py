@@ -16,7 +16,7 @@ import base64
 import datetime
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 from urllib.parse import quote
 
 from cryptography import x509
@@ -24,6 +24,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtensionOID, NameOID
 from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.internet.main import CONNECTION_DONE
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._configmodel import ListenerTlsConfig, TlsCertificate
@@ -136,16 +140,24 @@ class ServerTLS:
     """
 
     def __init__(self, config: ListenerTlsConfig, name: str) -> None:
+        #: The listener's endpoint string (metrics label, session id context).
         self.name = name
         self.config = config
-        self._default, self._by_name, self.certificates = self._build(config)
+        self._default, self._by_name, self.certificates = self.build(config)
 
-    def reload(self, config: ListenerTlsConfig) -> None:
-        """Re-read every file of ``config``; raises :class:`TlsFileError` (and keeps the
-        running contexts) when one cannot be used."""
-        built = self._build(config)
+    def build(self, config: ListenerTlsConfig) -> Any:
+        """Read every file of ``config`` into new contexts (for :meth:`install`); raises
+        :class:`TlsFileError` when one cannot be used. Nothing running changes."""
+        return self._build(config)
+
+    def install(self, config: ListenerTlsConfig, built: Any) -> None:
+        """Serve new connections with contexts :meth:`build` made; open ones keep theirs."""
         self.config = config
         self._default, self._by_name, self.certificates = built
+
+    def expiries(self) -> list[tuple[str, str, float]]:
+        """(listener, server name, notAfter) of every certificate, for the expiry gauge."""
+        return [(self.name, name, expiry(cert)) for name, cert in self.certificates]
 
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         connection = SSL.Connection(self._default, None)
@@ -230,6 +242,42 @@ class ServerTLS:
             connection.set_context(ctx)
 
 
+connectionDone = Failure(CONNECTION_DONE)
+
+
+class _ServerTLSProtocol(TLSMemoryBIOProtocol):
+    """Twisted's TLS protocol, telling its factory about handshakes that failed."""
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        why = self._reason
+        failed = not self._handshakeDone and why is not None and isinstance(why.value, SSL.Error)
+        super().connectionLost(reason)
+        if failed:
+            self.factory.handshake_failed(why)
+
+
+class TLSServerFactory(TLSMemoryBIOFactory):
+    """TLS over ``wrapped`` (the HTTP server factory) with a :class:`ServerTLS`'s contexts."""
+
+    protocol = _ServerTLSProtocol
+    log = Logger()
+
+    def __init__(self, tls: ServerTLS, wrapped: Any) -> None:
+        super().__init__(tls, False, wrapped)
+        self.tls = tls
+        #: Called once per failed handshake (metrics), or None.
+        self.on_handshake_error: Callable[[], None] | None = None
+
+    def handshake_failed(self, reason: Failure) -> None:
+        if self.on_handshake_error is not None:
+            self.on_handshake_error()
+        self.log.debug(
+            "TLS handshake failed on {listener}: {why}",
+            listener=self.tls.name,
+            why=reason.getErrorMessage(),
+        )
+
+
 def _verified(connection: Any, cert: Any, errno: int, depth: int, ok: int) -> bool:
     """OpenSSL's own verdict on each certificate of the client's chain: a certificate the
     client presents must be valid, also with ``client_auth = "optional"``."""
@@ -309,7 +357,7 @@ class ClientCertificate:
         """This certificate as one ``X-Forwarded-Client-Cert`` element (Envoy's format)."""
         parts = [
             f"Hash={self.sha256}",
-            "Cert=" + _xfcc_value(quote(self.pem.decode("ascii"), safe="")),
+            "Cert=" + _xfcc_quoted(quote(self.pem.decode("ascii"), safe="")),
             "Subject=" + _xfcc_quoted(self.subject),
         ]
         parts += [f"URI={_xfcc_value(u)}" for u in self.uris]
@@ -357,7 +405,9 @@ def connection_tls(transport: Any) -> TlsInfo | None:
     alpn = connection.get_alpn_proto_negotiated()
     client = None
     peer = connection.get_peer_certificate()
-    if peer is not None and connection.get_verify_result() == 0:
+    # A certificate is only ever asked for with VERIFY_PEER, which fails the handshake when
+    # the certificate does not verify: one that is here was verified.
+    if peer is not None and connection.get_context().get_verify_mode() & SSL.VERIFY_PEER:
         client = ClientCertificate.from_x509(peer.to_cryptography())
     return TlsInfo(
         version=version,
@@ -424,6 +474,7 @@ __all__ = [
     "ServerTLS",
     "TlsFileError",
     "TlsInfo",
+    "TLSServerFactory",
     "certificate_names",
     "connection_tls",
     "expiry",

@@ -27,7 +27,7 @@ class MtlsAuthenticator:
         self.policy = policy
         self._subjects = frozenset(normalise_subject(s) for s in policy.allowed_subjects)
         self._san_set = frozenset(policy.allowed_sans)
-        self._any = not self._subjects and not self._sans
+        self._any = not self._subjects and not self._san_set
 
     def check(self, request: Any, ctx: Any, scopes: Sequence[str] = ()) -> Identity:
         """The consumer's identity, or :class:`AuthError`: 401 without a verified certificate,

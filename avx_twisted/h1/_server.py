@@ -295,7 +295,10 @@ class ServerProtocol(Protocol):
         self._feeding = False
         self.tunnel: Any = None
         self.secure = False
-        self.peer_host = ""
+        self._peer_host: Optional[str] = None
+        #: The TLS facts of this connection, once the handler layer read them (per connection,
+        #: shared by its requests); the core itself never looks at them.
+        self.tls_info: Any = None
 
     # -- connection events --------------------------------------------------------------------
 
@@ -309,9 +312,19 @@ class ServerProtocol(Protocol):
         self._resume_body = lambda: self._resume("body")
         transport = self.transport
         self.secure = ISSLTransport.providedBy(transport)
-        self.peer_host = getattr(transport.getPeer(), "host", "") or ""
         factory.connection_made(self)
         self._head_timer = self.clock.callLater(self.limits.header_timeout_s, self._head_timeout)
+
+    @property
+    def peer_host(self) -> str:
+        """The client's address, read when first needed: behind a PROXY protocol wrapper the
+        transport knows it only once the PROXY header (which precedes any request) is read."""
+        host = self._peer_host
+        if host is None:
+            transport = self.transport
+            peer = transport.getPeer() if transport is not None else None
+            host = self._peer_host = getattr(peer, "host", "") or ""
+        return host
 
     @property
     def draining(self) -> bool:
