@@ -23,6 +23,7 @@ from .config import ConfigError, GatewayConfig
 from .eventlog import reopen_event_log
 from .gateway import GatewayHandler, InternalAnswer, InternalHandler
 from .h1 import ServerFactory, ServerLimits
+from .listeners import listener_factory
 from .logs import AccessLogWriter, access_logger, apply_level
 from .metrics import GatewayMetrics
 from .probes import Probes
@@ -30,7 +31,6 @@ from .runtime import Runtime
 from .tls import (
     ServerTLS,
     TlsFileError,
-    TLSServerFactory,
     certificate_names,
     expiry,
     load_certificate,
@@ -319,20 +319,7 @@ class GatewayService(MultiService):
         return drained.addCallback(after_drain)
 
     def _listener_factory(self, purpose: str, listener: ListenerConfig) -> Any:
-        """The data plane's factory as a structured listener wraps it: in TLS with the
-        listener's contexts, then in the PROXY protocol (whose header comes before TLS)."""
-        factory: Any = self.site
-        tls = self.listener_tls.get(purpose)
-        if tls is not None:
-            factory = TLSServerFactory(tls, factory)
-            if self.metrics is not None:
-                factory.on_handshake_error = self.metrics.tls_handshake_errors.labels(tls.name).inc
-        if listener.proxy_protocol:
-            # Twisted's own PROXY v1/v2 parser (what the haproxy: endpoint wraps with).
-            from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
-
-            factory = HAProxyWrappingFactory(factory)
-        return factory
+        return listener_factory(self.site, listener, self.listener_tls.get(purpose), self.metrics)
 
     def _watch_certificates(self, config: GatewayConfig) -> None:
         """``avx_tls_certificate_expiry_seconds`` of the listeners' certificates and of the
