@@ -5,11 +5,13 @@ processes sharing a TLS listener, PROXY v1/v2 headers (also in front of TLS)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
 import ssl
 import struct
+import subprocess
 import textwrap
 import time
 from pathlib import Path
@@ -22,7 +24,7 @@ from twisted.internet.task import deferLater
 
 from tests.integration.test_tls_listeners import _request, _subject_cn, handshake
 from tests.support.pki import PKI
-from tests.support.process import GatewayProcess, free_port
+from tests.support.process import REPO, TWISTD, GatewayProcess, free_port
 from tests.support.servers import upstream
 
 ensure = pytest_twisted.ensureDeferred
@@ -251,3 +253,80 @@ async def test_proxy_protocol_in_front_of_tls(tmp_path, closer):
     body = json.loads(answer.partition(b"\r\n\r\n")[2])
     assert body["headers"]["X-Forwarded-For"] == ["203.0.113.9"]
     assert await gw.stop() == 0
+
+
+@ensure
+async def test_tls_on_a_socket_passed_the_way_systemd_does(tmp_path, closer):
+    pki = PKI(tmp_path / "pki")
+    up = closer.add(upstream())
+    path = tmp_path / "gw.toml"
+    path.write_text(
+        textwrap.dedent(
+            f"""
+            [[server.listeners]]
+            endpoint = "systemd:domain=INET:index=0"
+            [server.listeners.tls]
+            cert_file = "{pki.default.cert}"
+            key_file = "{pki.default.key}"
+            [[routes]]
+            path = "/*"
+            [routes.upstream]
+            urls = ["{up.url}"]
+            """
+        )
+    )
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    port = sock.getsockname()[1]
+
+    def as_fd_3() -> None:  # in the child: the socket becomes fd 3, as systemd passes it
+        if sock.fileno() != 3:
+            os.dup2(sock.fileno(), 3)
+        os.set_inheritable(3, True)
+
+    env = dict(os.environ, LISTEN_FDS="1", LISTEN_FDNAMES="avx-gateway.socket")
+    proc = subprocess.Popen(
+        [
+            "sh",
+            "-c",
+            'export LISTEN_PID=$$; exec "$0" "$@"',
+            TWISTD,
+            "--pidfile=",
+            "-n",
+            "avx-gateway",
+            "--config",
+            str(path),
+        ],
+        cwd=REPO,
+        env=env,
+        preexec_fn=as_fd_3,
+        close_fds=False,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    sock.close()
+
+    def fetch() -> bytes:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                tls = handshake(port, "localhost", pki.ca.path)
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.1)
+                continue
+            try:
+                return _request(tls, "/activated")
+            finally:
+                tls.close()
+
+    try:
+        answer = await threads.deferToThread(fetch)
+        assert answer.startswith(b"HTTP/1.1 200 OK"), answer
+        assert json.loads(answer.partition(b"\r\n\r\n")[2])["uri"] == "/activated"
+    finally:
+        proc.terminate()
+        await threads.deferToThread(proc.wait, 20)
+    assert proc.returncode == 0, proc.stdout.read() if proc.stdout else b""
