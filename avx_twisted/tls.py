@@ -182,7 +182,7 @@ class ServerTLS:
             ca = load_ca_file(config.client_ca_file)
         certificates: list[tuple[str, x509.Certificate]] = []
         chain, key = load_certificate(config.default)
-        default = self._context(config, chain, key, ca)
+        default = self._context(config, chain, key, ca, sni=bool(config.certificates))
         default_name = config.default.server_name or _first(certificate_names(chain[0]))
         certificates.append((default_name, chain[0]))
         by_name: dict[str, SSL.Context] = {}
@@ -193,8 +193,6 @@ class ServerTLS:
                 raise TlsFileError(f"certificates[{i}].{e.key}", str(e)) from None
             by_name[pair.server_name] = self._context(config, sni_chain, sni_key, ca)
             certificates.append((pair.server_name, sni_chain[0]))
-        if by_name:
-            default.set_tlsext_servername_callback(self._server_name)
         return default, by_name, certificates
 
     def _context(
@@ -203,19 +201,21 @@ class ServerTLS:
         chain: Sequence[x509.Certificate],
         key: Any,
         ca: Sequence[x509.Certificate],
+        sni: bool = False,
     ) -> SSL.Context:
         ctx = SSL.Context(SSL.TLS_METHOD)
+        if sni:  # the default context picks the others by the client's server name
+            ctx.set_tlsext_servername_callback(self._server_name)
         ctx.set_min_proto_version(_VERSIONS[config.min_version])
         ctx.set_options(
             SSL.OP_NO_COMPRESSION
             | SSL.OP_CIPHER_SERVER_PREFERENCE
             | getattr(SSL, "OP_NO_RENEGOTIATION", 0)
         )
-        ctx.set_cipher_list(TLS12_CIPHERS.encode("ascii"))
-        ctx.use_certificate(crypto.X509.from_cryptography(chain[0]))
+        ctx.use_certificate(chain[0])
         for extra in chain[1:]:
-            ctx.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
-        ctx.use_privatekey(crypto.PKey.from_cryptography_key(key))
+            ctx.add_extra_chain_cert(extra)
+        ctx.use_privatekey(key)
         ctx.check_privatekey()
         # Sessions resume only on the listener (and the client-certificate policy) they
         # started on.
@@ -226,11 +226,14 @@ class ServerTLS:
             assert store is not None
             for cert in ca:
                 store.add_cert(crypto.X509.from_cryptography(cert))
-                ctx.add_client_ca(crypto.X509.from_cryptography(cert))
+                ctx.add_client_ca(cert)
             mode = SSL.VERIFY_PEER
             if config.client_auth == "require":
                 mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
             ctx.set_verify(mode, _verified)
+        # Last: pyOpenSSL < 26 checks the list on a throw-away Connection, after which it
+        # warns about any other change to the context.
+        ctx.set_cipher_list(TLS12_CIPHERS.encode("ascii"))
         return ctx
 
     def _server_name(self, connection: SSL.Connection) -> None:
@@ -373,7 +376,9 @@ def _iso(cert: x509.Certificate, name: str) -> str:
 
 
 def _xfcc_quoted(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A double-quoted XFCC value: double quotes in it escaped by a backslash (Envoy's rule;
+    the RFC 4514 escapes of a subject stay as they are)."""
+    return '"' + value.replace('"', '\\"') + '"'
 
 
 def _xfcc_value(value: str) -> str:
