@@ -428,3 +428,10 @@ def test_listener_factory_wraps_tls_inside_proxy(pki):
     assert isinstance(both, ProxyProtocolFactory)
     assert isinstance(both.wrappedFactory, TLSServerFactory)
     assert both.wrappedFactory.wrappedFactory is site
+
+
+def test_proxy_v2_local_header_keeps_the_sockets_peer():
+    local = b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x20, 0x00]) + b"\x00\x00"
+    app, transport = _proxied(local + b"GET /health HTTP/1.1\r\n")
+    assert app.data == b"GET /health HTTP/1.1\r\n"
+    assert app.peer == transport.getPeer()
