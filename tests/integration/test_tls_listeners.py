@@ -480,3 +480,31 @@ async def test_certificate_expiry_gauge(pki, closer):
         assert 29 * 86400 < seconds <= 30 * 86400, (labels, seconds)
     assert any('server_name="api.example.test"' in labels for labels in found)
     assert any('server_name="localhost"' in labels for labels in found)
+
+
+@ensure
+async def test_upstream_client_certificates_are_in_the_expiry_gauge(pki, closer):
+    client = pki.ca.issue("gw-client", "gateway", client=True, days=10)
+    config = {
+        "server": {"host": "127.0.0.1", "port": 0},
+        "routes": [
+            {
+                "name": "billing",
+                "path": "/*",
+                "upstream": {
+                    "urls": ["https://127.0.0.1:1"],
+                    "client_cert_file": str(client.cert),
+                    "client_key_file": str(client.key),
+                },
+            }
+        ],
+    }
+    gw = start(config, closer)
+    lines = [
+        line
+        for line in gw.metrics.render(None).body.decode().splitlines()
+        if line.startswith("avx_tls_certificate_expiry_seconds{")
+    ]
+    assert len(lines) == 1, lines
+    assert 'listener="upstream:billing"' in lines[0]
+    assert 9 * 86400 < float(lines[0].rsplit(" ", 1)[1]) <= 10 * 86400
