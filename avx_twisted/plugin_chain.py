@@ -60,6 +60,12 @@ class PluginContext:
         return self._ctx.identity
 
     @property
+    def tls(self) -> Any:
+        """The connection's TLS facts (``tls.TlsInfo``: ``version``, ``cipher``,
+        ``server_name``, ``alpn``, ``client_cert``), or None on cleartext."""
+        return self._ctx.tls
+
+    @property
     def http(self) -> Any:
         """A ``treq.HTTPClient`` on the gateway's background connection pool (side calls)."""
         return self._clients.http_client()

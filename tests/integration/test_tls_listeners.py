@@ -508,3 +508,47 @@ async def test_upstream_client_certificates_are_in_the_expiry_gauge(pki, closer)
     assert len(lines) == 1, lines
     assert 'listener="upstream:billing"' in lines[0]
     assert 9 * 86400 < float(lines[0].rsplit(" ", 1)[1]) <= 10 * 86400
+
+
+class _TlsHeaders:
+    """A plugin that hands the connection's TLS facts to the upstream as headers."""
+
+    api_version = 1
+
+    def __init__(self, config: Any) -> None:
+        pass
+
+    def on_upstream_request(self, request: Any, ctx: Any) -> None:
+        tls = ctx.tls
+        request.headers.set("X-TLS", "none" if tls is None else f"{tls.version} {tls.server_name}")
+        cert = tls.client_cert if tls is not None else None
+        request.headers.set("X-TLS-Client", cert.common_name if cert is not None else "-")
+
+
+@ensure
+async def test_plugins_see_the_tls_facts(pki, closer):
+    from avx_twisted import plugins
+
+    plugins.register("tls-headers", _TlsHeaders)
+    try:
+        up = closer.add(upstream())
+        routes = [
+            {
+                "path": "/*",
+                "plugins": [{"name": "tls-headers"}],
+                "upstream": {"urls": [f"http://127.0.0.1:{up.port}"]},
+            }
+        ]
+        gw, port = tls_gateway(pki, closer, up.port, _mtls_tls(pki, "optional"), routes=routes)
+        status, body = await curl_get(pki, port, "/x", "localhost", pki.reports)
+        headers = echo_json(body.encode())["headers"]
+        assert status == 200
+        assert headers["X-Tls"][0].startswith("TLSv1.") and headers["X-Tls"][0].endswith(
+            " localhost"
+        )
+        assert headers["X-Tls-Client"] == ["reports"]
+        plain = gw.ports[0].getHost().port
+        code, out, _ = await curl(f"http://127.0.0.1:{plain}/x")
+        assert echo_json(out.encode())["headers"]["X-Tls"] == ["none"]
+    finally:
+        plugins.unregister("tls-headers")
