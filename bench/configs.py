@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 API_KEY = "bench-api-key-7c1d5e0f"
 ORIGIN_HEADER = "http://bench.example"
@@ -17,6 +17,16 @@ HUGE_SIZE = 200 * 1000 * 1000  # 200 MB
 UPLOAD_SIZE = 1000 * 1000 * 1000  # 1 GB, the upload memory check
 NOFILE = 65536
 NOOP_PLUGIN = "bench-noop"  # bench/noop_plugin.py, registered by bench/twistd_with_plugin.py
+#: The gateway's TLS 1.2 cipher list, given to nginx too: avx_twisted/tls.py's own when it
+#: imports (bench/run.py runs with the gateway's venv), else the copy it had when this was written.
+try:
+    from avx_twisted.tls import TLS12_CIPHERS
+except Exception:  # pragma: no cover - a gateway tree that does not import
+    TLS12_CIPHERS = (
+        "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+        "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+        "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+    )
 
 
 def nginx_common(workdir: Path, name: str) -> str:
@@ -65,6 +75,34 @@ def nginx_proxy_conf(workdir: Path, port: int, origin_port: int) -> str:
     )
 
 
+def nginx_tls_proxy_conf(
+    workdir: Path, port: int, origin_port: int, cert_file: Path, key_file: Path
+) -> str:
+    """The nginx proxy row's config, served over TLS: the same upstream, keep-alive and proxy
+    settings, with TLS set like the gateway's listeners (TLS 1.2 and 1.3, the gateway's TLS 1.2
+    cipher list in server order, OpenSSL's built-in session cache and session tickets, which
+    are also OpenSSL's defaults and so the gateway's)."""
+    return nginx_common(workdir, "nginx-tls-proxy") + (
+        "    upstream origin {\n"
+        f"        server 127.0.0.1:{origin_port};\n"
+        "        keepalive 64;\n        keepalive_requests 1000000;\n    }\n"
+        "    server {\n"
+        f"        listen 127.0.0.1:{port} ssl backlog=1024;\n"
+        f"        ssl_certificate {cert_file};\n"
+        f"        ssl_certificate_key {key_file};\n"
+        "        ssl_protocols TLSv1.2 TLSv1.3;\n"
+        f"        ssl_ciphers {TLS12_CIPHERS};\n"
+        "        ssl_prefer_server_ciphers on;\n"
+        "        ssl_session_cache builtin;\n"
+        "        ssl_session_tickets on;\n"
+        "        location / {\n"
+        "            proxy_pass http://origin;\n"
+        "            proxy_http_version 1.1;\n"
+        '            proxy_set_header Connection "";\n'
+        "        }\n    }\n}\n"
+    )
+
+
 def gateway_toml(
     workdir: Path,
     port: int,
@@ -76,21 +114,36 @@ def gateway_toml(
     sink_max_body: int = 2 * UPLOAD_SIZE,
     tracing_endpoint: Optional[str] = None,
     plugins: Sequence[str] = (),
+    tls: Optional[Tuple[Path, Path]] = None,
 ) -> str:
     """The gateway's config: ``/*`` to the origin on ``origin_port``. With ``sink_port``, also
     an exact route ``/sink`` to that origin taking bodies up to ``sink_max_body`` bytes, with
     deadlines long enough for a 1 GB upload (the upload memory check). With
     ``tracing_endpoint``, ``[tracing]`` with every request sampled and exported there (OTLP/HTTP);
-    ``plugins`` (names, no config) run on the ``/*`` route."""
-    lines = [
-        "[server]",
-        f'listen = ["tcp:{port}:interface=127.0.0.1:backlog=1024"]',
+    ``plugins`` (names, no config) run on the ``/*`` route. With ``tls`` (certificate and key
+    files), the one listener is a ``[[server.listeners]]`` entry on the same endpoint with
+    ``[server.listeners.tls]`` instead of ``listen`` (no cleartext port)."""
+    endpoint = f"tcp:{port}:interface=127.0.0.1:backlog=1024"
+    lines = ["[server]"]
+    if tls is None:
+        lines.append(f'listen = ["{endpoint}"]')
+    lines += [
         f"workers = {workers}",
         "drain_timeout_ms = 1000",
         f"keepalive_timeout_ms = {keepalive_ms}",
     ]
     if sink_port is not None:
         lines.append("client_body_timeout_ms = 600000")
+    if tls is not None:
+        lines += [
+            "",
+            "[[server.listeners]]",
+            f'endpoint = "{endpoint}"',
+            "",
+            "[server.listeners.tls]",
+            f'cert_file = "{tls[0]}"',
+            f'key_file = "{tls[1]}"',
+        ]
     lines += [
         "",
         "[[routes]]",

@@ -9,6 +9,7 @@ import resource
 import shlex
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -121,9 +122,14 @@ def free_port() -> int:
 
 
 def wait_ready(
-    proc: subprocess.Popen, url: str, timeout: float = 60.0, headers: Optional[List[str]] = None
+    proc: subprocess.Popen,
+    url: str,
+    timeout: float = 60.0,
+    headers: Optional[List[str]] = None,
+    context: Optional[ssl.SSLContext] = None,
 ) -> None:
-    """Wait until ``url`` answers 200 (or the process dies, or time runs out)."""
+    """Wait until ``url`` answers 200 (or the process dies, or time runs out); ``context``: the
+    TLS client context of an https URL (the bench CA)."""
     deadline = time.monotonic() + timeout
     req = urllib.request.Request(url)
     for header in headers or HEADERS:
@@ -134,7 +140,7 @@ def wait_ready(
         if proc.poll() is not None:
             raise RuntimeError(f"exited with status {proc.returncode}: {tail(proc)}")
         try:
-            with urllib.request.urlopen(req, timeout=2) as resp:
+            with urllib.request.urlopen(req, timeout=2, context=context) as resp:
                 resp.read()
                 if resp.status == 200:
                     return

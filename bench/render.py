@@ -4,9 +4,10 @@ as docs/benchmarks.md.
     .venv/bin/python bench/render.py [RESULTS.json] [--doc docs/benchmarks.md] [--no-doc]
 
 The "Profile" section of an existing docs/benchmarks.md is kept as it is when the file is
-rewritten, so notes written there survive a re-run; so is its "Overhead of tracing and plugins"
-section when the results have no such rows (older results). A partial run of bench/run.py with
-``--doc`` replaces only that section (``write_overhead_section``).
+rewritten, so notes written there survive a re-run; so are its "Overhead of tracing and plugins"
+and "TLS" sections when the results have no such rows (older results). A partial run of
+bench/run.py with ``--doc`` replaces only those of the two it has rows for
+(``write_overhead_section``, ``write_tls_section``).
 """
 
 from __future__ import annotations
@@ -81,10 +82,10 @@ def reference_for(results: Json, row: Json) -> Optional[Json]:
     return row_by_id(results, "httptools-pypy" if row.get("runtime") == "PyPy" else "httptools")
 
 
-def cpu_text(row: Json) -> str:
-    """The CPU column of the tiny run: proxy / other on the proxy's core / load core busy
-    (wrk + origin)."""
-    tiny = (row.get("tiny") or {}) if measured(row) else {}
+def cpu_text(row: Json, cell: str = "tiny") -> str:
+    """The CPU column of the tiny run (or another ``cell``): proxy / other on the proxy's core /
+    load core busy (wrk + origin)."""
+    tiny = (row.get(cell) or {}) if measured(row) else {}
     if tiny.get("proxy_cpu_pct") is None:
         return "–"
     other, load = tiny.get("other_on_proxy_core_pct"), tiny.get("load_core_busy_pct")
@@ -131,11 +132,16 @@ def shown_rows(results: Json) -> List[Json]:
     return [r for r in results.get("rows", []) if r.get("status") != "unselected"]
 
 
+def main_rows(results: Json) -> List[Json]:
+    """The rows of the main table: the shown ones but the TLS rows (their own section)."""
+    return [r for r in shown_rows(results) if r.get("id") not in TLS_IDS]
+
+
 def table_rows(results: Json) -> List[List[str]]:
     nginx = row_by_id(results, "nginx")
     aio = row_by_id(results, "aiohttp")
     out = []
-    for row in shown_rows(results):
+    for row in main_rows(results):
         ok = measured(row)
         label = row["label"]
         if not ok:
@@ -419,6 +425,12 @@ def render_text(results: Json) -> str:
     over = overhead_rows(results)
     if over:
         parts += ["Overhead vs the full stack of this run:", text_table(OVERHEAD_COLUMNS, over)]
+    tls = tls_text_rows(results)
+    if tls:
+        parts += [
+            "TLS (keep-alive, and a new TLS connection per request):",
+            text_table(TLS_TEXT_COLUMNS, tls),
+        ]
     half_rows = half_rate_rows(results)
     if half_rows:
         parts += ["Latency at half the max rate (tiny):", text_table(HALF_COLUMNS, half_rows)]
@@ -605,10 +617,311 @@ def write_overhead_section(results: Json, doc: Path) -> None:
     """Replace only the overhead section of ``doc`` with this (partial) run's, leaving every
     other byte of it as it is; without one, insert it after the Results section."""
     text = doc.read_text()
-    section = overhead_section(results, partial=True).strip("\n") + "\n"
-    start = text.find("\n" + OVERHEAD_HEADING + "\n")
+    if "\n" + OVERHEAD_HEADING + "\n" not in text and "\n" + TLS_HEADING + "\n" in text:
+        # Where a full run puts it: before the TLS section.
+        at = text.find("\n" + TLS_HEADING + "\n")
+        section = overhead_section(results, partial=True).strip("\n") + "\n"
+        doc.write_text(text[: at + 1] + section + "\n" + text[at + 1 :])
+        return
+    replace_section(doc, OVERHEAD_HEADING, overhead_section(results, partial=True))
+
+
+# --------------------------------------------------------------------------- TLS
+
+TLS_HEADING = "## TLS"
+#: The TLS rows (bench/run.py's ``tls`` rows), each with the cleartext row it is compared with.
+TLS_IDS = ("nginx-tls", "gw-full-tls", "gw-full-tls-pypy")
+TLS_CLEARTEXT = {"nginx-tls": "nginx", "gw-full-tls": "gw-full", "gw-full-tls-pypy": "gw-full-pypy"}
+TLS_COLUMNS = [
+    "Row",
+    "Runtime",
+    "Keep-alive tiny req/s",
+    "Tiny p99 ms",
+    "1 MiB MB/s",
+    "1 MiB p99 ms",
+    "New handshakes/s",
+    "Handshake p50 ms",
+    "Handshake p99 ms",
+    "CPU % keep-alive tiny: proxy / other / load core (wrk+origin)",
+    "CPU % handshakes: proxy / other / load core (wrk+origin)",
+    "RSS idle MiB",
+    "RSS after MiB",
+]
+TLS_RATIO_COLUMNS = [
+    "Row",
+    "Runtime",
+    "Tiny req/s vs nginx TLS",
+    "MB/s vs nginx TLS",
+    "Handshakes/s vs nginx TLS",
+    "Tiny req/s, TLS vs cleartext",
+    "MB/s, TLS vs cleartext",
+    "Handshakes/s vs its keep-alive tiny req/s",
+]
+TLS_TEXT_COLUMNS = [
+    "Row",
+    "Runtime",
+    "Tiny req/s",
+    "1MiB MB/s",
+    "Handshakes/s",
+    "hs p99 ms",
+    "CPU % hs p/o/l",
+    "vs nginx TLS tiny/MBs/hs",
+    "vs cleartext tiny/MBs",
+]
+
+
+def has_tls_rows(results: Json) -> bool:
+    """Whether ``results`` ran (or tried) any TLS row."""
+    return any(
+        (row_by_id(results, i) or {}).get("status", "unselected") != "unselected" for i in TLS_IDS
+    )
+
+
+def _tls_shown(results: Json) -> List[Json]:
+    return [
+        row
+        for row in (row_by_id(results, i) for i in TLS_IDS)
+        if row is not None and row.get("status") != "unselected"
+    ]
+
+
+def _tls_ratios(results: Json, row: Json) -> Dict[str, Optional[float]]:
+    nginx = row_by_id(results, "nginx-tls")
+    clear = row_by_id(results, TLS_CLEARTEXT[row["id"]])
+    tiny, big = metric(row, "tiny", "rps"), metric(row, "big", "mbps")
+    hs = metric(row, "handshake", "rps")
+    theirs = row is not nginx
+    return {
+        "tiny_vs_nginx": ratio(tiny, metric(nginx, "tiny", "rps")) if theirs else None,
+        "big_vs_nginx": ratio(big, metric(nginx, "big", "mbps")) if theirs else None,
+        "hs_vs_nginx": ratio(hs, metric(nginx, "handshake", "rps")) if theirs else None,
+        "tiny_vs_clear": ratio(tiny, metric(clear, "tiny", "rps")),
+        "big_vs_clear": ratio(big, metric(clear, "big", "mbps")),
+        "clear_tiny": metric(clear, "tiny", "rps"),
+        "clear_big": metric(clear, "big", "mbps"),
+        "hs_vs_keepalive": ratio(hs, tiny),
+    }
+
+
+def _label(row: Json) -> str:
+    return row["label"] if measured(row) else f"{row['label']} ({status_text(row)})"
+
+
+def tls_rows(results: Json) -> List[List[str]]:
+    out = []
+    for row in _tls_shown(results):
+        ok = measured(row)
+        out.append(
+            [
+                _label(row),
+                row.get("runtime", ""),
+                f_int(metric(row, "tiny", "rps")),
+                f_ms(metric(row, "tiny", "p99_ms")),
+                f_int(metric(row, "big", "mbps")),
+                f_ms(metric(row, "big", "p99_ms")),
+                f_int(metric(row, "handshake", "rps")),
+                f_ms(metric(row, "handshake", "p50_ms")),
+                f_ms(metric(row, "handshake", "p99_ms")),
+                cpu_text(row),
+                cpu_text(row, "handshake"),
+                f_mib(row.get("rss_idle_kb")) if ok or row.get("rss_idle_kb") else "–",
+                f_mib(row.get("rss_after_kb")) if ok else "–",
+            ]
+        )
+    return out
+
+
+def tls_ratio_rows(results: Json) -> List[List[str]]:
+    out = []
+    for row in _tls_shown(results):
+        r = _tls_ratios(results, row)
+        mine = row.get("id") != "nginx-tls"
+
+        def versus(value: Optional[float], clear: Optional[float], unit: str) -> str:
+            if value is None:
+                return "–"
+            return f"{f_ratio(value)} (cleartext {f_int(clear)} {unit})"
+
+        out.append(
+            [
+                _label(row),
+                row.get("runtime", ""),
+                f_ratio(r["tiny_vs_nginx"]) if mine else "",
+                f_ratio(r["big_vs_nginx"]) if mine else "",
+                f_ratio(r["hs_vs_nginx"]) if mine else "",
+                versus(r["tiny_vs_clear"], r["clear_tiny"], "req/s"),
+                versus(r["big_vs_clear"], r["clear_big"], "MB/s"),
+                f_ratio(r["hs_vs_keepalive"]),
+            ]
+        )
+    return out
+
+
+def tls_text_rows(results: Json) -> List[List[str]]:
+    out = []
+    for row in _tls_shown(results):
+        r = _tls_ratios(results, row)
+        mine = row.get("id") != "nginx-tls"
+        vs_nginx = ""
+        if mine:
+            vs_nginx = "/".join(
+                f_ratio(r[k]) for k in ("tiny_vs_nginx", "big_vs_nginx", "hs_vs_nginx")
+            )
+        out.append(
+            [
+                _label(row),
+                row.get("runtime", ""),
+                f_int(metric(row, "tiny", "rps")),
+                f_int(metric(row, "big", "mbps")),
+                f_int(metric(row, "handshake", "rps")),
+                f_ms(metric(row, "handshake", "p99_ms")),
+                cpu_text(row, "handshake"),
+                vs_nginx,
+                f"{f_ratio(r['tiny_vs_clear'])}/{f_ratio(r['big_vs_clear'])}",
+            ]
+        )
+    return out
+
+
+def _tls_check_text(row: Json) -> str:
+    checks = row.get("tls_checks") or {}
+    if not checks:
+        return ""
+    text = f"`curl --cacert` got {checks.get('curl_status')}"
+    if checks.get("protocol"):
+        text += f" over {checks['protocol']} / {checks.get('cipher')}"
+    if checks.get("alpn"):
+        text += f", ALPN {checks['alpn']}"
+    resumed = checks.get("second_connection_resumed")
+    if resumed is not None:
+        text += "; a second connection offering the first one's session " + (
+            "resumed it" if resumed else "did NOT resume it (full handshake)"
+        )
+    return text
+
+
+def tls_section(results: Json, partial: bool = False) -> str:
+    """The markdown of the TLS section, heading included."""
+    out: List[str] = [TLS_HEADING + "\n"]
+    add = out.append
+    meta = results.get("meta", {})
+    settings = meta.get("settings", {})
+    tls = results.get("tls") or {}
+    certificate = tls.get("certificate", "a server certificate and its CA")
+    add(
+        "What TLS termination costs: the nginx proxy and the full-stack gateway behind a TLS "
+        "listener, both with one certificate minted by `bench/tls_certs.py` at the start of "
+        f"the run, {certificate} that clients verify it against; both proxy to the same "
+        "cleartext origin and are pinned like the other rows (proxy on core "
+        f"{settings.get('proxy_core')}, wrk and the origin on core {settings.get('load_core')}). "
+        "Before the load each row is checked with `curl --cacert` (200 from `/tiny`, and what "
+        "was negotiated) and the gateway also with the full-stack row's checks over https. Then "
+        "two ways:\n"
+    )
+    add(
+        "- **Keep-alive**: wrk over `https://` exactly as the other rows "
+        f"({settings.get('connections')} keep-alive connections, `/tiny` and `/big` after the "
+        "same warm-up): what TLS adds to each request and byte once a connection is open. "
+        "*TLS vs cleartext* divides by the same proxy's cleartext row of this run (nginx "
+        "proxy_pass; avx-gateway, full stack, of the same runtime).\n"
+        '- **New handshakes**: wrk with `-H "Connection: close"` on `/tiny` (after a warm-up '
+        "of half the tiny one, in this mode): the server closes after each answer and wrk opens "
+        "a new connection, with a new TLS handshake, for the next request, so *handshakes/s* is "
+        "wrk's req/s there: a TCP connect, a handshake, one request and a close each. wrk keeps "
+        "the TLS session of the connection it closed (`SSL_clear`) and offers it on the next, "
+        "and both servers resume it (TLS 1.3 session tickets, OpenSSL's default, kept in nginx "
+        "with `ssl_session_tickets on`; each row's check below says whether its server "
+        "resumed): so these are resumed handshakes (a PSK with a new ECDHE exchange, no "
+        "certificate signature). A client's first, full handshake costs the server an ECDSA "
+        "signature more and is not measured here. wrk also polls a connecting socket for "
+        "writability and so spins while a handshake is under way: its CPU in this mode "
+        "is not the client's work alone.\n"
+        "- **nginx over TLS**: the nginx proxy_pass row's config (the same upstream with "
+        "`keepalive 64`, `keepalive_timeout 120s`, `keepalive_requests 1000000`, 1 worker, "
+        "access log off) with `listen ... ssl`, `ssl_protocols TLSv1.2 TLSv1.3`, the "
+        "gateway's TLS 1.2 cipher list with `ssl_prefer_server_ciphers on` (the gateway "
+        "prefers its own order too), `ssl_session_cache builtin` and `ssl_session_tickets on` "
+        "(OpenSSL's defaults, which the gateway keeps). No HTTP/2 on either.\n"
+        "- **avx-gateway, full stack over TLS**: the full-stack row's TOML with its one "
+        "listener a `[[server.listeners]]` entry on the same endpoint with "
+        "`[server.listeners.tls]` `cert_file` and `key_file` (defaults otherwise: TLS 1.2 "
+        "minimum, no client certificates) instead of `listen`.\n"
+    )
+    if partial:
+        rows = [r.get("id") for r in shown_rows(results)]
+        machine = meta.get("machine", {})
+        load = ""
+        if machine.get("loadavg_at_start") and machine.get("loadavg_at_end"):
+            load = (
+                f", load average {' '.join(machine['loadavg_at_start'])} at the start and "
+                f"{' '.join(machine['loadavg_at_end'])} at the end"
+            )
+        add(
+            f"Measured in a partial run ({meta.get('started', '?')}, `--only {','.join(rows)}`, "
+            f"{settings.get('duration_s', 0):g} s cells after {settings.get('warmup_s', 0):g} s "
+            f"warm-up{load}); its ratios to cleartext take the cleartext rows of that run (– "
+            "when it had none): compare the ratios, not these req/s with the Results table "
+            "above, which is another run.\n"
+        )
+    add(markdown_table(TLS_COLUMNS, tls_rows(results)))
+    add(markdown_table(TLS_RATIO_COLUMNS, tls_ratio_rows(results)))
+    notes = []
+    for row in _tls_shown(results):
+        parts = []
+        check = _tls_check_text(row)
+        if check:
+            parts.append(check)
+        stack = row.get("stack_checks")
+        if stack:
+            parts.append(
+                f"over https {stack.get('without_key_status')} without the key, "
+                f"{stack.get('with_key_status')} with it and `Access-Control-Allow-Origin: "
+                f"{stack.get('cors_allow_origin')}`, metrics {stack.get('metrics_status')}"
+            )
+        text = ("checked before the load: " + "; ".join(parts) + ".") if parts else ""
+        if row.get("access_log_lines") is not None:
+            text += f" {_count(row.get('access_log_lines'))} access log lines written."
+        if row.get("note"):
+            text += " " + row["note"]
+        if text.strip():
+            notes.append(f"- {row['label']} ({row.get('runtime')}): {text.strip()}")
+    if notes:
+        add("\n".join(notes) + "\n")
+    commands = [r for r in _tls_shown(results) if r.get("command")]
+    if commands:
+        add("Commands of this run:\n")
+        add("```sh")
+        for row in commands:
+            add(f"# {row['label']} ({row['runtime']})")
+            add(row["command"])
+            if (row.get("tls_checks") or {}).get("curl_command"):
+                add(row["tls_checks"]["curl_command"])
+        example = next((r for r in commands if measured(r) and r.get("id") == "gw-full-tls"), None)
+        example = example or next((r for r in commands if measured(r)), None)
+        if example:
+            add(f"# load, e.g. for {example['label']} ({example['runtime']})")
+            for cell in ("tiny", "big", "handshake"):
+                if (example.get(cell) or {}).get("command"):
+                    add(example[cell]["command"])
+        add("```\n")
+    return wrap_markdown("\n".join(out))
+
+
+def write_tls_section(results: Json, doc: Path) -> None:
+    """Replace only the TLS section of ``doc`` with this (partial) run's; without one, insert it
+    before the latency section (after the overhead section, where a full run puts it)."""
+    replace_section(doc, TLS_HEADING, tls_section(results, partial=True))
+
+
+def replace_section(doc: Path, heading: str, section: str) -> None:
+    """Replace the section of ``doc`` under ``heading`` (up to the next "## ") with ``section``,
+    leaving every other byte as it is; without one, insert it before the latency section (or
+    the profile, or at the end)."""
+    text = doc.read_text()
+    section = section.strip("\n") + "\n"
+    start = text.find("\n" + heading + "\n")
     if start >= 0:
-        end = text.find("\n## ", start + len(OVERHEAD_HEADING) + 2)
+        end = text.find("\n## ", start + len(heading) + 2)
         tail = "" if end < 0 else text[end + 1 :]
         doc.write_text(text[: start + 1] + section + ("\n" + tail if tail else ""))
         return
@@ -638,14 +951,18 @@ def existing_profile(doc: Path) -> Optional[str]:
 
 
 def render_markdown(
-    results: Json, profile: Optional[str] = None, overhead: Optional[str] = None
+    results: Json,
+    profile: Optional[str] = None,
+    overhead: Optional[str] = None,
+    tls: Optional[str] = None,
 ) -> str:
-    """The whole doc; ``profile`` is the body of the kept "Profile" section, ``overhead`` the
-    existing overhead section, kept when ``results`` have no overhead rows (older results)."""
+    """The whole doc; ``profile`` is the body of the kept "Profile" section, ``overhead`` and
+    ``tls`` the existing overhead and TLS sections, kept when ``results`` have no such rows
+    (older results)."""
     meta = results.get("meta", {})
     machine = meta.get("machine", {})
     settings = meta.get("settings", {})
-    rows = shown_rows(results)
+    rows = main_rows(results)
     duration = settings.get("duration_s")
     conns = settings.get("connections")
     out: List[str] = []
@@ -747,6 +1064,7 @@ def render_markdown(
         f"cores (`taskset -c {settings.get('all_cores')}`). On a 2-core machine wrk and the "
         "origin share those cores with the workers, so this pair shows what a second process "
         "buys when nothing is left idle, not how workers scale on a bigger machine.\n"
+        "9. nginx and the full-stack gateway **over TLS**: in their own section, *TLS*.\n"
     )
     add(
         'Gateways listen with `listen = ["tcp:PORT:interface=127.0.0.1:backlog=1024"]` (the '
@@ -812,6 +1130,10 @@ def render_markdown(
         add(overhead_section(results))
     elif overhead is not None:  # results without those rows: the doc's section stays
         add(overhead)
+    if has_tls_rows(results):
+        add(tls_section(results))
+    elif tls is not None:
+        add(tls)
     add("## Latency at half the maximum rate\n")
     add(
         "Debian has no wrk2, so wrk paces the requests itself: a Lua `delay()` (bench/run.py, "
@@ -997,7 +1319,12 @@ def wrap_markdown(text: str, width: int = 100) -> str:
 
 def write_doc(results: Json, doc: Path) -> None:
     doc.write_text(
-        render_markdown(results, existing_profile(doc), existing_section(doc, OVERHEAD_HEADING))
+        render_markdown(
+            results,
+            existing_profile(doc),
+            existing_section(doc, OVERHEAD_HEADING),
+            existing_section(doc, TLS_HEADING),
+        )
     )
 
 

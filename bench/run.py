@@ -11,17 +11,21 @@ first); every option is passed on. One run:
    again and, for the gateway, measures latency at half the rate it just reached; two more
    full-stack rows add tracing of every request (OTLP/HTTP to bench/otlp_sink.py) and a no-op
    plugin on every phase (bench/noop_plugin.py, through bench/twistd_with_plugin.py), for
-   their ratios to the full-stack row;
+   their ratios to the full-stack row; the TLS rows (nginx, and the full-stack gateway on CPython
+   and PyPy, over TLS with one certificate minted at run time, bench/tls_certs.py) are checked
+   with ``curl --cacert`` and measured with keep-alive like the others, then with a new TLS
+   connection per request (``wrk -H "Connection: close"``);
 3. the memory checks (bench/memory.py): RSS of a 200 MB response passing through, of a 1 GB
    upload passing through to an origin that discards it (bench/sink_origin.py), and of 10,000
    idle keep-alive client connections;
 4. writes ``bench/results/latest.json`` (and a timestamped copy) and renders it with
    ``bench/render.py`` to stdout and ``docs/benchmarks.md`` (a partial run, ``--only``: only
-   with ``--doc``, and then only the doc's overhead section).
+   with ``--doc``, and then only the doc's overhead and TLS sections).
 
 The rest of bench/: procs.py (starting and stopping processes, RSS and CPU from /proc), wrk.py
 (wrk runs and their output), configs.py (what is sent and served, the nginx and gateway
-configs), machine.py (the "Machine" section), and the proxies and clients it starts.
+configs), tls_certs.py (the TLS rows' CA and certificate), machine.py (the "Machine" section),
+and the proxies and clients it starts.
 
 Everything listens on and talks to 127.0.0.1 (the idle-connection client also uses 127.0.0.2..
 as source addresses); every load run is bounded by ``wrk -d``; every process started here is
@@ -34,8 +38,12 @@ import argparse
 import datetime
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -43,7 +51,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -63,6 +71,7 @@ from configs import (  # noqa: E402
     UPLOAD_SIZE,
     gateway_toml,
     nginx_proxy_conf,
+    nginx_tls_proxy_conf,
     origin_conf,
 )
 from machine import machine_info  # noqa: E402
@@ -77,6 +86,7 @@ from procs import (  # noqa: E402
     rss_kb,
     wait_ready,
 )
+from tls_certs import BenchCerts, mint  # noqa: E402
 from wrk import PACING_LUA, errors_of, run_wrk  # noqa: E402
 
 WORKERS_NOT_IMPLEMENTED = "worker processes are not implemented yet"
@@ -86,10 +96,10 @@ Json = Dict[str, Any]
 # --------------------------------------------------------------------------- checks
 
 
-def _fetch(url: str, headers: Dict[str, str]) -> Any:
+def _fetch(url: str, headers: Dict[str, str], context: Optional[ssl.SSLContext] = None) -> Any:
     req = urllib.request.Request(url, headers=headers)
     try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
+        with urllib.request.urlopen(req, timeout=5, context=context) as resp:
             resp.read()
             return resp.status, resp.headers
     except urllib.error.HTTPError as e:
@@ -97,13 +107,13 @@ def _fetch(url: str, headers: Dict[str, str]) -> Any:
         return e.code, e.headers
 
 
-def check_full_stack(base: str) -> Json:
+def check_full_stack(base: str, context: Optional[ssl.SSLContext] = None) -> Json:
     """Make sure the full-stack row really runs its middleware: no key is 401, the key passes
     with a CORS answer, metrics are served. A failed check fails the row."""
     key = {"X-API-Key": API_KEY}
-    no_key, _ = _fetch(base + "/tiny", {"Origin": ORIGIN_HEADER})
-    ok, headers = _fetch(base + "/tiny", {**key, "Origin": ORIGIN_HEADER})
-    metrics, _ = _fetch(base + "/metrics", key)
+    no_key, _ = _fetch(base + "/tiny", {"Origin": ORIGIN_HEADER}, context)
+    ok, headers = _fetch(base + "/tiny", {**key, "Origin": ORIGIN_HEADER}, context)
+    metrics, _ = _fetch(base + "/metrics", key, context)
     checks = {
         "without_key_status": no_key,
         "with_key_status": ok,
@@ -112,6 +122,45 @@ def check_full_stack(base: str) -> Json:
     }
     if no_key != 401 or ok != 200 or checks["cors_allow_origin"] != ORIGIN_HEADER or metrics != 200:
         raise RuntimeError(f"full stack not active: {checks}")
+    return checks
+
+
+def check_tls(port: int, ca_file: Path) -> Json:
+    """Before a TLS row's load: curl, verifying against the bench CA, gets 200 from ``/tiny``
+    (and says which protocol, cipher and ALPN were negotiated); then Python's ``ssl`` makes two
+    connections in a row, the second offering the first one's session, to see whether the server
+    resumes sessions (wrk does offer it on each reconnect). A failed curl fails the row."""
+    url = f"https://127.0.0.1:{port}/tiny"
+    cmd = ["curl", "-sS", "-v", "--noproxy", "*", "--cacert", str(ca_file), "-o", "/dev/null"]
+    cmd += ["-w", "%{http_code}"]
+    for header in HEADERS:
+        cmd += ["-H", header]
+    cmd.append(url)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    checks: Json = {"curl_command": shlex.join(cmd), "curl_status": done.stdout.strip()}
+    m = re.search(r"SSL connection using (\S+) / (\S+)", done.stderr)
+    if m:
+        checks["protocol"], checks["cipher"] = m.group(1), m.group(2)
+    m = re.search(r"ALPN: server accepted (\S+)|ALPN, server accepted to use (\S+)", done.stderr)
+    if m:
+        checks["alpn"] = m.group(1) or m.group(2)
+    if done.returncode != 0 or checks["curl_status"] != "200":
+        tail = " | ".join(done.stderr.strip().splitlines()[-3:])
+        raise RuntimeError(f"curl --cacert over TLS: exit {done.returncode}, {checks}: {tail}")
+    context = ssl.create_default_context(cafile=str(ca_file))
+    session = None
+    reused = []
+    for _ in range(2):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost", session=session) as conn:
+                request = "GET /tiny HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                request += "".join(f"{h}\r\n" for h in HEADERS) + "\r\n"
+                conn.sendall(request.encode())
+                while conn.recv(65536):  # to the end: TLS 1.3 tickets come after the handshake
+                    pass
+                reused.append(conn.session_reused)
+                session = conn.session
+    checks["second_connection_resumed"] = bool(reused[1])
     return checks
 
 
@@ -143,6 +192,8 @@ class Bench:
         self.origin_pid = 0
         self.cores = self.settings["proxy_core"]  # where the next proxy started is pinned
         self.sink: Optional[Any] = None  # (process, base URL) of the tracing row's OTLP sink
+        self.certs: Optional[BenchCerts] = None  # the TLS rows' certificate, minted once
+        self.tls_context: Optional[ssl.SSLContext] = None  # clients' context: the bench CA
         self.results: Json = {}
 
     # -- setup
@@ -179,17 +230,40 @@ class Bench:
         self.results["origin"] = {"port": self.origin_port, "command": proc.cmdline}
         log(f"origin nginx on 127.0.0.1:{self.origin_port} (core {self.settings['load_core']})")
 
+    def tls_certs(self) -> BenchCerts:
+        """The certificate of the TLS rows (nginx's and the gateway's), minted on first use."""
+        if self.certs is None:
+            self.certs = mint(self.workdir / "tls")
+            self.tls_context = ssl.create_default_context(cafile=str(self.certs.ca_file))
+            self.results["tls"] = {
+                "certificate": self.certs.describe(),
+                "ca_file": str(self.certs.ca_file),
+                "cert_file": str(self.certs.cert_file),
+                "key_file": str(self.certs.key_file),
+            }
+            what = self.certs.describe().replace("`", "")
+            log(f"TLS: minted {self.certs.cert_file} ({what})")
+        return self.certs
+
     # -- proxies: each returns (process, command line) started on ``port``
 
     def gateway_starter(
-        self, venv: Path, full: bool, workers: int = 1, overhead: Optional[str] = None
+        self,
+        venv: Path,
+        full: bool,
+        workers: int = 1,
+        overhead: Optional[str] = None,
+        tls: bool = False,
     ) -> Callable[[int], Any]:
         """``overhead``: "tracing" adds ``[tracing]`` (every request sampled, OTLP/HTTP to the
         sink this starts, bench/otlp_sink.py); "plugin" runs the no-op plugin on the route,
-        registered in-process by bench/twistd_with_plugin.py in place of the twistd script."""
+        registered in-process by bench/twistd_with_plugin.py in place of the twistd script.
+        ``tls``: the one listener is a TLS one with the bench certificate (no cleartext port)."""
 
         def start(port: int) -> subprocess.Popen:
             kind = ("full" if full else "plain") + (f"-{overhead}" if overhead else "")
+            kind += "-tls" if tls else ""
+            certs = self.tls_certs() if tls else None
             conf = self.workdir / f"gateway-{kind}-w{workers}-{port}.toml"
             endpoint = self.start_otlp_sink() if overhead == "tracing" else None
             plugins = [NOOP_PLUGIN] if overhead == "plugin" else []
@@ -202,6 +276,7 @@ class Bench:
                     workers,
                     tracing_endpoint=endpoint,
                     plugins=plugins,
+                    tls=(certs.cert_file, certs.key_file) if certs else None,
                 )
             )
             args = ["--pidfile=", "-n", "avx-gateway", "--config", str(conf)]
@@ -281,8 +356,9 @@ class Bench:
     def scrape_counter(self, base: str, name: str) -> Optional[float]:
         """One unlabelled counter from the gateway's /metrics (None when absent)."""
         req = urllib.request.Request(base + "/metrics", headers={"X-API-Key": API_KEY})
+        context = self.tls_context if base.startswith("https:") else None
         try:
-            with urllib.request.urlopen(req, timeout=5) as resp:
+            with urllib.request.urlopen(req, timeout=5, context=context) as resp:
                 text = resp.read().decode()
         except OSError:
             return None
@@ -295,6 +371,18 @@ class Bench:
         def start(port: int) -> subprocess.Popen:
             conf = nginx_proxy_conf(self.workdir, port, self.origin_port)
             return self.start_nginx("nginx-proxy", conf, self.cores)
+
+        return start
+
+    def nginx_tls_starter(self) -> Callable[[int], Any]:
+        """The nginx proxy over TLS, with the gateway's certificate."""
+
+        def start(port: int) -> subprocess.Popen:
+            certs = self.tls_certs()
+            conf = nginx_tls_proxy_conf(
+                self.workdir, port, self.origin_port, certs.cert_file, certs.key_file
+            )
+            return self.start_nginx("nginx-tls-proxy", conf, self.cores)
 
         return start
 
@@ -315,13 +403,17 @@ class Bench:
         log(f"{row['label']}: starting on 127.0.0.1:{port}, cores {cores}")
         proc = starter(port)
         row["command"] = proc.cmdline
-        base = f"http://127.0.0.1:{port}"
+        tls = bool(row.get("tls"))
+        base = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+        context = self.tls_context if tls else None
         try:
-            wait_ready(proc, base + "/tiny", timeout=90)
+            wait_ready(proc, base + "/tiny", timeout=90, context=context)
+            if tls:
+                row["tls_checks"] = check_tls(port, self.tls_certs().ca_file)
             time.sleep(0.5)
             row["rss_idle_kb"] = rss_kb(proc.pid)
             if row.get("full_stack"):
-                row["stack_checks"] = check_full_stack(base)
+                row["stack_checks"] = check_full_stack(base, context)
             if row.get("overhead"):
                 self.check_overhead(row, base)
             if row.get("check_workers"):
@@ -341,6 +433,11 @@ class Bench:
             if args.warmup > 0:
                 run_wrk(self.settings, base + "/big", max(1.0, args.warmup / 2))
             row["big"] = self.measure(proc.pid, base + "/big")
+            if tls:  # a new TLS connection (and handshake) for every request
+                close = ["Connection: close"]
+                if args.warmup > 0:
+                    run_wrk(self.settings, base + "/tiny", args.warmup / 2, extra_headers=close)
+                row["handshake"] = self.measure(proc.pid, base + "/tiny", extra_headers=close)
             row["rss_after_kb"] = rss_kb(proc.pid)
             if row.get("overhead") == "tracing":
                 dropped = self.scrape_counter(base, "avx_tracing_spans_dropped_total")
@@ -348,12 +445,16 @@ class Bench:
             if row.get("full_stack"):
                 row["access_log_lines"] = count_lines(self.workdir / f"access-{port}.log")
             row["status"] = "ok"
-            errors = errors_of(row["tiny"]) + errors_of(row["big"])
+            cells = [row[c] for c in ("tiny", "big", "handshake") if c in row]
+            errors = sum(errors_of(cell) for cell in cells)
             if errors:
                 row["note"] = (row.get("note", "") + f" {errors} wrk errors/non-2xx").strip()
+            handshakes = ""
+            if "handshake" in row:
+                handshakes = f", {row['handshake']['rps']:.0f} new TLS connections/s"
             log(
                 f"{row['label']}: tiny {row['tiny']['rps']:.0f} req/s, "
-                f"big {row['big']['mbps']:.0f} MB/s, RSS {row['rss_idle_kb']} -> "
+                f"big {row['big']['mbps']:.0f} MB/s{handshakes}, RSS {row['rss_idle_kb']} -> "
                 f"{row['rss_after_kb']} kB"
             )
         except Exception as e:  # one broken proxy must not lose the rest of the run
@@ -369,14 +470,14 @@ class Bench:
                     row.setdefault("overhead_checks", {})["error"] = str(e)[:300]
         return row
 
-    def measure(self, pid: int, url: str) -> Json:
+    def measure(self, pid: int, url: str, extra_headers: Sequence[str] = ()) -> Json:
         """One measured wrk run, with where the CPU went meanwhile: the proxy's own CPU time (all
         its processes, % of one core), how busy the proxy's core and the load core were, and so
         what else ran on the proxy's core (softirq work for loopback traffic, other processes)."""
         origin = self.origin_pid
         cpu0, cores0, t0 = cpu_seconds(pid), core_busy(), time.monotonic()
         origin0, wrk0 = cpu_seconds(origin), children_cpu_seconds()
-        result = run_wrk(self.settings, url, self.args.duration)
+        result = run_wrk(self.settings, url, self.args.duration, extra_headers=extra_headers)
         cpu1, cores1, t1 = cpu_seconds(pid), core_busy(), time.monotonic()
         origin1, wrk1 = cpu_seconds(origin), children_cpu_seconds()
         wall = t1 - t0
@@ -473,6 +574,22 @@ class Bench:
             ),
             ("nginx", "nginx proxy_pass", "nginx", self.nginx_starter(), one, {}),
             (
+                "nginx-tls",
+                "nginx proxy_pass over TLS",
+                "nginx",
+                self.nginx_tls_starter(),
+                one,
+                {"tls": True},
+            ),
+            (
+                "gw-full-tls",
+                "avx-gateway, full stack over TLS",
+                "CPython",
+                self.gateway_starter(cpy, True, tls=True),
+                one,
+                {"ours": True, "full_stack": True, "tls": True},
+            ),
+            (
                 "twisted-rp",
                 "twisted ReverseProxyResource",
                 "CPython",
@@ -520,6 +637,14 @@ class Bench:
                 self.gateway_starter(pypy, True),
                 one,
                 full,
+            ),
+            (
+                "gw-full-tls-pypy",
+                "avx-gateway, full stack over TLS",
+                "PyPy",
+                self.gateway_starter(pypy, True, tls=True),
+                one,
+                {"ours": True, "full_stack": True, "tls": True},
             ),
             (
                 "twisted-rp-pypy",
@@ -621,12 +746,16 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         help="comma-separated row ids to run (gw-plain, gw-full, gw-full-trace, gw-full-plugin, "
-        "nginx, twisted-rp, aiohttp, httptools, gw-plain-pypy, gw-full-pypy, twisted-rp-pypy, "
-        "httptools-pypy, gw-w1, gw-w2; "
-        "'none': no row, only the memory checks); a partial run is saved as "
-        "results-*-partial.json and leaves latest.json and the doc alone unless --doc is given; "
-        "then only the doc's 'Overhead of tracing and plugins' section is replaced (when the run "
-        "has gw-full-trace or gw-full-plugin), the rest of an existing doc is left as it is",
+        "nginx, nginx-tls, gw-full-tls, twisted-rp, aiohttp, httptools, gw-plain-pypy, "
+        "gw-full-pypy, gw-full-tls-pypy, twisted-rp-pypy, httptools-pypy, gw-w1, gw-w2; "
+        "'none': no row, only the memory checks, which run unless --skip-memory); a partial run "
+        "is saved as results-*-partial.json and leaves latest.json and the doc alone unless "
+        "--doc is given; then only the doc's 'Overhead of tracing and plugins' section (when the "
+        "run has gw-full-trace or gw-full-plugin) and its 'TLS' section (when it has nginx-tls, "
+        "gw-full-tls or gw-full-tls-pypy) are replaced, the rest of an existing doc is left as "
+        "it is. The TLS rows' ratios to cleartext take nginx, gw-full and gw-full-pypy of the "
+        "same run: e.g. --only nginx,nginx-tls,gw-full,gw-full-tls,gw-full-pypy,"
+        "gw-full-tls-pypy --skip-memory --doc docs/benchmarks.md",
     )
     parser.add_argument("--skip-memory", action="store_true", help="skip the memory checks")
     parser.add_argument(
@@ -677,12 +806,22 @@ def main() -> int:
     doc = Path(args.doc or ROOT / "docs" / "benchmarks.md")
     if args.only and doc.exists():
         # Rendered whole, a partial run would leave only its own rows in the doc: it replaces
-        # just the overhead section, the rest keeps the last complete run.
-        if not render.has_overhead_rows(results):
-            log(f"partial run without overhead rows: {doc} left alone")
+        # just the overhead and TLS sections it has rows for, the rest keeps the last complete
+        # run.
+        replaced = []
+        if render.has_overhead_rows(results):
+            render.write_overhead_section(results, doc)
+            replaced.append("overhead")
+        if render.has_tls_rows(results):
+            render.write_tls_section(results, doc)
+            replaced.append("TLS")
+        if not replaced:
+            log(f"partial run without overhead or TLS rows: {doc} left alone")
             return 0
-        render.write_overhead_section(results, doc)
-        log(f"replaced the overhead section of {doc} (partial run; the rest left as it was)")
+        log(
+            f"replaced the {' and '.join(replaced)} section of {doc} (partial run; the rest left "
+            "as it was)"
+        )
         return 0
     render.write_doc(results, doc)
     log(f"wrote {doc} and {args.results_dir}/latest.json in {results['meta']['wall_s']} s")

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Benchmark avx-gateway against nginx, Twisted's ReverseProxyResource, aiohttp and a bare
-# Twisted + httptools reference proxy (and under PyPy when .venv-pypy exists); results go to
+# Twisted + httptools reference proxy (and under PyPy when .venv-pypy exists), and the full stack
+# against nginx over TLS (a certificate minted at run time, bench/tls_certs.py); results go to
 # bench/results/ and docs/benchmarks.md.
 #
-#   bash bench/run.sh            # default: 10 s cells, 5 s warm-up (about 8 minutes)
+#   bash bench/run.sh            # default: 10 s cells, 5 s warm-up (about 10 minutes)
 #   bash bench/run.sh --quick    # 3 s cells, 2 s warm-up
 #   bash bench/run.sh --help     # every option (bench/run.py)
+#   bash bench/run.sh --only nginx,nginx-tls,gw-full,gw-full-tls,gw-full-pypy,gw-full-tls-pypy \
+#       --skip-memory --doc docs/benchmarks.md   # the TLS rows (and their cleartext ones) only
 #
 # Installs what is missing: nginx, wrk and curl (apt-get, as root), the gateway's .venv (through
 # the Makefile), a bench-only venv with aiohttp (bench/.venv), and httptools in the gateway's

@@ -7,7 +7,7 @@ import re
 import shlex
 import subprocess
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 from configs import HEADERS
 
@@ -81,7 +81,10 @@ def run_wrk(
     duration: float,
     connections: Optional[int] = None,
     script: Optional[Path] = None,
+    extra_headers: Sequence[str] = (),
 ) -> Json:
+    """``extra_headers`` go after the usual ones (``Connection: close`` for the new-handshake
+    runs: the server closes after each response and wrk opens a new connection for the next)."""
     cmd = [
         "taskset",
         "-c",
@@ -94,7 +97,7 @@ def run_wrk(
         "10s",
         "--latency",
     ]
-    for header in HEADERS:
+    for header in [*HEADERS, *extra_headers]:
         cmd += ["-H", header]
     if script is not None:
         cmd += ["-s", str(script)]
