@@ -75,13 +75,19 @@ test: $(STAMP) test-tools
 
 # What the tests run for real, installed with apt-get when missing (as root): redis-server (the
 # shared rate-limit tests start their own), prometheus (promtool checks a real scrape; a real
-# Prometheus runs the dashboard's queries), logrotate (parses the shipped logrotate file).
-# Without root, the redis tests need redis-server installed; the others skip, saying why.
+# Prometheus runs the dashboard's queries), logrotate (parses the shipped logrotate file), node
+# and npm (the OAuth2/OIDC tests run a real OpenID provider, the oidc-provider npm package pinned
+# in tests/support/oidc, installed there with `npm ci` when its node_modules is missing or older
+# than its lock file). Without root, the redis and OAuth2/OIDC tests need redis-server and node
+# installed; the others skip, saying why.
+OIDC_DIR := tests/support/oidc
 test-tools:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	command -v logrotate >/dev/null 2>&1 || missing="$$missing logrotate"; \
+	command -v node >/dev/null 2>&1 || command -v nodejs >/dev/null 2>&1 || missing="$$missing nodejs"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing$$missing with apt-get (used by the tests)"; \
@@ -89,9 +95,17 @@ test-tools:
 	      apt-get install -y -q --no-install-recommends $$missing || exit 1; \
 	  elif ! command -v redis-server >/dev/null 2>&1; then \
 	    echo "the tests need redis-server (e.g. sudo apt-get install redis-server)" >&2; exit 1; \
+	  elif ! command -v npm >/dev/null 2>&1; then \
+	    echo "the OAuth2/OIDC tests need node and npm (e.g. sudo apt-get install nodejs npm)" >&2; \
+	    exit 1; \
 	  else \
 	    echo "not installed:$$missing (needs root and apt-get); the tests that use them skip"; \
 	  fi; \
+	fi; \
+	if [ ! -d $(OIDC_DIR)/node_modules/oidc-provider ] \
+	    || [ $(OIDC_DIR)/package-lock.json -nt $(OIDC_DIR)/node_modules/.package-lock.json ]; then \
+	  echo "installing the test OpenID provider in $(OIDC_DIR) (npm ci)"; \
+	  (cd $(OIDC_DIR) && npm ci --no-audit --no-fund --loglevel=error) || exit 1; \
 	fi
 redis-server: test-tools
 unit: $(STAMP)

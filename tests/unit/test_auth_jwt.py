@@ -1,4 +1,5 @@
-"""Tests for avx_twisted.auth.jwt: bearer parsing, verification, scopes, claims and JWKS refresh."""
+"""Tests for avx_twisted.auth.jwt: bearer parsing, verification, scopes, claims, JWKS refresh
+and OIDC discovery."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from zope.interface import implementer
 from avx_twisted.auth import AuthError, Identity
 from avx_twisted.auth.jwt import JwtAuthenticator
 from avx_twisted.config import ConfigError, JwtConfig
+from avx_twisted.metrics import GatewayMetrics
 
 NOW = 1_700_000_000
 SECRET = "a-test-secret-that-is-long-enough-for-hs512-0123456789abcdefghijklmnop"
@@ -636,8 +638,9 @@ class JwksTests(JwtTestCase):
         auth = self.jwks_authenticator()
         self.successResultOf(auth.refresh())
         agent = HangingAgent()
-        auth._http = None
-        auth._agent = agent
+        assert auth.jwks is not None
+        auth.jwks._http = None
+        auth.jwks._agent = agent
         d = auth.refresh()
         self.assertNoResult(d)
         self.clock.advance(auth.timeout_s)
@@ -703,3 +706,271 @@ class JwksTests(JwtTestCase):
             lambda m: hmac.new(pem, m, hashlib.sha256).digest(),
         )
         self.refused(auth, bearer(raw), "bad_algorithm")
+
+
+ISSUER = "https://idp.example/realms/avx"
+
+
+class OidcProvider(Resource):
+    """``/.well-known/openid-configuration`` and ``/keys`` of an issuer, with headers and
+    failures the tests choose; counts the fetches of each."""
+
+    isLeaf = True
+
+    def __init__(self, jwks: JwksResource) -> None:
+        super().__init__()
+        self.jwks = jwks
+        self.document: dict[str, Any] = {"issuer": ISSUER, "jwks_uri": ISSUER + "/keys"}
+        self.discovery_code = 200
+        self.discovery_hits = 0
+        self.discovery_headers: dict[bytes, bytes] = {}
+        self.jwks_headers: dict[bytes, bytes] = {}
+        self.paths: list[bytes] = []
+
+    def render_GET(self, request: Request) -> bytes:
+        self.paths.append(request.path)
+        if request.path.endswith(b"/.well-known/openid-configuration"):
+            self.discovery_hits += 1
+            request.setResponseCode(self.discovery_code)
+            for name, value in self.discovery_headers.items():
+                request.setHeader(name, value)
+            return json.dumps(self.document).encode()
+        if request.path.endswith(b"/keys") or request.path.endswith(b"/keys2"):
+            for name, value in self.jwks_headers.items():
+                request.setHeader(name, value)
+            return self.jwks.render_GET(request)
+        request.setResponseCode(404)
+        return b"not found"
+
+
+class OidcTests(JwtTestCase):
+    """``oidc_issuer``: discovery, its issuer check, refresh on cache headers, metrics."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.jwks = JwksResource(rsa_jwk(RSA_KEY, "k1"), ec_jwk(EC_KEY, "ec1"))
+        self.idp = OidcProvider(self.jwks)
+        self.agent = RequestTraversalAgent(self.idp)
+        self.metrics = GatewayMetrics(process=False)
+        self.logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+
+    def oidc(self, agent: Any = None, refresh_s: float = 300.0, **config: Any) -> JwtAuthenticator:
+        config.setdefault("algorithms", ("RS256", "ES256"))
+        config.setdefault("oidc_issuer", ISSUER)
+        auth = JwtAuthenticator(
+            JwtConfig(**config),
+            self.clock,
+            agent or self.agent,
+            refresh_s=refresh_s,
+            metrics=self.metrics,
+        )
+        self.addCleanup(auth.stop)
+        return auth
+
+    def sample(self, name: str, **labels: str) -> float:
+        return self.metrics.registry.get_sample_value(name, labels) or 0.0
+
+    def refreshes(self, trigger: str, result: str) -> float:
+        return self.sample("avx_jwks_refreshes_total", trigger=trigger, result=result)
+
+    def errors(self, kind: str, reason: str) -> float:
+        return self.sample("avx_idp_errors_total", kind=kind, reason=reason)
+
+    def issued(
+        self, key: Any = RSA_KEY, alg: str = "RS256", kid: str = "k1", **extra: Any
+    ) -> bytes:
+        extra.setdefault("iss", ISSUER)
+        extra.setdefault("exp", NOW + 100_000)
+        return bearer(token(claims(**extra), key=key, alg=alg, kid=kid))
+
+    def test_discovery_finds_the_jwks_and_its_keys_verify_tokens(self) -> None:
+        auth = self.oidc()
+        auth.start()
+        self.assertEqual(
+            self.idp.paths, [b"/realms/avx/.well-known/openid-configuration", b"/realms/avx/keys"]
+        )
+        self.assertEqual(auth.authenticate(self.issued()).name, "alice")
+        self.assertEqual(auth.authenticate(self.issued(EC_KEY, "ES256", "ec1")).name, "alice")
+        self.assertEqual(self.refreshes("discovery", "ok"), 1)
+
+    def test_trailing_slash_issuer(self) -> None:
+        self.idp.document["issuer"] = ISSUER + "/"
+        auth = self.oidc(oidc_issuer=ISSUER + "/")
+        auth.start()
+        self.assertEqual(self.idp.paths[0], b"/realms/avx/.well-known/openid-configuration")
+        self.assertEqual(auth.authenticate(self.issued(iss=ISSUER + "/")).name, "alice")
+
+    def test_tokens_must_be_issued_by_the_oidc_issuer(self) -> None:
+        auth = self.oidc()
+        auth.start()
+        self.refused(auth, self.issued(iss="https://evil.example"), "bad_issuer")
+        self.refused(auth, self.issued(iss=None), "bad_issuer")
+        other = self.oidc(issuer="https://tokens.example")
+        other.start()
+        self.assertEqual(
+            other.authenticate(self.issued(iss="https://tokens.example")).name, "alice"
+        )
+
+    def test_a_document_for_another_issuer_is_refused(self) -> None:
+        for document in (
+            {"issuer": "https://evil.example", "jwks_uri": ISSUER + "/keys"},
+            {"jwks_uri": ISSUER + "/keys"},
+            {"issuer": ISSUER},
+            {"issuer": ISSUER, "jwks_uri": "http://evil.example/keys"},
+            ["not", "an", "object"],
+        ):
+            self.idp.document = document  # type: ignore[assignment]
+            auth = self.oidc()
+            self.successResultOf(auth.refresh())
+            self.assertEqual(auth.jwks.keys.count, 0)  # type: ignore[union-attr]
+        self.refused(auth, self.issued(), "unknown_kid")
+        self.assertEqual(self.jwks.hits, 0)
+        self.assertEqual(self.errors("discovery", "body"), 6)  # 5, and the unknown kid's
+        self.assertEqual(self.refreshes("discovery", "error"), 6)
+
+    def test_oidc_issuer_must_be_https_or_loopback(self) -> None:
+        for issuer in ("http://idp.example", "http://192.168.1.1:8080"):
+            self.assertRaises(ConfigError, self.oidc, oidc_issuer=issuer)
+        for issuer in ("http://127.0.0.1:8080", "http://localhost:1", "https://idp.example"):
+            self.oidc(oidc_issuer=issuer)
+        self.assertRaises(ConfigError, self.oidc, jwks_url=JWKS_URL)
+
+    def test_plain_http_jwks_uri_on_loopback_is_fine(self) -> None:
+        self.idp.document = {"issuer": ISSUER, "jwks_uri": "http://127.0.0.1:9/keys"}
+        auth = self.oidc()
+        self.successResultOf(auth.refresh())
+        self.assertEqual(auth.authenticate(self.issued()).name, "alice")
+
+    def test_jwks_refresh_follows_max_age(self) -> None:
+        self.idp.jwks_headers = {b"Cache-Control": b"public, max-age=900"}
+        auth = self.oidc(refresh_s=300)
+        auth.start()
+        self.clock.advance(899)
+        self.assertEqual(self.jwks.hits, 1)
+        self.clock.advance(1)
+        self.assertEqual(self.jwks.hits, 2)
+        self.assertEqual(self.refreshes("schedule", "ok"), 1)
+
+    def test_short_or_no_store_lifetimes_are_bounded(self) -> None:
+        for header in (b"max-age=1", b"no-store", b"no-cache, max-age=600"):
+            self.idp.jwks_headers = {b"Cache-Control": header}
+            self.jwks.hits = 0
+            auth = self.oidc()
+            auth.start()
+            self.clock.advance(59)
+            self.assertEqual(self.jwks.hits, 1, header)
+            self.clock.advance(1)
+            self.assertEqual(self.jwks.hits, 2, header)
+            auth.stop()
+
+    def test_without_cache_headers_refresh_s_applies(self) -> None:
+        auth = self.oidc(refresh_s=120)
+        auth.start()
+        self.clock.advance(119)
+        self.assertEqual(self.jwks.hits, 1)
+        self.clock.advance(1)
+        self.assertEqual(self.jwks.hits, 2)
+        auth.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_discovery_is_reused_for_its_own_lifetime(self) -> None:
+        self.idp.discovery_headers = {b"Cache-Control": b"max-age=1000"}
+        auth = self.oidc(refresh_s=300)
+        auth.start()
+        self.clock.pump([300, 300, 300])  # three JWKS refreshes, no new discovery
+        self.assertEqual((self.idp.discovery_hits, self.jwks.hits), (1, 4))
+        self.clock.advance(300)
+        self.assertEqual((self.idp.discovery_hits, self.jwks.hits), (2, 5))
+        self.assertEqual(self.refreshes("discovery", "ok"), 2)
+        self.assertEqual(self.refreshes("schedule", "ok"), 3)
+
+    def test_a_failed_jwks_fetch_rediscovers_and_follows_a_moved_jwks_uri(self) -> None:
+        auth = self.oidc()
+        auth.start()
+        self.jwks.code = 404
+        self.clock.advance(300)
+        self.assertEqual(self.errors("jwks", "status"), 1)
+        self.assertEqual(self.refreshes("schedule", "error"), 1)
+        self.assertEqual(auth.authenticate(self.issued()).name, "alice")  # old keys kept
+        self.jwks.code = 200
+        self.idp.document["jwks_uri"] = ISSUER + "/keys2"
+        self.jwks.serve(rsa_jwk(RSA_KEY_2, "k2"))
+        self.clock.advance(30)  # retried sooner than refresh_s
+        self.assertEqual(self.idp.discovery_hits, 2)
+        self.assertEqual(self.idp.paths[-1], b"/realms/avx/keys2")
+        self.assertEqual(auth.authenticate(self.issued(RSA_KEY_2, kid="k2")).name, "alice")
+
+    def test_failed_rediscovery_keeps_the_known_jwks_uri(self) -> None:
+        self.idp.discovery_headers = {b"Cache-Control": b"max-age=60"}
+        auth = self.oidc()
+        auth.start()
+        self.idp.discovery_code = 500
+        self.jwks.serve(rsa_jwk(RSA_KEY_2, "k2"))
+        self.clock.advance(300)
+        self.assertEqual(self.idp.discovery_hits, 2)
+        self.assertEqual(self.errors("discovery", "status"), 1)
+        self.assertEqual(self.refreshes("discovery", "ok"), 2)
+        self.assertEqual(auth.authenticate(self.issued(RSA_KEY_2, kid="k2")).name, "alice")
+
+    def test_a_flood_of_unknown_kids_makes_one_fetch(self) -> None:
+        auth = self.oidc()
+        auth.start()
+        for i in range(1000):
+            self.refused(auth, self.issued(kid=f"bogus-{i}"), "unknown_kid")
+        self.assertEqual((self.idp.discovery_hits, self.jwks.hits), (1, 2))
+        self.assertEqual(self.refreshes("unknown_kid", "ok"), 1)
+
+    def test_key_rotation_via_unknown_kid_keeps_old_keys_until_the_new_set(self) -> None:
+        agent = HangingAgent()
+        auth = self.oidc()
+        auth.start()
+        auth.jwks._http = None  # type: ignore[union-attr]
+        auth.jwks._agent = agent  # type: ignore[union-attr]
+        self.refused(auth, self.issued(RSA_KEY_2, kid="k2"), "unknown_kid")
+        self.assertEqual(len(agent.requests), 1)
+        self.assertEqual(auth.authenticate(self.issued()).name, "alice")  # while in flight
+        self.clock.advance(auth.timeout_s)
+        self.assertEqual(auth.authenticate(self.issued()).name, "alice")  # after it failed
+        self.assertEqual(self.errors("jwks", "timeout"), 1)
+        self.assertEqual(self.refreshes("unknown_kid", "error"), 1)
+
+    def test_discovery_timeout_is_counted_and_retried(self) -> None:
+        agent = HangingAgent()
+        auth = self.oidc(agent)
+        auth.start()
+        self.clock.advance(auth.timeout_s)
+        self.assertEqual(agent.cancelled, 1)
+        self.assertEqual(self.errors("discovery", "timeout"), 1)
+        self.assertEqual(self.refreshes("discovery", "error"), 1)
+        self.clock.advance(30)
+        self.assertEqual(len(agent.requests), 2)
+        auth.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(agent.cancelled, 2)
+
+    def test_stop_during_discovery_is_quiet(self) -> None:
+        agent = HangingAgent()
+        auth = self.oidc(agent)
+        auth.start()
+        auth.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.refreshes("discovery", "error"), 0)
+        self.assertEqual([e for e in self.logged if e["log_level"].name == "warn"], [])
+
+    def test_jwks_url_refreshes_are_counted_by_trigger(self) -> None:
+        auth = JwtAuthenticator(
+            JwtConfig(algorithms=("RS256",), jwks_url=JWKS_URL),
+            self.clock,
+            RequestTraversalAgent(self.jwks),
+            metrics=self.metrics,
+        )
+        self.addCleanup(auth.stop)
+        auth.start()
+        self.refused(auth, bearer(token(key=RSA_KEY_2, alg="RS256", kid="k2")), "unknown_kid")
+        self.jwks.code = 503
+        self.clock.advance(300)
+        self.assertEqual(self.refreshes("schedule", "ok"), 1)
+        self.assertEqual(self.refreshes("unknown_kid", "ok"), 1)
+        self.assertEqual(self.refreshes("schedule", "error"), 1)
+        self.assertEqual(self.errors("jwks", "status"), 1)
+        self.assertEqual(self.idp.discovery_hits, 0)
