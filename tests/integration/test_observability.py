@@ -172,11 +172,12 @@ async def test_json_access_log_has_one_line_per_request_with_every_field(tmp_pat
         "time", "request_id", "client_ip", "method", "host", "path", "protocol", "status",
         "route", "upstream", "upstream_status", "request_bytes", "response_bytes", "duration_ms",
         "upstream_duration_ms", "retries", "user", "user_agent", "referer", "trace_id", "span_id",
-        "error",
+        "error", "tls_version", "client_cert_subject", "client_cert_sha256",
     ]
     assert first["host"] == f"127.0.0.1:{port}" and first["protocol"] == "HTTP/1.1"
     assert first["upstream_status"] == 200 and first["retries"] == 0
     assert first["error"] is None and first["trace_id"] is None
+    assert first["tls_version"] is None and first["client_cert_sha256"] is None  # cleartext
     assert first["method"] == "GET" and first["path"] == "/users/1"
     assert first["route"] == "users" and first["upstream"] == up.url
     assert first["status"] == 200 and first["client_ip"] == "127.0.0.1"
