@@ -506,7 +506,7 @@ class Parser:
             key = table.get("key_file", "str", None)
             if cert is None or key is None or (sni and not name):
                 return None
-            found = TlsCertificate(self.file(cert), self.file(key), name.lower())
+            found = TlsCertificate(self.file(cert), self.file(key), name.lower().rstrip("."))
             try:
                 load_certificate(found)
             except TlsFileError as e:
@@ -548,13 +548,14 @@ class Parser:
                 f"is required with client_auth = {client_auth!r} (the CA bundle client "
                 "certificates must chain to)",
             )
+        min_version = t.get("min_version", "str", "TLSv1.2", _one_of(TLS_VERSIONS))
         if default is None:
             return None
         return ListenerTlsConfig(
             cert_file=default.cert_file,
             key_file=default.key_file,
             certificates=tuple(certificates),
-            min_version=t.get("min_version", "str", "TLSv1.2", _one_of(TLS_VERSIONS)),
+            min_version=min_version,
             client_auth=client_auth,
             client_ca_file=ca_file,
         )
@@ -677,7 +678,7 @@ class Parser:
                 self.error(t.key(required), "is required")
         url = t.get("introspection_url", "str", None, _introspection_url)
         client_id = t.get("client_id", "str", None, _non_empty)
-        secret = t.get("client_secret", "str", None)
+        secret = t.get("client_secret", "str", None, _non_empty)
         secret_env = t.get("client_secret_env", "str", None)
         if secret is not None and secret_env is not None:
             self.error(
@@ -689,7 +690,7 @@ class Parser:
                 self.error(
                     t.key("client_secret_env"), f"environment variable {secret_env!r} is not set"
                 )
-        if secret is None and not t.has("client_secret_env"):
+        if not t.has("client_secret") and not t.has("client_secret_env"):
             self.error(t.key("client_secret"), "is required (or client_secret_env)")
         ca_file = t.get("ca_file", "str", None)
         if ca_file is not None:
@@ -1079,9 +1080,9 @@ class Parser:
             if not os.path.isfile(ca_file):
                 self.error(t.key("ca_file"), f"{ca_file!r} does not exist")
         client_cert, client_key = self.upstream_client_cert(t)
-        server_name = t.get("server_name", "str", "", _sni_name)
+        server_name = t.get("server_name", "str", "", _upstream_server_name)
         tls_only = client_cert or server_name
-        if tls_only and urls and not any(u.startswith("https://") for u in urls):
+        if tls_only and urls and not any(parse_url(u)[0] == "https" for u in urls):
             used = "client_cert_file" if client_cert else "server_name"
             self.error(t.key(used), "is only used with https:// upstream URLs")
         hc_t = t.table("health_check", _HEALTH_CHECK_KEYS)
@@ -1095,7 +1096,7 @@ class Parser:
             ca_file=ca_file,
             client_cert_file=client_cert,
             client_key_file=client_key,
-            server_name=server_name.lower(),
+            server_name=server_name.lower().rstrip("."),
             health_check=self.health_check(hc_t) if hc_t is not None else None,
             circuit_breaker=self.breaker(cb_t) if cb_t is not None else CircuitBreakerConfig(),
         )
@@ -1270,6 +1271,13 @@ def _sni_name(value: str) -> str | None:
     return None
 
 
+def _upstream_server_name(value: str) -> str | None:
+    """The name sent as SNI to an upstream: one DNS name (a wildcard is no name to send)."""
+    if value.startswith("*."):
+        return "is a wildcard; give the one name to send as SNI and verify"
+    return None if _sni_name(value) is None else "is not a DNS name"
+
+
 def _introspection_url(value: str) -> str | None:
     """https, or plain http only to a loopback address (development IdPs)."""
     if value.startswith("https://"):
@@ -1295,8 +1303,8 @@ def _is_loopback(host: str) -> bool:
 def _plain_endpoint(value: str) -> str | None:
     """A structured listener's endpoint: its TLS comes from ``tls`` and its PROXY protocol
     from ``proxy_protocol``, not from ``ssl:`` or ``haproxy:`` strings."""
-    if value.startswith(("ssl:", "haproxy:")):
-        kind = value.split(":", 1)[0]
+    kind = value.split(":", 1)[0].lower()
+    if kind in ("ssl", "haproxy"):
         instead = "[server.listeners.tls]" if kind == "ssl" else "proxy_protocol = true"
         return f"is an {kind}: endpoint; use tcp:, unix: or systemd: with {instead}"
     return _endpoint(value)

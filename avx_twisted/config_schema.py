@@ -17,13 +17,15 @@ The schema uses only keywords that draft-07 validators also understand (Taplo's 
 validate as draft-07): no ``$defs``/``$ref``, ``dependentSchemas`` or ``prefixItems``. A string the
 schema constrains may also be a ``${env.NAME}`` reference, which the parser substitutes first.
 
-Left to the parser, which the schema cannot see or say: files that must exist, Twisted endpoint
-strings, the details of route patterns, IP networks, unique route names, one weight per URL,
-reserved paths, environment variables that must be set, and a float such as ``8080.0`` written
-for an integer (JSON Schema counts it as one). Also that a plugin is installed and accepts its
-``config`` table (which the plugin itself checks: the schema allows any keys there), that a
-plugin is listed once per route, counting ``[plugins] global``, and that a route's ``resource``
-imports and is a twisted.web IResource (the schema checks its ``"module:attribute"`` form).
+Left to the parser, which the schema cannot see or say: files that must exist (and what is in
+them: PEM certificates, unencrypted private keys matching their certificates, CA bundles),
+Twisted endpoint strings, the details of route patterns, IP networks, unique route names, one
+weight per URL, one certificate per SNI name, reserved paths, environment variables that must be
+set, and a float such as ``8080.0`` written for an integer (JSON Schema counts it as one). Also
+that a plugin is installed and accepts its ``config`` table (which the plugin itself checks: the
+schema allows any keys there), that a plugin is listed once per route, counting ``[plugins]
+global``, and that a route's ``resource`` imports and is a twisted.web IResource (the schema
+checks its ``"module:attribute"`` form).
 """
 
 from __future__ import annotations
@@ -39,11 +41,13 @@ from typing import Any, Callable, Sequence
 from . import _configmodel, _configparse
 from ._configmodel import (
     AUTH_METHODS,
+    CLIENT_AUTH_MODES,
     HMAC_ALGORITHMS,
     LOG_LEVELS,
     PUBLIC_KEY_ALGORITHMS,
     RATE_LIMIT_KEYS,
     STRATEGIES,
+    TLS_VERSIONS,
     AdminConfig,
     ApiKey,
     ApiKeyConfig,
@@ -129,17 +133,23 @@ _TABLES: dict[str, tuple[str | None, type]] = {
 #: Keys the parser requires, by table.
 _REQUIRED: dict[str, tuple[str, ...]] = {
     "": ("routes",),
+    "server.listeners[]": ("endpoint",),
+    "server.listeners[].tls": ("cert_file", "key_file"),
+    "server.listeners[].tls.certificates[]": ("server_name", "cert_file", "key_file"),
     "routes[]": ("path",),
     "routes[].upstream": ("urls",),
     "auth.api_key.keys[]": ("name", "sha256"),
+    "auth.oauth2": ("introspection_url", "client_id"),
     "admin": ("token_sha256",),
     **{f"{path}[]": ("name",) for path in _PLUGIN_LISTS},
 }
 
 #: Keys of which a table has exactly one, by table (``oneOf`` there): a route is answered by its
-#: upstream or by a twisted.web resource.
+#: upstream or by a twisted.web resource; the introspection client's secret is given or read
+#: from the environment. None of them has a default.
 _ONE_OF: dict[str, tuple[str, ...]] = {
     "routes[]": ("upstream", "resource"),
+    "auth.oauth2": ("client_secret", "client_secret_env"),
 }
 
 #: Keys whose default is another key's value (a whole table: each of its keys), so the schema
@@ -151,12 +161,51 @@ _INHERITED: dict[str, str] = {
 }
 
 #: Keys whose model default only means "not given" and cannot be written (no ``default``).
-_UNWRITTEN_DEFAULTS = frozenset({"server.listen", "metrics.listen", "health.listen"})
+_UNWRITTEN_DEFAULTS = frozenset(
+    {"server.listen", "metrics.listen", "health.listen", "routes[].upstream.server_name"}
+)
 
 _URL_PATH = r"^/[^?# ]*$"  # _configparse._url_path
 _HTTP_URL = r"^https?://[^/\s]+"  # _configparse._http_url
 _IDENTIFIERS = r"[^\W\d]\w*(\.[^\W\d]\w*)*"  # dotted Python names
 _RESOURCE = rf"^{_IDENTIFIERS}:{_IDENTIFIERS}$"  # resources.load_resource
+# _configparse._sni_name: DNS labels (1-63 characters, no "-" at either end), optionally "*."
+# first; trailing dots are ignored. Its 253 characters leave out the "*.". An upstream's
+# server_name (_configparse._upstream_server_name) is never a wildcard.
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_SNI_NAME = {
+    "pattern": rf"^(\*\.)?{_LABEL}(\.{_LABEL})*\.*$",
+    "if": {"pattern": r"^\*\."},
+    "then": {"maxLength": 255},
+    "else": {"maxLength": 253},
+}
+_DNS_NAME = {"pattern": rf"^{_LABEL}(\.{_LABEL})*\.*$", "maxLength": 253}
+
+
+def _any_case(word: str) -> str:
+    """A pattern matching ``word`` in any case (ECMA-262 regexes, JSON Schema's, have no
+    ``(?i)``)."""
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else re.escape(c) for c in word)
+
+
+# _configparse._introspection_url: https, or plain http to localhost or a loopback address.
+_LOOPBACK = rf"({_any_case('localhost')}|127(\.[0-9]{{1,3}}){{3}}|\[[0:]*:0*1\])"
+_INTROSPECTION_URL = rf"^(https://[^/\s]+|http://{_LOOPBACK}([:/]|$))"
+# _configparse._plain_endpoint: TLS and the PROXY protocol come from their own keys.
+_WRAPPED_ENDPOINT = rf"^({_any_case('ssl')}|{_any_case('haproxy')}):"
+
+
+def _subject_pattern() -> str:
+    """tls.normalise_subject: attribute=value pairs (RFC 4514) separated by unescaped "," or
+    "+", blank ones ignored, at least one; a backslash escapes the character after it (a last,
+    lone one is dropped). The attribute is what comes before the first "=", escaped or not, and
+    may not be blank."""
+    name_char = r"([^\\=,+]|\\[^=])"
+    first = r"([^\s\\=,+]|\\[^=])"
+    name = rf"\s*({first}{name_char}*\\?|\\)"
+    ava = rf"{name}=([^\\,+]|\\[\s\S])*"
+    piece = rf"({ava}|\s*)"
+    return rf"^({piece}[,+])*{ava}([,+]{piece})*\\?$"
 
 
 def _no_mixed_algorithms() -> dict[str, Any]:
@@ -181,6 +230,11 @@ _RULES: dict[str, dict[str, Any]] = {
     "server.keepalive_timeout_ms": {"minimum": 1},
     "server.server_header": {"pattern": r"^([!-~]([ -~]*[!-~])?)?$"},
     "server.shutdown_delay_ms": {"minimum": 0},
+    "server.listeners[].endpoint": {"minLength": 1, "not": {"pattern": _WRAPPED_ENDPOINT}},
+    "server.listeners[].http2": {"const": False},
+    "server.listeners[].tls.min_version": {"enum": list(TLS_VERSIONS)},
+    "server.listeners[].tls.client_auth": {"enum": list(CLIENT_AUTH_MODES)},
+    "server.listeners[].tls.certificates[].server_name": _SNI_NAME,
     "routes[].name": {"minLength": 1},
     "routes[].path": {"pattern": "^/"},
     "routes[].host": {"pattern": r"^(\*\.)?[A-Za-z0-9.-]+$"},
@@ -191,10 +245,13 @@ _RULES: dict[str, dict[str, Any]] = {
     "routes[].auth": {"items": {"enum": list(AUTH_METHODS)}},
     "routes[].websocket_idle_timeout_ms": {"minimum": 1},
     "routes[].resource": {"pattern": _RESOURCE},
+    "routes[].mtls.allowed_subjects": {"items": {"pattern": _subject_pattern()}},
+    "routes[].mtls.allowed_sans": {"items": {"minLength": 1}},
     **{f"{path}[].name": {"minLength": 1} for path in _PLUGIN_LISTS},
     "routes[].upstream.urls": {"minItems": 1, "items": {"pattern": "^https?://"}},
     "routes[].upstream.strategy": {"enum": list(STRATEGIES)},
     "routes[].upstream.weights": {"items": {"minimum": 1}},
+    "routes[].upstream.server_name": _DNS_NAME,
     "routes[].upstream.health_check.path": {"pattern": _URL_PATH},
     "routes[].upstream.health_check.interval_ms": {"minimum": 1},
     "routes[].upstream.health_check.timeout_ms": {"minimum": 1},
@@ -223,6 +280,19 @@ _RULES: dict[str, dict[str, Any]] = {
     "auth.jwt.jwks_url": {"pattern": _HTTP_URL},
     "auth.jwt.leeway_s": {"minimum": 0},
     "auth.jwt.forward_claims": {"additionalProperties": {"pattern": _configparse._TOKEN.pattern}},
+    "auth.jwt.oidc_issuer": {"pattern": _HTTP_URL},
+    "auth.mtls.allowed_subjects": {"items": {"pattern": _subject_pattern()}},
+    "auth.mtls.allowed_sans": {"items": {"minLength": 1}},
+    "auth.oauth2.introspection_url": {"pattern": _INTROSPECTION_URL},
+    "auth.oauth2.client_id": {"minLength": 1},
+    "auth.oauth2.client_secret": {"minLength": 1},
+    "auth.oauth2.client_auth": {"enum": ["basic", "post"]},
+    "auth.oauth2.forward_claims": {
+        "additionalProperties": {"pattern": _configparse._TOKEN.pattern}
+    },
+    "auth.oauth2.cache_ttl_s": {"minimum": 0},
+    "auth.oauth2.negative_cache_ttl_s": {"minimum": 0},
+    "auth.oauth2.timeout_ms": {"minimum": 1},
     "auth.api_key.header": {"pattern": _configparse._TOKEN.pattern},
     "auth.api_key.keys[].name": {"minLength": 1},
     "auth.api_key.keys[].sha256": {"pattern": _configparse._HEX64.pattern},
@@ -267,15 +337,71 @@ def _auth_sections() -> list[dict[str, Any]]:
 
 
 def _jwt_key_material() -> list[dict[str, Any]]:
-    """HMAC algorithms need a secret, public-key ones a key file or a JWKS URL."""
+    """HMAC algorithms need a secret (and no OIDC issuer), public-key ones a key file, a JWKS
+    URL or an OIDC issuer whose discovery document names the JWKS; never both of the last two."""
     hmac = {"properties": {"algorithms": {"contains": {"enum": list(HMAC_ALGORITHMS)}}}}
     if any(a in HMAC_ALGORITHMS for a in JwtConfig().algorithms):
         hmac = {"anyOf": [{"not": {"required": ["algorithms"]}}, hmac]}
+    public = ("public_key_file", "jwks_url", "oidc_issuer")
     return [
         {
             "if": hmac,
-            "then": {"anyOf": [{"required": ["secret"]}, {"required": ["secret_env"]}]},
-            "else": {"anyOf": [{"required": ["public_key_file"]}, {"required": ["jwks_url"]}]},
+            "then": {
+                "anyOf": [{"required": ["secret"]}, {"required": ["secret_env"]}],
+                "not": {"required": ["oidc_issuer"]},
+            },
+            "else": {"anyOf": [{"required": [key]} for key in public]},
+        },
+        {"not": {"required": ["oidc_issuer", "jwks_url"]}},
+    ]
+
+
+def _env_or(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` for a string, or a ``${env.NAME}`` reference when the parser substitutes them
+    (the rules across keys see the value before substitution)."""
+    if not hasattr(_configparse.Parser, "substitute_env"):
+        return schema
+    return {"anyOf": [schema, {"pattern": _ENV_REFERENCE}]}
+
+
+def _route_rules() -> list[dict[str, Any]]:
+    """Scopes come from a token (jwt or oauth2); a route's mtls lists need mtls in its auth."""
+    tokens = {"contains": {"enum": ["jwt", "oauth2"]}}
+    return [
+        {
+            "if": {"required": ["scopes"], "properties": {"scopes": {"minItems": 1}}},
+            "then": {"required": ["auth"], "properties": {"auth": tokens}},
+        },
+        {
+            "if": {"required": ["mtls"]},
+            "then": {"required": ["auth"], "properties": {"auth": {"contains": {"const": "mtls"}}}},
+        },
+    ]
+
+
+def _upstream_rules() -> list[dict[str, Any]]:
+    """weighted with weights; a client certificate with its key; TLS settings with an https
+    URL."""
+    https = {"properties": {"urls": {"contains": _env_or({"pattern": "^https://"})}}}
+    return [
+        {"if": _when("strategy", "weighted"), "then": {"required": ["weights"]}},
+        {"if": {"required": ["weights"]}, "then": _when("strategy", "weighted")},
+        {"if": {"required": ["client_cert_file"]}, "then": {"required": ["client_key_file"]}},
+        {"if": {"required": ["client_key_file"]}, "then": {"required": ["client_cert_file"]}},
+        {
+            "if": {"anyOf": [{"required": ["client_cert_file"]}, {"required": ["server_name"]}]},
+            "then": https,
+        },
+    ]
+
+
+def _listener_tls_rules() -> list[dict[str, Any]]:
+    """Asking for client certificates needs the CA bundle they must chain to."""
+    asking = [mode for mode in CLIENT_AUTH_MODES if mode != "none"]
+    return [
+        {
+            "if": {"required": ["client_auth"], "properties": {"client_auth": {"enum": asking}}},
+            "then": {"required": ["client_ca_file"]},
         }
     ]
 
@@ -283,16 +409,9 @@ def _jwt_key_material() -> list[dict[str, Any]]:
 #: Rules across the keys of one table (``allOf`` there).
 _CONDITIONS: dict[str, Callable[[], list[dict[str, Any]]]] = {
     "": _auth_sections,
-    "routes[]": lambda: [
-        {
-            "if": {"required": ["scopes"], "properties": {"scopes": {"minItems": 1}}},
-            "then": {"required": ["auth"], "properties": {"auth": {"contains": {"const": "jwt"}}}},
-        }
-    ],
-    "routes[].upstream": lambda: [
-        {"if": _when("strategy", "weighted"), "then": {"required": ["weights"]}},
-        {"if": {"required": ["weights"]}, "then": _when("strategy", "weighted")},
-    ],
+    "server.listeners[].tls": _listener_tls_rules,
+    "routes[]": _route_rules,
+    "routes[].upstream": _upstream_rules,
     "cors": lambda: [
         {
             "if": _when("allow_credentials", True),
@@ -321,6 +440,22 @@ _DESCRIPTIONS: dict[str, str] = {
     "server.client_body_timeout_ms": "Time a client has to send a request body (then 408).",
     "server.keepalive_timeout_ms": "An idle kept-alive client connection is closed after this.",
     "server.server_header": 'Server field on every answer; "" passes the upstream\'s, adds none.',
+    "server.listeners": "Structured listeners, opened beside listen; with any, host/port is not.",
+    "server.listeners[]": "One listener: an endpoint string, optionally TLS and PROXY protocol.",
+    "server.listeners[].endpoint": "Endpoint string: tcp:, tcp6:, unix:, systemd: (no ssl:).",
+    "server.listeners[].http2": "HTTP/2 (h2 by ALPN, h2c): not supported yet, only false.",
+    "server.listeners[].proxy_protocol": "Require a PROXY protocol v1/v2 header (not haproxy:).",
+    "server.listeners[].tls": "TLS termination on this listener; absent: cleartext.",
+    "server.listeners[].tls.cert_file": "PEM certificate chain for clients matching no SNI name.",
+    "server.listeners[].tls.key_file": "Its unencrypted PEM private key (may be cert_file).",
+    "server.listeners[].tls.certificates": "More certificates, by SNI name, as tables.",
+    "server.listeners[].tls.certificates[]": "A certificate for one SNI name: server_name, files.",
+    "server.listeners[].tls.certificates[].server_name": "SNI name it serves (*.name: one label).",
+    "server.listeners[].tls.certificates[].cert_file": "PEM certificate chain for server_name.",
+    "server.listeners[].tls.certificates[].key_file": "Its unencrypted PEM private key.",
+    "server.listeners[].tls.min_version": "Oldest TLS version accepted.",
+    "server.listeners[].tls.client_auth": "Client certificates: not asked, optional or required.",
+    "server.listeners[].tls.client_ca_file": "PEM CA bundle client certificates must chain to.",
     "routes": "The routes, one [[routes]] table each; at least one.",
     "routes[]": "One route: the requests it serves, and its upstream or resource answering them.",
     "routes[].name": "Label in metrics and logs, unique; default derived from path (api_users).",
@@ -332,7 +467,10 @@ _DESCRIPTIONS: dict[str, str] = {
     "routes[].max_body_bytes": "This route's largest request body (413 above it).",
     "routes[].retries": "Extra tries on targets not tried yet, for idempotent methods only.",
     "routes[].auth": "Authenticators of which any one must pass, each with its [auth.*] table.",
-    "routes[].scopes": "Scopes the JWT's scope/scp claim must all hold (needs jwt in auth).",
+    "routes[].scopes": "Scopes the token must all hold (needs jwt or oauth2 in auth).",
+    "routes[].mtls": "This route's [auth.mtls] lists, replacing both (needs mtls in auth).",
+    "routes[].mtls.allowed_subjects": "Accepted subjects (RFC 4514: CN=billing,O=Acme).",
+    "routes[].mtls.allowed_sans": "Accepted subject alternative names (URI, DNS, email).",
     "routes[].cors": "Apply [cors] to this route when middleware.enable_cors is on.",
     "routes[].rate_limit": "This route's own token bucket, instead of [rate_limiting]'s.",
     "routes[].upstream": "The route's targets and how one is picked; not with resource.",
@@ -343,6 +481,9 @@ _DESCRIPTIONS: dict[str, str] = {
     "routes[].upstream.strategy": "How a target is picked for each request.",
     "routes[].upstream.weights": 'Share of each target, one per URL; with strategy = "weighted".',
     "routes[].upstream.ca_file": "PEM CA file trusted for https targets; default system store.",
+    "routes[].upstream.client_cert_file": "PEM client certificate for https targets (mTLS).",
+    "routes[].upstream.client_key_file": "Its unencrypted PEM private key, with client_cert_file.",
+    "routes[].upstream.server_name": "SNI and name the targets' certificates carry; default host.",
     "routes[].upstream.health_check": "Active health checks of each target; absent: none.",
     "routes[].upstream.circuit_breaker": "One breaker per target; absent: these defaults.",
     "routes[].upstream.health_check.path": "Path requested on each target.",
@@ -361,7 +502,7 @@ _DESCRIPTIONS: dict[str, str] = {
     "rate_limiting": "[rate_limiting]: the token bucket (with middleware.enable_rate_limiting).",
     "rate_limiting.requests_per_second": "Refill rate; fractions allowed (0.5: one every 2 s).",
     "rate_limiting.burst_size": "Requests allowed at once (requests_per_second alone: its ceil).",
-    "rate_limiting.key": "What gets its own bucket: client IP, everyone, route, API key, JWT sub.",
+    "rate_limiting.key": "What gets a bucket: client IP, all, route, API key, JWT sub, consumer.",
     "rate_limiting.backend": "Where buckets live: this process, or Redis (shared by replicas).",
     "rate_limiting.redis_url": 'The Redis server, with backend = "redis".',
     "rate_limiting.on_backend_error": "What to do with a request while Redis is unreachable.",
@@ -373,11 +514,14 @@ _DESCRIPTIONS: dict[str, str] = {
     "cors.max_age_s": "How long browsers may cache a preflight, in seconds.",
     "auth.jwt": 'Bearer JWT verification, for routes with auth = ["jwt"].',
     "auth.api_key": 'API keys, for routes with auth = ["api_key"].',
+    "auth.mtls": 'Verified client certificates, for routes with auth = ["mtls"].',
+    "auth.oauth2": 'Token introspection (RFC 7662), for routes with auth = ["oauth2"].',
     "auth.jwt.algorithms": "Accepted signature algorithms: all HS*, or all public-key ones.",
     "auth.jwt.secret": "HMAC secret (HS* algorithms need secret or secret_env).",
     "auth.jwt.secret_env": "Environment variable holding the HMAC secret; set when loading.",
     "auth.jwt.public_key_file": "PEM public key for RS*, PS*, ES* and EdDSA.",
     "auth.jwt.jwks_url": "JWKS document of the public keys, fetched and refreshed.",
+    "auth.jwt.oidc_issuer": "OIDC issuer whose discovery document names the JWKS (not jwks_url).",
     "auth.jwt.issuer": "Required iss claim; default not checked.",
     "auth.jwt.audience": "Required aud claim; default not checked.",
     "auth.jwt.leeway_s": "Clock skew allowed on exp, nbf and iat, in seconds.",
@@ -387,6 +531,21 @@ _DESCRIPTIONS: dict[str, str] = {
     "auth.api_key.keys": "Accepted keys, as { name, sha256 } tables.",
     "auth.api_key.keys[].name": "Who the key belongs to (logs, rate limiting by api_key).",
     "auth.api_key.keys[].sha256": 'SHA-256 hex digest of the key: printf %s "$KEY" | sha256sum.',
+    "auth.mtls.allowed_subjects": "Accepted subjects (RFC 4514: CN=billing,O=Acme).",
+    "auth.mtls.allowed_sans": "Accepted SANs (URI, DNS, email); both lists empty: any verified.",
+    "auth.mtls.forward_client_cert": "Send X-Forwarded-Client-Cert upstream (clients' dropped).",
+    "auth.oauth2.introspection_url": "The endpoint: https (verified); http only to loopback.",
+    "auth.oauth2.client_id": "The gateway's client id at the authorization server.",
+    "auth.oauth2.client_secret": "Its client secret (or client_secret_env, not both).",
+    "auth.oauth2.client_secret_env": "Environment variable holding the secret; set when loading.",
+    "auth.oauth2.client_auth": "How the secret is sent: HTTP Basic, or in the POST body.",
+    "auth.oauth2.issuer": "Required introspected iss; default not checked.",
+    "auth.oauth2.audience": "Required in the introspected aud; default not checked.",
+    "auth.oauth2.forward_claims": 'Claims sent upstream as headers: claim = "Header-Name".',
+    "auth.oauth2.cache_ttl_s": "An active answer is reused this long, never past exp; 0: never.",
+    "auth.oauth2.negative_cache_ttl_s": "An inactive answer is reused this long; 0: never.",
+    "auth.oauth2.timeout_ms": "Deadline of one introspection request.",
+    "auth.oauth2.ca_file": "PEM CA file trusted for the endpoint; default system store.",
     "metrics": "[metrics]: the Prometheus endpoint.",
     "metrics.path": "Where metrics are served (while middleware.enable_metrics).",
     "health.health_path": "JSON health report: status, version, each route's targets.",
@@ -598,6 +757,7 @@ class _Builder:
         if (
             kind in ("table", "tables")
             or key in _REQUIRED.get(table, ())
+            or key in _ONE_OF.get(table, ())
             or path in _UNWRITTEN_DEFAULTS
             or _inherited_from(path) is not None
         ):

@@ -695,7 +695,7 @@ class ChoiceErrorTests(ConfigTestCase):
     def test_rate_limit_key(self) -> None:
         self.assertError(
             config(rate_limiting={"key": "user"}),
-            "rate_limiting.key: 'user' is not one of ip, global, route, api_key, jwt_sub",
+            "rate_limiting.key: 'user' is not one of ip, global, route, api_key, jwt_sub, consumer",
         )
 
     def test_rate_limit_backend(self) -> None:
@@ -730,7 +730,8 @@ class ChoiceErrorTests(ConfigTestCase):
     def test_auth_method(self) -> None:
         self.assertError(
             config(route(auth=["basic"])),
-            "routes[0].auth: ['basic'] has an item 'basic' that is not one of jwt, api_key, mtls, oauth2",
+            "routes[0].auth: ['basic'] has an item 'basic' that is not one of jwt, api_key, "
+            "mtls, oauth2",
         )
 
 
@@ -739,7 +740,7 @@ class UnknownKeyTests(ConfigTestCase):
 
     ROUTE_KEYS = (
         "name, path, host, strip_path, methods, timeout_ms, max_body_bytes, retries, auth, "
-        "scopes, cors, rate_limit, upstream, websocket, websocket_idle_timeout_ms, plugins, "
+        "scopes, mtls, cors, rate_limit, upstream, websocket, websocket_idle_timeout_ms, plugins, "
         "resource"
     )
 
@@ -1065,7 +1066,8 @@ class JwtTests(ConfigTestCase):
     def test_public_key_algorithm_needs_a_key(self) -> None:
         self.assertError(
             self.jwt(algorithms=["RS256"]),
-            "auth.jwt.public_key_file: public-key algorithms need 'public_key_file' or 'jwks_url'",
+            "auth.jwt.public_key_file: public-key algorithms need 'public_key_file', "
+            "'jwks_url' or 'oidc_issuer'",
         )
 
     def test_public_key_algorithm_with_jwks_url(self) -> None:
@@ -1171,7 +1173,7 @@ class RouteAuthTests(ConfigTestCase):
     def test_scopes_without_jwt(self) -> None:
         self.assertError(
             config(route(auth=["api_key"], scopes=["users:read"]), auth={"api_key": {}}),
-            "routes[0].scopes: needs 'jwt' in auth (scopes come from the JWT)",
+            "routes[0].scopes: needs 'jwt' or 'oauth2' in auth (scopes come from the token)",
         )
 
     def test_scopes_with_jwt(self) -> None:
@@ -1489,7 +1491,8 @@ class RouteOverrideTests(ConfigTestCase):
     def test_route_rate_limit_errors_name_the_route(self) -> None:
         self.assertError(
             config(route(rate_limit={"key": "user"})),
-            "routes[0].rate_limit.key: 'user' is not one of ip, global, route, api_key, jwt_sub",
+            "routes[0].rate_limit.key: 'user' is not one of ip, global, route, api_key, jwt_sub, "
+            "consumer",
         )
 
 
@@ -1620,25 +1623,38 @@ class ClientTimeoutKeyTests(SynchronousTestCase):
         base = {"routes": [{"path": "/*", "upstream": {"urls": ["http://a"]}}]}
         default = GatewayConfig.from_dict(base).server
         self.assertEqual(
-            (default.client_header_timeout_ms, default.client_body_timeout_ms,
-             default.keepalive_timeout_ms),
+            (
+                default.client_header_timeout_ms,
+                default.client_body_timeout_ms,
+                default.keepalive_timeout_ms,
+            ),
             (10000, 60000, 60000),
         )
-        custom = GatewayConfig.from_dict({
-            **base,
-            "server": {"client_header_timeout_ms": 1, "client_body_timeout_ms": 2,
-                       "keepalive_timeout_ms": 3},
-        }).server
+        custom = GatewayConfig.from_dict(
+            {
+                **base,
+                "server": {
+                    "client_header_timeout_ms": 1,
+                    "client_body_timeout_ms": 2,
+                    "keepalive_timeout_ms": 3,
+                },
+            }
+        ).server
         self.assertEqual(
-            (custom.client_header_timeout_ms, custom.client_body_timeout_ms,
-             custom.keepalive_timeout_ms),
+            (
+                custom.client_header_timeout_ms,
+                custom.client_body_timeout_ms,
+                custom.keepalive_timeout_ms,
+            ),
             (1, 2, 3),
         )
 
     def test_client_timeouts_must_be_positive(self) -> None:
         with self.assertRaises(ConfigError) as e:
-            GatewayConfig.from_dict({
-                "server": {"client_header_timeout_ms": 0},
-                "routes": [{"path": "/*", "upstream": {"urls": ["http://a"]}}],
-            })
+            GatewayConfig.from_dict(
+                {
+                    "server": {"client_header_timeout_ms": 0},
+                    "routes": [{"path": "/*", "upstream": {"urls": ["http://a"]}}],
+                }
+            )
         self.assertIn("server.client_header_timeout_ms: 0 must be greater than 0", str(e.exception))

@@ -9,6 +9,7 @@ to the parser therefore fails here until the schema (and docs/gateway.schema.jso
 from __future__ import annotations
 
 import ast
+import atexit
 import copy
 import difflib
 import io
@@ -28,6 +29,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from avx_twisted import _configparse, plugins
 from avx_twisted.config import ConfigError, GatewayConfig
 from avx_twisted.config_schema import DRAFT, build_schema, dumps, main
+from tests.support.pki import Authority
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -39,6 +41,8 @@ SCHEMA_FILE = REPO / "docs" / "gateway.schema.json"
 REGENERATE = "python -m avx_twisted.config_schema > docs/gateway.schema.json"
 #: A certificate and its key in one PEM file, shipped with Twisted's own tests.
 SERVER_PEM = os.path.join(os.path.dirname(twisted.test.__file__), "server.pem")
+HTTPS_UPSTREAM = "https://127.0.0.1:9443"
+INTROSPECTION = "https://idp.example.com/oauth2/introspect"
 DIGEST = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"  # sha256("test")
 UPSTREAM = "http://127.0.0.1:9001"
 #: A twisted.web resource for ``routes[].resource`` (load_resource calls a factory taking no
@@ -47,6 +51,19 @@ RESOURCE = "twisted.web.pages:notFound"
 #: The name the probe plugin is registered under while a test runs.
 PLUGIN = "avx-schema-probe"
 
+
+def _mint() -> tuple[str, str, str]:
+    """A server certificate, its key and the CA that signed it (EC keys: quick to load), for
+    the keys of TLS files the parser reads; removed when the test process exits."""
+    directory = Path(tempfile.mkdtemp(prefix="avx-schema-pki-"))
+    atexit.register(shutil.rmtree, directory, True)
+    ca = Authority(directory, "avx schema CA")
+    issued = ca.issue("server", "localhost", dns=["localhost"])
+    return str(issued.cert), str(issued.key), str(ca.path)
+
+
+CERT, KEY, CA = _mint()
+
 SCHEMA = build_schema()
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 
@@ -54,6 +71,9 @@ VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 PARSER_TUPLES = {
     "_TOP_KEYS": ("",),
     "_SERVER_KEYS": ("server",),
+    "_LISTENER_KEYS": ("server.listeners[]",),
+    "_LISTENER_TLS_KEYS": ("server.listeners[].tls",),
+    "_SNI_CERT_KEYS": ("server.listeners[].tls.certificates[]",),
     "_ROUTE_KEYS": ("routes[]",),
     "_UPSTREAM_KEYS": ("routes[].upstream",),
     "_HEALTH_CHECK_KEYS": ("routes[].upstream.health_check",),
@@ -63,6 +83,9 @@ PARSER_TUPLES = {
     "_CORS_KEYS": ("cors",),
     "_JWT_KEYS": ("auth.jwt",),
     "_API_KEY_KEYS": ("auth.api_key",),
+    "_MTLS_KEYS": ("auth.mtls",),
+    "_MTLS_POLICY_KEYS": ("routes[].mtls",),
+    "_OAUTH2_KEYS": ("auth.oauth2",),
     "_METRICS_KEYS": ("metrics",),
     "_HEALTH_KEYS": ("health",),
     "_LOGGING_KEYS": ("logging",),
@@ -71,23 +94,40 @@ PARSER_TUPLES = {
     "_PLUGIN_REF_KEYS": ("routes[].plugins[]", "plugins.global[]"),
 }
 
-#: A valid config every probe starts from: one route, and both authenticators configured so
-#: that a route may name either.
+#: A valid config every probe starts from: one route, and every authenticator configured so
+#: that a route may name any.
 BASE: dict[str, Any] = {
     "routes": [{"path": "/api/*", "upstream": {"urls": [UPSTREAM]}}],
-    "auth": {"jwt": {"secret": "s"}, "api_key": {}},
+    "auth": {
+        "jwt": {"secret": "s"},
+        "api_key": {},
+        "mtls": {},
+        "oauth2": {"introspection_url": INTROSPECTION, "client_id": "avx", "client_secret": "s"},
+    },
 }
 #: What a table needs, besides the key under test, to be valid when it is added to BASE.
 CONTEXT: dict[str, dict[str, Any]] = {
+    "server.listeners[]": {"endpoint": "tcp:0:interface=127.0.0.1"},
+    "server.listeners[].tls": {"cert_file": CERT, "key_file": KEY},
+    "server.listeners[].tls.certificates[]": {
+        "server_name": "api.example.com",
+        "cert_file": CERT,
+        "key_file": KEY,
+    },
     "auth.api_key.keys[]": {"name": "ci", "sha256": DIGEST},
     "admin": {"token_sha256": DIGEST},
     "routes[].plugins[]": {"name": PLUGIN},
     "plugins.global[]": {"name": PLUGIN},
 }
-#: Sibling keys a key needs to be valid at all.
+#: Sibling keys a key needs to be valid at all (of a table: also when its probes add it).
 NEEDS: dict[str, dict[str, Any]] = {
     "routes[].upstream.weights": {"strategy": "weighted"},
     "routes[].scopes": {"auth": ["jwt"]},
+    "routes[].mtls": {"auth": ["mtls"]},
+    "routes[].upstream.client_cert_file": {"client_key_file": KEY, "urls": [HTTPS_UPSTREAM]},
+    "routes[].upstream.client_key_file": {"client_cert_file": CERT, "urls": [HTTPS_UPSTREAM]},
+    "routes[].upstream.server_name": {"urls": [HTTPS_UPSTREAM]},
+    "server.listeners[].tls.client_auth": {"client_ca_file": CA},
 }
 #: Sibling keys a key cannot be given with (left out of its probes).
 EXCLUDES: dict[str, tuple[str, ...]] = {
@@ -155,12 +195,15 @@ def enum_of(schema: dict[str, Any]) -> list[Any] | None:
 
 
 def config_at(path: str, values: dict[str, Any] | None = None) -> dict[str, Any]:
-    """BASE with the table at ``path`` (and its CONTEXT) present, holding ``values``."""
+    """BASE with the table at ``path`` (and its CONTEXT, and the siblings it NEEDS) present,
+    holding ``values``."""
     data = copy.deepcopy(BASE)
     node = data
     here = ""
     for part in path.split(".") if path else ():
         here = join(here, part)
+        for key, value in NEEDS.get(here, {}).items():
+            node.setdefault(key, copy.deepcopy(value))
         if part.endswith("[]"):
             node = node.setdefault(part[:-2], [{}])[0]
         else:
@@ -252,32 +295,65 @@ def embedded_toml(text: str) -> str | None:
     return "\n".join(line[indent:] for line in block) + "\n"
 
 
-def helm_values_config(path: Path) -> str | None:
-    """The chart's default gateway config (``config`` in values.yaml) with the plain
-    ``{{ .Values.x.y }}`` and ``{{ .Release.Namespace }}`` it uses filled in."""
+#: A line holding only a template action ``{{- if COND }}``, ``{{- else }}`` or ``{{- end }}``.
+_HELM_ACTION = re.compile(r"^\s*\{\{-?\s*(if|else|end)\b\s*(.*?)\s*-?\}\}\s*$")
+_HELM_VALUE = r"\.Values(?:\.\w+)+"
+
+
+def helm_values_config(path: Path, every_if: bool = False) -> str | None:
+    """The chart's gateway config (``config`` in values.yaml) as ``tpl`` renders it with the
+    chart's values, for the forms it uses: ``{{ .Values.x.y }}``, ``{{ .Release.Namespace }}``
+    and whole lines of ``{{- if .Values.x }}`` / ``{{- if ne|eq .Values.x "s" }}``, ``{{- else
+    }}``, ``{{- end }}``. ``every_if``: as if every ``if .Values.x`` toggle were on."""
     import yaml
 
     values = yaml.safe_load(path.read_text())
     if not isinstance(values, dict) or not isinstance(values.get("config"), str):
         return None
 
-    def lookup(match: re.Match[str]) -> str:
-        if match.group(1) == ".Release.Namespace":
+    def value(expr: str) -> Any:
+        if expr == ".Release.Namespace":
             return "default"
         node: Any = values
-        for part in match.group(1).split(".")[2:]:
+        for part in expr.split(".")[2:]:
             node = node[part]
-        return str(node)
+        return node
 
-    pattern = r"\{\{\s*(\.Values(?:\.\w+)+|\.Release\.Namespace)\s*\}\}"
-    text = re.sub(pattern, lookup, values["config"])
+    def text_of(node: Any) -> str:
+        return json.dumps(node) if isinstance(node, bool) else str(node)  # Go prints true
+
+    def holds(condition: str) -> bool:
+        if re.fullmatch(_HELM_VALUE, condition):
+            return every_if or bool(value(condition))
+        compare = re.fullmatch(rf'(ne|eq) ({_HELM_VALUE}) "([^"]*)"', condition)
+        assert compare, f"{path}: config uses {{{{ if {condition} }}}}, which this test cannot read"
+        equal = text_of(value(compare.group(2))) == compare.group(3)
+        return equal if compare.group(1) == "eq" else not equal
+
+    kept: list[str] = []
+    branches: list[bool] = []  # whether each open if's current branch is rendered
+    for line in values["config"].splitlines():
+        action = _HELM_ACTION.match(line)
+        if action is None:
+            if all(branches):
+                kept.append(line)
+        elif action.group(1) == "if":
+            branches.append(holds(action.group(2)))
+        elif action.group(1) == "else":
+            branches[-1] = not branches[-1]
+        else:
+            branches.pop()
+    assert not branches, f"{path}: config has an if without its end"
+    pattern = rf"\{{\{{\s*({_HELM_VALUE}|\.Release\.Namespace)\s*\}}\}}"
+    text = re.sub(pattern, lambda m: text_of(value(m.group(1))), "\n".join(kept) + "\n")
     assert "{{" not in text, f"{path}: config uses template forms this test cannot fill in"
     return text
 
 
 def shipped_configs() -> dict[str, str]:
     """Every gateway config the repository ships, by file: TOML files, configs embedded in
-    Kubernetes manifests (templates aside) and the Helm chart's default."""
+    Kubernetes manifests (templates aside) and the Helm chart's default, also with each of its
+    optional parts on."""
     found: dict[str, str] = {}
     for pattern in ("config/*.toml", "avx_twisted/*.toml", "deploy/**/*.toml"):
         for path in REPO.glob(pattern):
@@ -290,9 +366,10 @@ def shipped_configs() -> dict[str, str]:
         if toml is not None:
             found[str(path.relative_to(REPO))] = toml
     for path in REPO.glob("deploy/helm/*/values.yaml"):
-        toml = helm_values_config(path)
-        if toml is not None:
-            found[str(path.relative_to(REPO))] = toml
+        for every_if in (False, True):
+            toml = helm_values_config(path, every_if)
+            if toml is not None:
+                found[str(path.relative_to(REPO)) + (" (every if on)" if every_if else "")] = toml
     return found
 
 
@@ -542,6 +619,60 @@ class ValueTests(PluginTestCase):
         for value in good:
             self.assertEqual(parser_errors(probe("routes[]", "resource", value)), [], value)
 
+    def test_mtls_subjects_agree(self) -> None:
+        # RFC 4514 as tls.normalise_subject reads it: escapes, "+" (multi-valued RDNs), blank
+        # pieces and spaces around names.
+        good = ["CN=billing,O=Acme", "cn = billing , o = Acme", "CN=a+OU=b", "CN=a\\,b,O=c"]
+        good += ["CN=a,,O=b", "CN=", "CN=a=b", "CN=a\\", "CN=a,\\", "C\\=N=x", "\\=x", "1.2.3=x"]
+        good += ["CN=a\\+b", "  CN=a  ", "CN=a,+O=b", "CN=Ba\u015fmak\u00e7\u0131"]
+        bad = ["", " ", ",", "+", "billing", "CN=a,billing", "=a", " =a", "CN=a,=b"]
+        bad += ["CN=a+b", "CN\\,a", "CN=a, ,x"]
+        cases = [
+            (path, "allowed_subjects", [value])
+            for path in ("auth.mtls", "routes[].mtls")
+            for value in good + bad
+        ]
+        self.assertEqual(self.disagreements(cases), [])
+        for value in good:
+            self.assertEqual(parser_errors(probe("auth.mtls", "allowed_subjects", [value])), [])
+
+    def test_server_names_agree(self) -> None:
+        good = ["api.example.com", "API.Example.COM", "a", "a-b.c", "example.com.", "1.2.3.4"]
+        good += ["x" * 63 + ".com", ".".join(["a" * 63] * 3) + "." + "b" * 61]
+        bad = ["", ".", "-a.com", "a-.com", "a..com", "a_b.com", "a b", "*", "a.*.com"]
+        bad += ["x" * 64 + ".com", ".".join(["a" * 63] * 4)]
+        sni = ["*.example.com", "*.a", "*." + ".".join(["a" * 63] * 3) + "." + "b" * 61]
+        bad += ["*." + ".".join(["a" * 63] * 4)]
+        certificates = "server.listeners[].tls.certificates[]"
+        cases = [(certificates, "server_name", value) for value in good + bad + sni + ["*."]]
+        cases += [("routes[].upstream", "server_name", value) for value in good + bad + sni]
+        self.assertEqual(self.disagreements(cases), [])
+        for value in good + sni:
+            self.assertEqual(parser_errors(probe(certificates, "server_name", value)), [], value)
+
+    def test_introspection_urls_agree(self) -> None:
+        good = [INTROSPECTION, "https://idp:8443", "http://127.0.0.1:9000/i", "http://localhost"]
+        good += ["http://LocalHost/x", "http://127.9.8.7/", "http://[::1]:9000/", "http://[0::1]/"]
+        bad = ["idp.example.com", "ftp://idp/", "https://", "HTTPS://idp/", "http://idp/i"]
+        bad += ["http://10.0.0.1/", "http://localhost.example.com/", "http://127.0.0.1.nip.io/"]
+        bad += ["http://[::2]/", "http://127.1/", "http://localhost?x=1", "http://localhost#x"]
+        cases = [("auth.oauth2", "introspection_url", value) for value in good + bad]
+        self.assertEqual(self.disagreements(cases), [])
+        for value in good:
+            self.assertEqual(parser_errors(probe("auth.oauth2", "introspection_url", value)), [])
+
+    def test_listener_endpoints_agree(self) -> None:
+        # Whether a Twisted endpoint string parses is the parser's; which kinds a structured
+        # listener refuses (TLS and PROXY have their own keys) the schema says too.
+        good = ["tcp:0", "tcp:0:interface=127.0.0.1", "tcp6:0", "unix:/tmp/avx-schema.sock"]
+        good += ["systemd:domain=INET:index=0"]
+        bad = ["", f"ssl:0:privateKey={SERVER_PEM}", f"SSL:0:privateKey={SERVER_PEM}"]
+        bad += ["haproxy:tcp:0", "HAProxy:tcp:0", "haproxy:unix:/tmp/avx-schema.sock"]
+        cases = [("server.listeners[]", "endpoint", value) for value in good + bad]
+        self.assertEqual(self.disagreements(cases), [])
+        for value in good:
+            self.assertEqual(parser_errors(probe("server.listeners[]", "endpoint", value)), [])
+
     def test_defaults_are_what_the_parser_uses(self) -> None:
         # The one default that depends on another key: requests_per_second given alone makes
         # the burst one second's worth, so burst_size is pinned to its own default there.
@@ -588,7 +719,13 @@ class ValueTests(PluginTestCase):
 
     def test_keys_of_which_one_is_required_are_the_parsers(self) -> None:
         # A value of each, valid on its own.
-        values = {"routes[].upstream": {"urls": [UPSTREAM]}, "routes[].resource": RESOURCE}
+        values = {
+            "routes[].upstream": {"urls": [UPSTREAM]},
+            "routes[].resource": RESOURCE,
+            "auth.oauth2.client_secret": "s",
+            "auth.oauth2.client_secret_env": "AVX_T_OAUTH2_SECRET",
+        }
+        self.patch(os, "environ", {**os.environ, "AVX_T_OAUTH2_SECRET": "from-env"})
         checked = 0
         for path, table in tables(SCHEMA):
             keys_ = alternatives(table)
@@ -621,11 +758,31 @@ class ValueTests(PluginTestCase):
         data["rate_limiting"] = {"redis_url": "${env.AVX_T_REDIS:-redis://127.0.0.1:6379/0}"}
         self.assertEqual(parser_errors(data), [])
         self.assertEqual(schema_errors(data), [])
+        # The rules across keys see the reference, not its value: an https URL from the
+        # environment may carry a client certificate.
+        environ["AVX_T_UPSTREAM"] = HTTPS_UPSTREAM
+        data = probe("routes[].upstream", "client_cert_file", CERT)
+        data["routes"][0]["upstream"]["urls"] = ["${env.AVX_T_UPSTREAM}"]
+        self.assertEqual(parser_errors(data), [])
+        self.assertEqual(schema_errors(data), [])
 
 
 # --- whole configs ----------------------------------------------------------------------------
 
 ROUTE = '[[routes]]\npath = "/api/*"\nupstream = { urls = ["http://127.0.0.1:9001"] }\n'
+#: A route to an https upstream, its upstream table left open for more keys.
+HTTPS_ROUTE = f'[[routes]]\npath = "/api/*"\n[routes.upstream]\nurls = ["{HTTPS_UPSTREAM}"]\n'
+CERT_TOML, KEY_TOML, CA_TOML = map(json.dumps, (CERT, KEY, CA))  # as TOML strings
+LISTENER = '[[server.listeners]]\nendpoint = "tcp:0"\n'
+TLS = LISTENER + f"[server.listeners.tls]\ncert_file = {CERT_TOML}\nkey_file = {KEY_TOML}\n"
+
+
+def sni_certificate(name: str) -> str:
+    """An inline table of ``certificates``: the test certificate for the SNI name ``name``."""
+    return f'{{ server_name = "{name}", cert_file = {CERT_TOML}, key_file = {KEY_TOML} }}'
+
+
+OAUTH2 = f'[auth.oauth2]\nintrospection_url = "{INTROSPECTION}"\nclient_id = "avx"\n'
 
 #: Configs the parser accepts, in the forms tests/unit/test_config.py checks.
 VALID: dict[str, dict[str, Any]] = {
@@ -728,6 +885,121 @@ VALID: dict[str, dict[str, Any]] = {
             {"path": "/api/*", "upstream": {"urls": [UPSTREAM]}, "plugins": [{"name": PLUGIN}]}
         ],
     },
+    "tls listeners": {
+        **BASE,
+        "server": {
+            "listen": ["tcp:0:interface=127.0.0.1"],
+            "listeners": [
+                {"endpoint": "tcp:0", "http2": False, "proxy_protocol": True},
+                {
+                    "endpoint": "tcp6:0:interface=\\:\\:1",
+                    "tls": {
+                        "cert_file": CERT,
+                        "key_file": KEY,
+                        "certificates": [
+                            {
+                                "server_name": "API.example.com",
+                                "cert_file": CERT,
+                                "key_file": KEY,
+                            },
+                            {
+                                "server_name": "*.example.com",
+                                "cert_file": CERT,
+                                "key_file": KEY,
+                            },
+                        ],
+                        "min_version": "TLSv1.3",
+                        "client_auth": "optional",
+                        "client_ca_file": CA,
+                    },
+                },
+                {"endpoint": "unix:/tmp/avx-schema-tls.sock"},
+            ],
+        },
+    },
+    "listeners only": {**BASE, "server": {"listeners": [{"endpoint": "tcp:0"}]}},
+    "no listeners": {**BASE, "server": {"listeners": []}},
+    "mtls routes": {
+        "routes": [
+            {
+                "path": "/billing/*",
+                "auth": ["mtls"],
+                "mtls": {
+                    "allowed_subjects": ["CN=billing, O=Acme", "cn=a\\,b+OU=x"],
+                    "allowed_sans": ["spiffe://acme/ns/prod/sa/billing"],
+                },
+                "upstream": {"urls": [UPSTREAM]},
+            },
+            {"path": "/any/*", "auth": ["mtls"], "mtls": {}, "upstream": {"urls": [UPSTREAM]}},
+            {"path": "/*", "auth": ["mtls", "api_key"], "upstream": {"urls": [UPSTREAM]}},
+        ],
+        "auth": {
+            "mtls": {"allowed_subjects": ["CN=ops,O=Acme"], "forward_client_cert": True},
+            "api_key": {},
+        },
+        "rate_limiting": {"key": "consumer"},
+    },
+    "oauth2 route with scopes": {
+        "routes": [
+            {
+                "path": "/api/*",
+                "auth": ["oauth2"],
+                "scopes": ["users:read"],
+                "upstream": {"urls": [UPSTREAM]},
+            }
+        ],
+        "auth": {
+            "oauth2": {
+                "introspection_url": "http://127.0.0.1:9000/introspect",
+                "client_id": "avx",
+                "client_secret": "s",
+                "client_auth": "post",
+                "issuer": "https://idp.example.com/",
+                "audience": "avx",
+                "forward_claims": {"sub": "X-User-Id", "client_id": "X-Client-Id"},
+                "cache_ttl_s": 0,
+                "negative_cache_ttl_s": 0,
+                "timeout_ms": 500,
+                "ca_file": CA,
+            }
+        },
+    },
+    "oauth2 to localhost": {
+        **BASE,
+        "auth": {
+            **BASE["auth"],
+            "oauth2": {
+                "introspection_url": "http://localhost:9000/introspect",
+                "client_id": "avx",
+                "client_secret": "s",
+            },
+        },
+    },
+    "oidc jwt": {
+        "routes": [
+            {"path": "/api/*", "auth": ["jwt"], "scopes": ["a"], "upstream": {"urls": [UPSTREAM]}}
+        ],
+        "auth": {"jwt": {"algorithms": ["RS256"], "oidc_issuer": "https://idp.example.com/"}},
+    },
+    "upstream client certificate": {
+        "routes": [
+            {
+                "path": "/api/*",
+                "upstream": {
+                    "urls": [UPSTREAM, HTTPS_UPSTREAM],
+                    "ca_file": CA,
+                    "client_cert_file": CERT,
+                    "client_key_file": KEY,
+                    "server_name": "Users.Internal",
+                },
+            }
+        ]
+    },
+    "upstream server name": {
+        "routes": [
+            {"path": "/api/*", "upstream": {"urls": [HTTPS_UPSTREAM], "server_name": "a.b."}}
+        ]
+    },
     "resource route": {
         "routes": [
             {"path": "/api/*", "upstream": {"urls": [UPSTREAM]}},
@@ -749,7 +1021,7 @@ REFUSED: dict[str, str] = {
     "unknown upstream key": ROUTE.replace("] }", '], protocol = "h2" }'),
     "unknown health check key": ROUTE.replace("] }", '], health_check = { kind = "http" } }'),
     "rate_limit backend per route": ROUTE + 'rate_limit = { backend = "redis" }\n',
-    "unknown jwt key": ROUTE + '[auth.jwt]\nsecret = "s"\noidc_issuer = "https://idp/"\n',
+    "unknown jwt key": ROUTE + '[auth.jwt]\nsecret = "s"\njwks_uri = "https://idp/"\n',
     "unknown api key field": ROUTE + f'[auth.api_key]\nkeys = [{{ name = "a", sha256 = "{DIGEST}", '
     'note = "x" }]\n',
     "string for integer": '[server]\nport = "8080"\n' + ROUTE,
@@ -833,6 +1105,75 @@ REFUSED: dict[str, str] = {
     "route with resource and upstream": ROUTE + f'resource = "{RESOURCE}"\n',
     "resource not module:attribute": '[[routes]]\npath = "/x"\nresource = "NoResource"\n',
     "resource not a string": '[[routes]]\npath = "/x"\nresource = 1\n',
+    "listeners a table": '[server.listeners]\nendpoint = "tcp:0"\n' + ROUTE,
+    "unknown listener key": LISTENER + "h2c = true\n" + ROUTE,
+    "listener without endpoint": "[[server.listeners]]\nproxy_protocol = true\n" + ROUTE,
+    "empty listener endpoint": '[[server.listeners]]\nendpoint = ""\n' + ROUTE,
+    "http2 listener": LISTENER + "http2 = true\n" + ROUTE,
+    "ssl: listener": '[[server.listeners]]\nendpoint = "ssl:0:privateKey=k.pem"\n' + ROUTE,
+    "haproxy: listener": '[[server.listeners]]\nendpoint = "haproxy:tcp:0"\n' + ROUTE,
+    "HAProxy: listener": '[[server.listeners]]\nendpoint = "HAProxy:tcp:0"\n' + ROUTE,
+    "unknown listener tls key": TLS + 'ciphers = "ALL"\n' + ROUTE,
+    "tls without key_file": LISTENER + f"[server.listeners.tls]\ncert_file = {CERT_TOML}\n" + ROUTE,
+    "tls without cert_file": LISTENER + f"[server.listeners.tls]\nkey_file = {KEY_TOML}\n" + ROUTE,
+    "TLS 1.1": TLS + 'min_version = "TLSv1.1"\n' + ROUTE,
+    "bad client_auth": TLS + 'client_auth = "request"\n' + ROUTE,
+    "client_auth without client_ca_file": TLS + 'client_auth = "require"\n' + ROUTE,
+    "optional client_auth without client_ca_file": TLS + 'client_auth = "optional"\n' + ROUTE,
+    "sni certificate without server_name": TLS
+    + f"certificates = [{{ cert_file = {CERT_TOML}, key_file = {KEY_TOML} }}]\n"
+    + ROUTE,
+    "sni certificate without key_file": TLS
+    + f'certificates = [{{ server_name = "a.example", cert_file = {CERT_TOML} }}]\n'
+    + ROUTE,
+    "bad sni name": TLS + f"certificates = [{sni_certificate('-a.example')}]\n" + ROUTE,
+    "sni name with a space": TLS + f"certificates = [{sni_certificate('a b')}]\n" + ROUTE,
+    "mtls route without [auth.mtls]": ROUTE + 'auth = ["mtls"]\n',
+    "route mtls without mtls in auth": ROUTE + 'mtls = { allowed_sans = ["a"] }\n[auth.mtls]\n',
+    "route mtls with an unknown key": ROUTE
+    + 'auth = ["mtls"]\nmtls = { forward_client_cert = true }\n[auth.mtls]\n',
+    "mtls subject without =": ROUTE + '[auth.mtls]\nallowed_subjects = ["billing"]\n',
+    "empty mtls subject": ROUTE + '[auth.mtls]\nallowed_subjects = [" , "]\n',
+    "mtls subject with a blank attribute": ROUTE + '[auth.mtls]\nallowed_subjects = ["CN=a,=b"]\n',
+    "empty mtls san": ROUTE + '[auth.mtls]\nallowed_sans = [""]\n',
+    "oauth2 route without [auth.oauth2]": ROUTE + 'auth = ["oauth2"]\n',
+    "scopes with mtls only": ROUTE + 'auth = ["mtls"]\nscopes = ["a"]\n[auth.mtls]\n',
+    "oauth2 without introspection_url": ROUTE
+    + '[auth.oauth2]\nclient_id = "a"\nclient_secret = "s"\n',
+    "oauth2 without client_id": ROUTE
+    + f'[auth.oauth2]\nintrospection_url = "{INTROSPECTION}"\nclient_secret = "s"\n',
+    "oauth2 without a secret": ROUTE + OAUTH2,
+    "oauth2 with an empty secret": ROUTE + OAUTH2 + 'client_secret = ""\n',
+    "oauth2 with an empty client_id": ROUTE
+    + OAUTH2.replace('"avx"', '""')
+    + 'client_secret = "s"\n',
+    "oauth2 secret and secret_env": ROUTE
+    + OAUTH2
+    + 'client_secret = "s"\nclient_secret_env = "HOME"\n',
+    "oauth2 over plain http": ROUTE
+    + OAUTH2.replace("https://", "http://")
+    + 'client_secret = "s"\n',
+    "oauth2 introspection not a URL": ROUTE
+    + OAUTH2.replace(INTROSPECTION, "idp.example.com/introspect")
+    + 'client_secret = "s"\n',
+    "bad oauth2 client_auth": ROUTE + OAUTH2 + 'client_secret = "s"\nclient_auth = "jwt"\n',
+    "negative oauth2 cache ttl": ROUTE + OAUTH2 + 'client_secret = "s"\ncache_ttl_s = -1\n',
+    "oauth2 timeout 0": ROUTE + OAUTH2 + 'client_secret = "s"\ntimeout_ms = 0\n',
+    "oauth2 claim to a bad header": ROUTE
+    + OAUTH2
+    + 'client_secret = "s"\nforward_claims = { sub = "X User" }\n',
+    "oidc_issuer with jwks_url": ROUTE
+    + '[auth.jwt]\nalgorithms = ["RS256"]\noidc_issuer = "https://idp/"\njwks_url = "https://idp/j"\n',
+    "oidc_issuer with HS256": ROUTE + '[auth.jwt]\nsecret = "s"\noidc_issuer = "https://idp/"\n',
+    "oidc_issuer not a URL": ROUTE + '[auth.jwt]\nalgorithms = ["RS256"]\noidc_issuer = "idp"\n',
+    "client_cert_file without client_key_file": HTTPS_ROUTE + f"client_cert_file = {CERT_TOML}\n",
+    "client_key_file without client_cert_file": HTTPS_ROUTE + f"client_key_file = {KEY_TOML}\n",
+    "client certificate on an http upstream": ROUTE.replace(
+        "] }", f"], client_cert_file = {CERT_TOML}, client_key_file = {KEY_TOML} }}"
+    ),
+    "server_name on an http upstream": ROUTE.replace("] }", '], server_name = "a.example" }'),
+    "wildcard upstream server_name": HTTPS_ROUTE + 'server_name = "*.example.com"\n',
+    "bad upstream server_name": HTTPS_ROUTE + 'server_name = "a_b.example"\n',
 }
 
 #: Configs the parser refuses for a reason the schema cannot express (it accepts them).
@@ -847,6 +1188,25 @@ LEFT_TO_THE_PARSER: dict[str, str] = {
     + f'plugins = [{{ name = "{PLUGIN}" }}]\n',
     "resource that does not import": '[[routes]]\npath = "/x"\nresource = "avx_schema_nowhere:r"\n',
     "resource that is no IResource": '[[routes]]\npath = "/x"\nresource = "os.path:sep"\n',
+    "listener endpoint not a Twisted endpoint": '[[server.listeners]]\nendpoint = "tcp:x"\n'
+    + ROUTE,
+    "listeners on one port": '[[server.listeners]]\nendpoint = "tcp:18443"\n' * 2 + ROUTE,
+    "missing certificate file": LISTENER
+    + '[server.listeners.tls]\ncert_file = "/nonexistent/avx.pem"\nkey_file = "/nowhere/avx.pem"\n'
+    + ROUTE,
+    "a certificate file that is no PEM": LISTENER
+    + f"[server.listeners.tls]\ncert_file = {json.dumps(__file__)}\nkey_file = {KEY_TOML}\n"
+    + ROUTE,
+    "a client CA file that is no PEM": TLS
+    + f'client_auth = "require"\nclient_ca_file = {json.dumps(__file__)}\n'
+    + ROUTE,
+    "two certificates for one SNI name": TLS
+    + f"certificates = [{sni_certificate('a.example')}, {sni_certificate('A.example')}]\n"
+    + ROUTE,
+    "missing upstream client certificate": HTTPS_ROUTE
+    + 'client_cert_file = "/nonexistent/c.pem"\nclient_key_file = "/nonexistent/c.pem"\n',
+    "oauth2 secret variable not set": ROUTE + OAUTH2 + 'client_secret_env = "AVX_T_NOWHERE"\n',
+    "missing oauth2 ca_file": ROUTE + OAUTH2 + 'client_secret = "s"\nca_file = "/nonexistent/ca"\n',
 }
 
 
