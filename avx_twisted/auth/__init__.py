@@ -1,12 +1,15 @@
-"""Who is calling: the authenticators (bearer JWT, API key) and what they hand back.
+"""Who is calling: the authenticators and what they hand back.
 
-Both authenticators are built once from the configuration and called synchronously per request.
-They return an :class:`Identity` or raise :class:`AuthError`, which carries everything the
-gateway needs to answer (status, ``WWW-Authenticate``) and to count the refusal (``reason``).
-The authenticators live in their own modules and are imported from there
-(``from avx_twisted.auth.jwt import JwtAuthenticator``,
-``from avx_twisted.auth.api_key import ApiKeyAuthenticator``), so importing this package stays
-cheap.
+Each authenticator is built once from the configuration: bearer JWTs (``jwt.JwtAuthenticator``,
+keys from a file, a JWKS URL or OIDC discovery: ``_jwks.JwksSource``), API keys
+(``api_key.ApiKeyAuthenticator``), opaque bearer tokens by RFC 7662 introspection
+(``oauth2.OAuth2Authenticator``) and verified client certificates (``mtls.MtlsAuthenticator``).
+JWT, API key and mTLS checks are synchronous; introspection returns a Deferred (answered from its
+cache without a call when it can). Each gives an :class:`Identity` or an :class:`AuthError`, which
+carries everything the gateway needs to answer (status, ``WWW-Authenticate``, ``Retry-After``) and
+to count the refusal (``reason``). ``filter.AuthFilter`` runs a route's methods ("any one of").
+The authenticators live in their own modules and are imported from there, so importing this
+package stays cheap.
 """
 
 from __future__ import annotations
