@@ -755,7 +755,7 @@ class Parser:
         secret_env = t.get("secret_env", "str", None)
         key_file = t.get("public_key_file", "str", None)
         jwks_url = t.get("jwks_url", "str", None, _http_url)
-        oidc_issuer = t.get("oidc_issuer", "str", None, _http_url)
+        oidc_issuer = t.get("oidc_issuer", "str", None, _discovery_url)
         if oidc_issuer is not None and jwks_url is not None:
             self.error(
                 t.key("oidc_issuer"),
@@ -1162,8 +1162,8 @@ class Parser:
                 self.error(
                     key,
                     f"{description!r} cannot be shared by {config.server.workers} worker "
-                    "processes (server.workers > 1 needs tcp:, tcp6: or ssl: endpoints; "
-                    "use workers = 1 with unix:, systemd: or haproxy:)",
+                    "processes (server.workers > 1 needs tcp: or tcp6: endpoints, or ssl: "
+                    "in server.listen; use workers = 1 with unix:, systemd: or haproxy:)",
                 )
             if address is None or address[1] == 0:
                 continue
@@ -1276,6 +1276,12 @@ def _upstream_server_name(value: str) -> str | None:
     if value.startswith("*."):
         return "is a wildcard; give the one name to send as SNI and verify"
     return None if _sni_name(value) is None else "is not a DNS name"
+
+
+def _discovery_url(value: str) -> str | None:
+    """An OIDC issuer: https (OpenID Connect Discovery requires it), or plain http only to a
+    loopback address (development IdPs)."""
+    return _introspection_url(value)
 
 
 def _introspection_url(value: str) -> str | None:

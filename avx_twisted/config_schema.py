@@ -280,7 +280,7 @@ _RULES: dict[str, dict[str, Any]] = {
     "auth.jwt.jwks_url": {"pattern": _HTTP_URL},
     "auth.jwt.leeway_s": {"minimum": 0},
     "auth.jwt.forward_claims": {"additionalProperties": {"pattern": _configparse._TOKEN.pattern}},
-    "auth.jwt.oidc_issuer": {"pattern": _HTTP_URL},
+    "auth.jwt.oidc_issuer": {"pattern": _INTROSPECTION_URL},  # _configparse._discovery_url
     "auth.mtls.allowed_subjects": {"items": {"pattern": _subject_pattern()}},
     "auth.mtls.allowed_sans": {"items": {"minLength": 1}},
     "auth.oauth2.introspection_url": {"pattern": _INTROSPECTION_URL},
@@ -521,7 +521,7 @@ _DESCRIPTIONS: dict[str, str] = {
     "auth.jwt.secret_env": "Environment variable holding the HMAC secret; set when loading.",
     "auth.jwt.public_key_file": "PEM public key for RS*, PS*, ES* and EdDSA.",
     "auth.jwt.jwks_url": "JWKS document of the public keys, fetched and refreshed.",
-    "auth.jwt.oidc_issuer": "OIDC issuer whose discovery document names the JWKS (not jwks_url).",
+    "auth.jwt.oidc_issuer": "OIDC issuer (https; http only to loopback) naming the JWKS.",
     "auth.jwt.issuer": "Required iss claim; default not checked.",
     "auth.jwt.audience": "Required aud claim; default not checked.",
     "auth.jwt.leeway_s": "Clock skew allowed on exp, nbf and iat, in seconds.",

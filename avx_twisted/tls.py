@@ -101,8 +101,9 @@ def load_certificate(
 
 def load_ca_file(path: str, key: str = "client_ca_file") -> list[x509.Certificate]:
     """The CA certificates of a PEM bundle (at least one). Raises :class:`TlsFileError`."""
+    data = _read(path, key)
     try:
-        found = x509.load_pem_x509_certificates(_read(path, key))
+        found = x509.load_pem_x509_certificates(data)
     except ValueError:
         raise TlsFileError(key, f"{path!r}: no PEM certificate in it") from None
     return found

@@ -984,8 +984,18 @@ class OidcIssuerTests(ConfigTestCase):
     def test_must_be_a_url(self) -> None:
         self.assertError(
             self.jwt(algorithms=["RS256"], oidc_issuer="idp.test"),
-            "auth.jwt.oidc_issuer: 'idp.test' is not an http:// or https:// URL",
+            "auth.jwt.oidc_issuer: 'idp.test' is not an https:// URL",
         )
+
+    def test_must_be_https_except_to_loopback(self) -> None:
+        self.assertError(
+            self.jwt(algorithms=["RS256"], oidc_issuer="http://idp.test/"),
+            "auth.jwt.oidc_issuer: 'http://idp.test/' must be https:// (plain http:// only to "
+            "a loopback address such as 127.0.0.1)",
+        )
+        c = self.load(self.jwt(algorithms=["RS256"], oidc_issuer="http://127.0.0.1:9000/"))
+        assert c.auth.jwt is not None
+        self.assertEqual(c.auth.jwt.oidc_issuer, "http://127.0.0.1:9000/")
 
     def test_public_key_algorithms_name_it_among_the_key_sources(self) -> None:
         self.assertError(
