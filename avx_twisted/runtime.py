@@ -11,7 +11,7 @@ from .auth.filter import AuthFilter
 from .auth.jwt import JwtAuthenticator
 from .auth.mtls import MtlsAuthenticator
 from .breaker import CircuitBreaker
-from .client import UpstreamClients
+from .client import UpstreamClients, UpstreamTLS
 from .config import ConfigError, GatewayConfig, RouteConfig
 from .context import ClientAddresses
 from .cors import OWNED_RESPONSE_HEADERS, CorsFilter, CorsPolicy
@@ -216,17 +216,18 @@ class Runtime:
             runtime_route.responder = ResourceResponder(resource, self.reactor)
             return runtime_route
         fresh = Upstream.from_urls(up.urls, strategy=up.strategy, weights=up.weights)
-        agent = self.clients.agent(up.ca_file)
+        tls = UpstreamTLS.of_upstream(up, route.name)
+        agent = self.clients.agent(tls)
         targets = []
         for target in fresh.targets:
-            key = _target_key(route, target)
+            key = _target_key(route, target, tls)
             carried = self._carried.pop(key, None)
             if carried is not None:
                 target, checker = carried
                 if checker is not None:
                     self.health_checkers.append(checker)
             else:
-                target.connector = self.clients.connector(target, up.ca_file)
+                target.connector = self.clients.connector(target, tls)
                 target.breaker = CircuitBreaker(
                     up.circuit_breaker, self.reactor, name=f"{route.name} {target.url}"
                 )
@@ -308,6 +309,6 @@ def _query_stripper(api_key: ApiKeyAuthenticator) -> Callable[[bytes], bytes]:
     return rewrite
 
 
-def _target_key(route: RouteConfig, target: Target) -> tuple[Any, ...]:
+def _target_key(route: RouteConfig, target: Target, tls: UpstreamTLS) -> tuple[Any, ...]:
     up = route.upstream
-    return (route.name, target.url, target.weight, up.ca_file, up.circuit_breaker, up.health_check)
+    return (route.name, target.url, target.weight, tls, up.circuit_breaker, up.health_check)
