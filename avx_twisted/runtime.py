@@ -109,19 +109,32 @@ class Runtime:
         self.health_checkers: list[HealthChecker] = []
         self.cors = CorsFilter(CorsPolicy(config.cors)) if config.middleware.enable_cors else None
         auth = config.auth
-        self.jwt = (
-            JwtAuthenticator(auth.jwt, reactor, self.clients.agent(), metrics=metrics)
-            if auth.jwt
-            else None
-        )
+        before = previous.config.auth if previous is not None else None
+        self.jwt: JwtAuthenticator | None = None
+        if auth.jwt is not None:
+            remote = auth.jwt.jwks_url is not None or auth.jwt.oidc_issuer is not None
+            if remote and before is not None and before.jwt == auth.jwt:
+                # Keys fetched from the provider are kept (and not fetched again) by a reload
+                # that leaves [auth.jwt] as it was; files and secrets are always re-read.
+                self.jwt = previous.jwt  # type: ignore[union-attr]
+            else:
+                self.jwt = JwtAuthenticator(
+                    auth.jwt, reactor, self.clients.agent(), metrics=metrics
+                )
         self.api_key = ApiKeyAuthenticator(auth.api_key) if auth.api_key else None
         self.oauth2: Any = None
         if auth.oauth2 is not None:
-            from .auth.oauth2 import OAuth2Authenticator
+            if before is not None and before.oauth2 == auth.oauth2:
+                self.oauth2 = previous.oauth2  # type: ignore[union-attr]  # its cache too
+            else:
+                from .auth.oauth2 import OAuth2Authenticator
 
-            self.oauth2 = OAuth2Authenticator(
-                auth.oauth2, reactor, self.clients.agent(auth.oauth2.ca_file), metrics=metrics
-            )
+                self.oauth2 = OAuth2Authenticator(
+                    auth.oauth2,
+                    reactor,
+                    self.clients.agent(auth.oauth2.ca_file),
+                    metrics=metrics,
+                )
         # Client copies of forwarded-claim headers and of X-Forwarded-Client-Cert are removed
         # on every route, not only on the routes that set them.
         stripped = {b"x-forwarded-client-cert"}
@@ -174,12 +187,15 @@ class Runtime:
         return {t.key: (t, checkers.get(id(t))) for r in self.routes for t in r.upstream.targets}
 
     def handed_over(self, successor: Runtime) -> None:
-        """Stop this runtime's timers, except the health checkers ``successor`` took over."""
+        """Stop this runtime's timers, except those of the health checkers and authenticators
+        ``successor`` took over."""
         kept = {id(c) for c in successor.health_checkers}
         for checker in self.health_checkers:
             if id(checker) not in kept:
                 checker.stop()
-        self._stop_auth()
+        for mine, theirs in ((self.jwt, successor.jwt), (self.oauth2, successor.oauth2)):
+            if mine is not None and mine is not theirs:
+                mine.stop()
 
     def start(self) -> None:
         """Start what runs in the background: health checks, JWKS refresh and OIDC discovery,
