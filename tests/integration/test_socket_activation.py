@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import textwrap
 
@@ -13,7 +11,7 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.web.client import HTTPConnectionPool
 
-from tests.support.process import REPO, TWISTD
+from tests.support.process import REPO, TWISTD, socket_activated
 from tests.support.servers import echo_json, upstream
 
 ensure = pytest_twisted.ensureDeferred
@@ -46,25 +44,7 @@ async def test_serves_on_a_socket_passed_the_way_systemd_does(tmp_path, closer):
         [routes.upstream]
         urls = ["{up.url}"]
     """))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    port = sock.getsockname()[1]
-
-    def as_fd_3() -> None:  # in the child: the socket becomes fd 3, as systemd passes it
-        if sock.fileno() != 3:
-            os.dup2(sock.fileno(), 3)
-        os.set_inheritable(3, True)
-
-    env = dict(os.environ, LISTEN_FDS="1", LISTEN_FDNAMES="avx-gateway.socket")
-    # LISTEN_PID must be the gateway's own pid: the shell sets it, then becomes twistd (exec).
-    proc = subprocess.Popen(
-        ["sh", "-c", 'export LISTEN_PID=$$; exec "$0" "$@"', TWISTD, "--pidfile=", "-n",
-         "avx-gateway", "--config", str(path)],
-        cwd=REPO, env=env, preexec_fn=as_fd_3, close_fds=False,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    sock.close()  # only the gateway holds it now
+    proc, port = socket_activated(path)
     try:
         body = None
         for _ in range(100):

@@ -5,13 +5,11 @@ processes sharing a TLS listener, PROXY v1/v2 headers (also in front of TLS)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
 import ssl
 import struct
-import subprocess
 import textwrap
 import time
 from pathlib import Path
@@ -24,7 +22,7 @@ from twisted.internet.task import deferLater
 
 from tests.integration.test_tls_listeners import _request, _subject_cn, handshake
 from tests.support.pki import PKI
-from tests.support.process import REPO, TWISTD, GatewayProcess, free_port
+from tests.support.process import GatewayProcess, free_port, socket_activated
 from tests.support.servers import upstream
 
 ensure = pytest_twisted.ensureDeferred
@@ -275,37 +273,7 @@ async def test_tls_on_a_socket_passed_the_way_systemd_does(tmp_path, closer):
             """
         )
     )
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    port = sock.getsockname()[1]
-
-    def as_fd_3() -> None:  # in the child: the socket becomes fd 3, as systemd passes it
-        if sock.fileno() != 3:
-            os.dup2(sock.fileno(), 3)
-        os.set_inheritable(3, True)
-
-    env = dict(os.environ, LISTEN_FDS="1", LISTEN_FDNAMES="avx-gateway.socket")
-    proc = subprocess.Popen(
-        [
-            "sh",
-            "-c",
-            'export LISTEN_PID=$$; exec "$0" "$@"',
-            TWISTD,
-            "--pidfile=",
-            "-n",
-            "avx-gateway",
-            "--config",
-            str(path),
-        ],
-        cwd=REPO,
-        env=env,
-        preexec_fn=as_fd_3,
-        close_fds=False,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    sock.close()
+    proc, port = socket_activated(path)
 
     def fetch() -> bytes:
         deadline = time.monotonic() + 20

@@ -34,6 +34,31 @@ def twistd(*args: str, **kwargs: Any) -> subprocess.Popen[bytes]:
     return subprocess.Popen([TWISTD, "--pidfile=", "-n", *args], cwd=REPO, **kwargs)
 
 
+def socket_activated(config_path: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """Start the gateway on ``config_path`` with a loopback listening socket passed the way
+    systemd passes one (fd 3, LISTEN_FDS, LISTEN_PID); returns the process and the port."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    port = sock.getsockname()[1]
+
+    def as_fd_3() -> None:  # in the child: the socket becomes fd 3, as systemd passes it
+        if sock.fileno() != 3:
+            os.dup2(sock.fileno(), 3)
+        os.set_inheritable(3, True)
+
+    env = dict(os.environ, LISTEN_FDS="1", LISTEN_FDNAMES="avx-gateway.socket")
+    # LISTEN_PID must be the gateway's own pid: the shell sets it, then becomes twistd (exec).
+    proc = subprocess.Popen(
+        ["sh", "-c", 'export LISTEN_PID=$$; exec "$0" "$@"', TWISTD, "--pidfile=", "-n",
+         "avx-gateway", "--config", str(config_path)],
+        cwd=REPO, env=env, preexec_fn=as_fd_3, close_fds=False,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    sock.close()  # only the gateway holds it now
+    return proc, port
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of a process, from /proc."""
     with open(f"/proc/{pid}/status") as f:

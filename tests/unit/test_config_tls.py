@@ -25,6 +25,7 @@ from avx_twisted._configmodel import (
 )
 from avx_twisted.config import ConfigError, GatewayConfig
 from tests.support.pki import Authority, Issued
+from tests.unit.test_config import set_env
 
 UPSTREAM_URL = "http://127.0.0.1:9001"
 HTTPS_URL = "https://users.internal:8443"
@@ -47,23 +48,6 @@ def config(*routes: dict[str, Any], **sections: Any) -> dict[str, Any]:
     data: dict[str, Any] = {"routes": list(routes) or [route()]}
     data.update(sections)
     return data
-
-
-def set_env(case: SynchronousTestCase, name: str, value: str | None) -> None:
-    """Set (or with None, unset) an environment variable for the duration of one test."""
-    old = os.environ.get(name)
-    if value is None:
-        os.environ.pop(name, None)
-    else:
-        os.environ[name] = value
-
-    def restore() -> None:
-        if old is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = old
-
-    case.addCleanup(restore)
 
 
 class ConfigTestCase(SynchronousTestCase):
