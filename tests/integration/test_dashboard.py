@@ -2,12 +2,21 @@
 
 A real ``twistd -n avx-gateway`` (one process, and two workers) gets traffic that touches every
 panel: proxied requests to a health-checked upstream, an open breaker, a rate-limit refusal, a
-refused API key, a 404, a WebSocket tunnel, one good and one refused reload. Its ``/metrics`` is
-then held against every PromQL expression of the dashboard, parsed (not grepped): each metric
-must exist, each label it filters, groups or shows by must exist on it, each literal label value
-it filters on must occur; ``promtool`` lints the scrape and parses the expressions; and a real
-Prometheus, scraping the gateway meanwhile, runs each query as Grafana would and returns data.
+refused API key, a 404, a WebSocket tunnel, one good and one refused reload, a request over its
+TLS listener (certificates minted by tests/support/pki.py) and a handshake that fails, bearer
+tokens introspected (active, inactive, and one the provider fails on), and a JWKS fetched. Its
+``/metrics`` is then held against every PromQL expression of the dashboard, parsed (not
+grepped): each metric must exist, each label it filters, groups or shows by must exist on it,
+each literal label value it filters on must occur; ``promtool`` lints the scrape and parses the
+expressions; and a real Prometheus, scraping the gateway meanwhile, runs each query as Grafana
+would and returns data. The alerting rules (deploy/prometheus/alerts.yaml) are checked the same
+way against the scrape, by ``promtool check rules``, and by ``promtool test rules`` on series
+that must (and must not) fire them.
 ``promtool`` and ``prometheus``: Debian's ``prometheus`` package (tests/support/promtool.py).
+
+The identity provider here is a few lines of twisted.web (``IdentityProvider``): an RFC 7662
+introspection endpoint with fixed answers and a JWKS document. It only has to make the
+gateway's counters move; OAuth2 and OIDC behaviour is tested against a real provider elsewhere.
 """
 
 from __future__ import annotations
@@ -18,27 +27,40 @@ import math
 import re
 import shutil
 import signal
+import socket
+import ssl
+import subprocess
 import textwrap
 import time
 from dataclasses import dataclass, field
+from http.client import HTTPSConnection
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 import pytest_twisted
+import yaml
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor, threads
 from twisted.internet.task import deferLater
+from twisted.web.resource import Resource
+from twisted.web.server import Request
 
 from avx_twisted.demo import EchoResource
 from tests.support import promtool
+from tests.support.pki import PKI
 from tests.support.process import REPO, GatewayProcess, free_port
 from tests.support.servers import http, upstream
 from tests.support.ws import WsUpstream, connect
 
 ensure = pytest_twisted.ensureDeferred
 DASHBOARD = REPO / "deploy/grafana/avx-gateway.json"
+ALERTS = REPO / "deploy/prometheus/alerts.yaml"
 KEY = "dashboard-key"
+#: Bearer tokens the test's identity provider knows: active, inactive, and one it fails on.
+TOKENS = {"good-token": 200, "revoked-token": 401, "idp-fails-token": 503}
 #: Added by Prometheus to every series it scrapes, so never in the exposition itself.
 TARGET_LABELS = frozenset({"job", "instance"})
 #: Grafana's own variables, and what stands in for them when an expression is parsed.
@@ -62,6 +84,12 @@ SHOWN = {
     "avx_config_last_reload_success_timestamp_seconds",
     "avx_access_log_dropped_total",
     "avx_build_info",
+    "avx_tls_certificate_expiry_seconds",
+    "avx_tls_handshake_errors_total",
+    "avx_oauth2_introspections_total",
+    "avx_oauth2_cache_hits_total",
+    "avx_idp_errors_total",
+    "avx_jwks_refreshes_total",
 }
 
 
@@ -544,15 +572,68 @@ def family_name(name: str) -> str:
     return re.sub(r"_(bucket|sum|count)$", "", name)
 
 
-def config_text(port: int, workers: int, up: str, dead: str, ws: str, tmp: Path) -> str:
+class IdentityProvider(Resource):
+    """An RFC 7662 introspection endpoint with fixed answers (``TOKENS``: active, inactive, a
+    500) at ``/introspect``, and a JWKS of one ES256 key at ``/jwks.json``."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        public = ec.generate_private_key(ec.SECP256R1()).public_key()
+        jwk = json.loads(ECAlgorithm.to_jwk(public))
+        self.jwks = {"keys": [{**jwk, "kid": "dashboard", "use": "sig", "alg": "ES256"}]}
+        self.introspected: list[str] = []
+
+    def render_GET(self, request: Request) -> bytes:
+        if request.path != b"/jwks.json":
+            request.setResponseCode(404)
+            return b""
+        request.setHeader(b"Content-Type", b"application/json")
+        return json.dumps(self.jwks).encode()
+
+    def render_POST(self, request: Request) -> bytes:
+        if request.path != b"/introspect" or not request.getHeader(b"Authorization"):
+            request.setResponseCode(404 if request.path != b"/introspect" else 401)
+            return b""
+        token = request.args.get(b"token", [b""])[0].decode()
+        self.introspected.append(token)
+        if TOKENS.get(token) == 503:
+            request.setResponseCode(500)
+            return b"provider trouble"
+        answer: dict[str, Any] = {"active": TOKENS.get(token) == 200}
+        if answer["active"]:
+            answer.update(scope="read", client_id="dashboard", exp=int(time.time()) + 3600)
+        request.setHeader(b"Content-Type", b"application/json")
+        return json.dumps(answer).encode()
+
+
+def config_text(
+    port: int,
+    workers: int,
+    up: str,
+    dead: str,
+    ws: str,
+    tmp: Path,
+    tls_port: int,
+    pki: PKI,
+    idp: str,
+) -> str:
     access_log = tmp / "access.log"
     key_hash = hashlib.sha256(KEY.encode()).hexdigest()
     return textwrap.dedent(f"""
         [server]
-        host = "127.0.0.1"
-        port = {port}
+        listen = ["tcp:{port}:interface=127.0.0.1"]
         workers = {workers}
         drain_timeout_ms = 2000
+
+        [[server.listeners]]
+        endpoint = "tcp:{tls_port}:interface=127.0.0.1"
+        [server.listeners.tls]
+        cert_file = "{pki.default.cert}"
+        key_file = "{pki.default.key}"
+        client_auth = "optional"
+        client_ca_file = "{pki.ca.path}"
 
         [[routes]]
         name = "api"
@@ -593,6 +674,13 @@ def config_text(port: int, workers: int, up: str, dead: str, ws: str, tmp: Path)
         [routes.upstream]
         urls = ["{ws}"]
 
+        [[routes]]
+        name = "tokens"
+        path = "/tokens/*"
+        auth = ["oauth2"]
+        [routes.upstream]
+        urls = ["{up}"]
+
         [middleware]
         enable_rate_limiting = true
 
@@ -602,6 +690,15 @@ def config_text(port: int, workers: int, up: str, dead: str, ws: str, tmp: Path)
 
         [auth.api_key]
         keys = [{{ name = "ci", sha256 = "{key_hash}" }}]
+
+        [auth.oauth2]
+        introspection_url = "{idp}/introspect"
+        client_id = "gateway"
+        client_secret = "dashboard-secret"
+
+        [auth.jwt]
+        algorithms = ["ES256"]
+        jwks_url = "{idp}/jwks.json"
 
         [logging]
         access_log = "{access_log}"
@@ -626,11 +723,41 @@ async def status(gw: GatewayProcess, method: str, path: str, **kw: Any) -> int:
     return response.code  # type: ignore[no-any-return]
 
 
+def tls_get(port: int, ca: Path, path: str) -> int:
+    """A GET over the TLS listener, verifying the gateway's certificate (blocking: a thread)."""
+    context = ssl.create_default_context(cafile=str(ca))
+    conn = HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+def not_tls(port: int) -> bytes:
+    """Cleartext HTTP to the TLS listener: a failed handshake; returns what came back."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        raw.sendall(b"GET /api/users/1 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        received = b""
+        while chunk := raw.recv(4096):
+            received += chunk
+        return received
+
+
 async def exercise(
-    gw: GatewayProcess, workers: int, path: Path, good_config: str, first: bool = True
+    gw: GatewayProcess,
+    workers: int,
+    path: Path,
+    good_config: str,
+    tls_port: int,
+    ca: Path,
+    first: bool = True,
 ) -> None:
-    """Traffic for every panel: 2xx, 4xx, 5xx, refusals, a tunnel, a good and a bad reload.
-    Run twice when Prometheus scrapes, so that every counter grows between two scrapes."""
+    """Traffic for every panel: 2xx, 4xx, 5xx, refusals, a tunnel, TLS (a request and a failed
+    handshake), introspected tokens, a good and a bad reload. Run twice when Prometheus
+    scrapes, so that every counter grows between two scrapes."""
     for _ in range(3):
         assert await status(gw, "GET", "/api/users/1") == 200
     assert await status(gw, "POST", "/api/users", data=b"hello") == 200
@@ -651,6 +778,15 @@ async def exercise(
             return ws.recv(timeout=5)  # type: ignore[return-value]
 
     assert await threads.deferToThread(tunnel) == "ping"
+
+    assert await threads.deferToThread(tls_get, tls_port, ca, "/api/users/1") == 200
+    assert await threads.deferToThread(not_tls, tls_port) == b""  # closed, no HTTP answer
+    # Introspection: active (then cached), inactive, and the provider failing (503, fail closed).
+    for token, expected in TOKENS.items():
+        headers = {"Authorization": f"Bearer {token}"}
+        assert await status(gw, "GET", "/tokens/x", headers=headers) == expected, token
+    good = {"Authorization": "Bearer good-token"}
+    assert await status(gw, "GET", "/tokens/x", headers=good) == 200  # from the cache
 
     # Reloads: each worker re-reads the file on SIGHUP.
     ok = gw.output().count("reloaded ")
@@ -685,9 +821,12 @@ async def scrape_after_exercise(workers: int, tmp_path_factory: Any) -> Scrape:
     tmp = tmp_path_factory.mktemp(f"dashboard-{workers}")
     up = upstream(EchoResource("svc"))
     ws = WsUpstream()
-    port = free_port()
+    idp = upstream(IdentityProvider())
+    pki = PKI(tmp / "pki")
+    port, tls_port = free_port(), free_port()
     path = tmp / "gateway.toml"
-    good = config_text(port, workers, up.url, f"http://127.0.0.1:{free_port()}", ws.url, tmp)
+    dead = f"http://127.0.0.1:{free_port()}"
+    good = config_text(port, workers, up.url, dead, ws.url, tmp, tls_port, pki, idp.url)
     path.write_text(good)
     gw = GatewayProcess(path, port)
     server = None
@@ -698,10 +837,10 @@ async def scrape_after_exercise(workers: int, tmp_path_factory: Any) -> Scrape:
             server = await promtool.Prometheus(f"127.0.0.1:{port}", tmp).start()
         if workers > 1:
             await wait_for_output(gw, f"ready ({workers} of {workers})", 1, timeout=30)
-        await exercise(gw, workers, path, good)
+        await exercise(gw, workers, path, good, tls_port, pki.ca.path)
         if server is not None:
             await server.wait_for_scrapes(1)  # every series of the first round
-            await exercise(gw, workers, path, good, first=False)
+            await exercise(gw, workers, path, good, tls_port, pki.ca.path, first=False)
         response = await http("GET", gw.url("/metrics"))
         assert response.code == 200
         text = (await response.content()).decode()
@@ -714,6 +853,7 @@ async def scrape_after_exercise(workers: int, tmp_path_factory: Any) -> Scrape:
         code = await gw.stop()
         ws.stop()
         await up.stop()
+        await idp.stop()
     assert code == 0, gw.output()[-3000:]
     (tmp / "metrics.txt").write_text(text)
     return Scrape.parse(workers, text, gw.output(), evaluated)
@@ -951,3 +1091,195 @@ def test_every_dashboard_query_returns_data_in_prometheus(scrape):
         if not any(math.isfinite(v) for v in values):
             empty.append(f"{where}: {promql} -> {series or 'no series'}")
     assert not empty, f"{scrape.workers} worker(s):\n" + "\n".join(empty)
+
+
+def sample_values(scrape: Scrape) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(scrape.text)
+        for sample in family.samples
+    }
+
+
+def test_the_exercise_moved_the_tls_and_identity_series(scrape):
+    """Every identity counter is exported (at 0) as soon as its feature is configured, so
+    "has samples" says little: these are the values the exercise itself produced."""
+    values = sample_values(scrape)
+
+    def value(name: str, **labels: str) -> float:
+        found = [v for (n, ls), v in values.items() if n == name and set(labels.items()) <= ls]
+        assert found, f"{scrape.workers} worker(s): no {name}{labels}"
+        return sum(found)
+
+    rounds = 2 if scrape.evaluated is not None else 1
+    days = value("avx_tls_certificate_expiry_seconds", server_name="localhost") / 86400
+    assert 29 < days <= 30, days  # tests/support/pki.py issues for 30 days
+    assert value("avx_tls_handshake_errors_total") == rounds  # one cleartext client per round
+    # Each token request is either introspected or answered from the cache (a reload may or
+    # may not keep the cache; with two workers a repeat may reach the other worker's).
+    for result, requests in (("active", 2 * rounds), ("inactive", rounds)):
+        calls = value("avx_oauth2_introspections_total", result=result)
+        hits = value("avx_oauth2_cache_hits_total", result=result)
+        assert calls >= 1 and calls + hits == requests, (result, calls, hits)
+    if scrape.workers == 1:
+        assert value("avx_oauth2_cache_hits_total", result="active") >= 1
+    errors = value("avx_oauth2_introspections_total", result="error")
+    assert errors >= 1
+    assert value("avx_idp_errors_total", kind="introspection", reason="status") == errors
+    assert value("avx_jwks_refreshes_total", trigger="schedule", result="ok") >= scrape.workers
+
+
+# --------------------------------------------------------------------------- alerting rules
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    groups = yaml.safe_load(ALERTS.read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+def test_promtool_checks_the_alerting_rules():
+    result = subprocess.run(
+        [promtool.promtool(), "check", "rules", str(ALERTS)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    names = [rule["alert"] for rule in alert_rules()]
+    assert len(names) == len(set(names))
+    for rule in alert_rules():
+        assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
+        assert {"summary", "description"} <= set(rule["annotations"]), rule["alert"]
+
+
+def test_every_metric_label_and_value_of_the_alerts_is_exported(scrape):
+    wrong = []
+    for rule in alert_rules():
+        where = f"alert {rule['alert']}"
+        selectors, problems = uses(rule["expr"])
+        wrong += [f"{where}: {p}" for p in problems]
+        for use in selectors:
+            label_sets = scrape.series.get(use.name, [])
+            if not label_sets:
+                wrong.append(f"{where}: no {use.name} in /metrics")
+                continue
+            present = set().union(*map(set, label_sets)) | TARGET_LABELS
+            wrong += [f"{where}: {use.name} has no {label!r}" for label in use.labels - present]
+            for label, op, value in use.matchers:
+                if op == "=" and value not in {ls.get(label) for ls in label_sets}:
+                    wrong.append(f"{where}: no {use.name}{{{label}={value!r}}}")
+    assert not wrong, f"{scrape.workers} worker(s):\n" + "\n".join(wrong)
+
+
+#: ``promtool test rules``: series at a 1m interval, and the alerts they must raise (and no
+#: others: a time listed with no alerts means none may fire).
+ALERT_TESTS = """
+rule_files:
+  - {alerts}
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: '{expiry}{{{gw},listener="tcp:8443",server_name="soon"}}'
+        values: '864000-60x60'
+      - series: '{expiry}{{{gw},listener="tcp:8443",server_name="late"}}'
+        values: '2592000-60x60'
+      - series: '{expiry}{{{gw},listener="upstream:pay",server_name="gone"}}'
+        values: '-3600-60x60'
+      - series: 'avx_tls_handshake_errors_total{{{gw},listener="tcp:8443"}}'
+        values: '0+180x60'
+      - series: 'avx_tls_handshake_errors_total{{{gw},listener="tcp:9443"}}'
+        values: '0+6x60'
+      - series: 'avx_idp_errors_total{{{gw},kind="introspection",reason="circuit_open"}}'
+        values: '0+30x60'
+      - series: 'avx_idp_errors_total{{{gw},kind="jwks",reason="timeout"}}'
+        values: '0+1x60'
+    alert_rule_test:
+      - eval_time: 10m
+        alertname: AvxTlsCertificateExpiringSoon
+      - eval_time: 30m
+        alertname: AvxTlsCertificateExpiringSoon
+        exp_alerts:
+          - exp_labels: {{{labels},listener: "tcp:8443",server_name: soon,severity: warning}}
+          - exp_labels: {{{labels},listener: "upstream:pay",server_name: gone,severity: warning}}
+      - eval_time: 30m
+        alertname: AvxTlsCertificateExpiresWithin2Days
+        exp_alerts:
+          - exp_labels: {{{labels},listener: "upstream:pay",server_name: gone,severity: critical}}
+      - eval_time: 30m
+        alertname: AvxTlsHandshakeErrorsHigh
+        exp_alerts:
+          - exp_labels: {{{labels},listener: "tcp:8443",severity: warning}}
+      - eval_time: 30m
+        alertname: AvxIdpErrors
+        exp_alerts:
+          - exp_labels: {{{labels},kind: introspection,reason: circuit_open,severity: warning}}
+      - eval_time: 30m
+        alertname: AvxIdpCircuitOpen
+        exp_alerts:
+          - exp_labels: {{{labels},severity: critical}}
+"""
+
+
+def promtool_test_rules(tmp_path: Path, rules: Path, tests: str) -> None:
+    path = tmp_path / "alerts-test.yaml"
+    gw, labels = 'job="avx-gateway",instance="gw-0:9090"', 'job: avx-gateway,instance: "gw-0:9090"'
+    expiry = "avx_tls_certificate_expiry_seconds"
+    path.write_text(tests.format(alerts=rules, gw=gw, labels=labels, expiry=expiry))
+    result = subprocess.run(
+        [promtool.promtool(), "test", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_alerts_fire_on_the_series_they_are_for(tmp_path):
+    """Expressions, ``for`` and labels (promtool compares annotations too: the rules are
+    tested here without theirs, and with them in the next test)."""
+    groups = yaml.safe_load(ALERTS.read_text())
+    for group in groups["groups"]:
+        for rule in group["rules"]:
+            del rule["annotations"]
+    rules = tmp_path / "alerts-without-annotations.yaml"
+    rules.write_text(yaml.safe_dump(groups))
+    promtool_test_rules(tmp_path, rules, ALERT_TESTS)
+
+
+def test_the_alert_annotations_render(tmp_path):
+    promtool_test_rules(
+        tmp_path,
+        ALERTS,
+        """
+rule_files:
+  - {alerts}
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'avx_tls_certificate_expiry_seconds{{{gw},listener="tcp:8443",server_name="api"}}'
+        values: '865800-60x60'
+      - series: 'avx_idp_errors_total{{{gw},kind="jwks",reason="timeout"}}'
+        values: '0+6x60'
+    alert_rule_test:
+      - eval_time: 30m
+        alertname: AvxTlsCertificateExpiringSoon
+        exp_alerts:
+          - exp_labels: {{{labels},listener: "tcp:8443",server_name: api,severity: warning}}
+            exp_annotations:
+              summary: TLS certificate expires in under 14 days
+              description: >-
+                The certificate of tcp:8443 (api) on gw-0:9090 expires in 10d 0h 0m 0s. Renew
+                it, and make the gateway re-read it (SIGHUP, or `kubectl rollout restart`): the
+                gateway does not watch its certificate files.
+      - eval_time: 30m
+        alertname: AvxIdpErrors
+        exp_alerts:
+          - exp_labels: {{{labels},kind: jwks,reason: timeout,severity: warning}}
+            exp_annotations:
+              summary: Calls to the identity provider are failing
+              description: >-
+                gw-0:9090: jwks calls to the identity provider fail (timeout) at 0.10 per
+                second.
+""",
+    )

@@ -1,28 +1,98 @@
 """The shipped deployment files stay consistent with the code and with each other.
 
-Kubernetes manifests, the kustomization, the Helm chart at the YAML level (its rendering is
-tests/integration/test_helm.py), the Dockerfile, the systemd unit and the logrotate file.
+Kubernetes manifests, the kustomization and its TLS Component, the Helm chart at the YAML level
+(its rendering is tests/integration/test_helm.py), the Dockerfile, the systemd unit and the
+logrotate file. Configs that name the mounted TLS Secret's files (/etc/avx/tls) are loaded with
+certificates minted here (tests/support/pki.py) in their place.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
+from copy import deepcopy
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from avx_twisted._version import __version__
 from avx_twisted.config import GatewayConfig
+from tests.support.pki import PKI
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy/kubernetes"
 CHART = REPO / "deploy/helm/avx-gateway"
+#: Where the chart and the TLS Component mount the TLS Secret (keys tls.crt, tls.key, ca.crt).
+TLS_MOUNT = "/etc/avx/tls"
+
+
+def mint_tls_secret(directory: Path) -> Path:
+    """A directory laid out like the mounted kubernetes.io/tls Secret: a server certificate
+    (``tls.crt``, ``tls.key``) and the CA for client certificates (``ca.crt``), minted."""
+    pki = PKI(directory / "pki")
+    secret = directory / "tls"
+    secret.mkdir()
+    shutil.copyfile(pki.default.cert, secret / "tls.crt")
+    shutil.copyfile(pki.default.key, secret / "tls.key")
+    shutil.copyfile(pki.ca.path, secret / "ca.crt")
+    return secret
+
+
+def temporary_directory(test: SynchronousTestCase) -> Path:
+    """A directory removed after ``test`` (absolute, outside the work tree)."""
+    path = Path(tempfile.mkdtemp(prefix="avx-deploy-"))
+    test.addCleanup(shutil.rmtree, path, True)
+    return path
+
+
+def with_tls_files(text: str, secret: Path) -> str:
+    """A config naming the mounted Secret's files, made to name ``secret``'s instead."""
+    return text.replace(f'"{TLS_MOUNT}/', f'"{secret}/')
+
+
+def tls_files(config: GatewayConfig) -> list[str]:
+    """Every certificate, key and CA file the TLS listeners read."""
+    files = []
+    for listener in config.server.listeners:
+        tls = listener.tls
+        if tls is None:
+            continue
+        files += [tls.cert_file, tls.key_file]
+        for extra in tls.certificates:
+            files += [extra.cert_file, extra.key_file]
+        if tls.client_ca_file:
+            files.append(tls.client_ca_file)
+    return files
+
+
+def data_plane_ports(config: GatewayConfig) -> tuple[list[int], list[int]]:
+    """The ports of the cleartext and of the TLS data-plane listeners."""
+    listeners = config.server.listeners
+    cleartext = [endpoint_port(e) for e in config.server.endpoints]
+    cleartext += [endpoint_port(x.endpoint) for x in listeners if x.tls is None]
+    return cleartext, [endpoint_port(x.endpoint) for x in listeners if x.tls is not None]
+
+
+def secret_files(deployment: dict[str, Any]) -> dict[str, bool]:
+    """The files the container sees from Secret volumes (plain or projected): path -> whether
+    the mount is read-only. Only listed ``items`` count (a Secret's keys are not known here)."""
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    files = {}
+    for mount in container(deployment).get("volumeMounts", []):
+        volume = volumes[mount["name"]]
+        sources = volume["projected"]["sources"] if "projected" in volume else [volume]
+        for source in sources:
+            for item in (source.get("secret") or {}).get("items", []):
+                path = os.path.join(mount["mountPath"], item["path"])
+                files[path] = bool(mount.get("readOnly"))
+    return files
 
 
 def endpoint_port(description: str) -> int:
@@ -54,13 +124,24 @@ def pre_stop_seconds(c: dict[str, Any]) -> int:
 
 
 def check_pod_against_config(
-    test: SynchronousTestCase, deployment: dict[str, Any], config: GatewayConfig
+    test: SynchronousTestCase,
+    deployment: dict[str, Any],
+    config: GatewayConfig,
+    in_pod: Callable[[str], str] = lambda path: path,
 ) -> None:
-    """Ports, probes and the stop timeline of a Deployment agree with the gateway config."""
+    """Ports, probes, the stop timeline and the TLS files of a Deployment agree with the
+    gateway config. ``in_pod``: where a file the config names is in the pod (for a config
+    whose TLS files were replaced by minted ones)."""
     pod = deployment["spec"]["template"]
     c = container(deployment)
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    test.assertEqual(ports["http"], config.server.port)
+    test.assertEqual(len(ports), len(c["ports"]), "container port names are unique")
+    cleartext, tls = data_plane_ports(config)
+    test.assertEqual(cleartext, [ports["http"]])
+    test.assertEqual(tls, [ports["https"]] if "https" in ports else [])
+    mounted = secret_files(deployment)
+    for path in tls_files(config):
+        test.assertTrue(mounted.get(in_pod(path)), f"{in_pod(path)} is not in a read-only mount")
     test.assertTrue(config.health.listen, "probes belong on the private health listener")
     test.assertTrue(config.metrics.listen, "metrics belong on their own listener")
     test.assertEqual(ports["health"], endpoint_port(config.health.listen))
@@ -167,27 +248,148 @@ class KubernetesTests(SynchronousTestCase):
         )
 
 
+class KubernetesTlsComponentTests(SynchronousTestCase):
+    """deploy/kubernetes/tls/: the base plus a TLS listener from the Secret avx-gateway-tls."""
+
+    def setUp(self) -> None:
+        self.kustomization = load_yaml(K8S / "tls/kustomization.yaml")
+        self.secret = mint_tls_secret(temporary_directory(self))
+        self.text = (K8S / "tls/gateway.toml").read_text()
+        self.config = GatewayConfig.from_toml(with_tls_files(self.text, self.secret), source="k8s")
+
+    def in_pod(self, path: str) -> str:
+        return path.replace(str(self.secret), TLS_MOUNT)
+
+    def test_a_component_replacing_the_config_and_patching_deployment_and_service(self) -> None:
+        k = self.kustomization
+        self.assertEqual(k["kind"], "Component")
+        (generator,) = k["configMapGenerator"]
+        (base_generator,) = load_yaml(K8S / "kustomization.yaml")["configMapGenerator"]
+        self.assertEqual(generator["name"], base_generator["name"])
+        self.assertEqual(generator["behavior"], "replace")
+        self.assertEqual(generator["files"], ["gateway.toml"])
+        patches = {patch["path"] for patch in k["patches"]}
+        manifests = {p.name for p in (K8S / "tls").glob("*.yaml")} - {"kustomization.yaml"}
+        self.assertEqual(patches, manifests)
+        self.assertIn("#   - tls", (K8S / "kustomization.yaml").read_text())
+
+    def test_its_config_is_the_base_config_plus_a_tls_listener(self) -> None:
+        base = GatewayConfig.from_toml((K8S / "gateway.toml").read_text(), source="k8s")
+        (listener,) = self.config.server.listeners
+        self.assertEqual(data_plane_ports(self.config), ([base.server.port], [8443]))
+        self.assertEqual(self.in_pod(listener.tls.cert_file), f"{TLS_MOUNT}/tls.crt")
+        self.assertEqual(self.in_pod(listener.tls.key_file), f"{TLS_MOUNT}/tls.key")
+        self.assertEqual(listener.tls.client_auth, "none")
+        self.assertFalse(listener.proxy_protocol)
+        server = dataclasses.replace(
+            self.config.server, listen=(), listeners=(), port=base.server.port
+        )
+        self.assertEqual(dataclasses.replace(self.config, server=server), base)
+
+    def test_its_config_passes_every_start_up_check(self) -> None:
+        path = temporary_directory(self) / "gateway.toml"
+        path.write_text(with_tls_files(self.text, self.secret))
+        out = cli("check", "--config", str(path))
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("OK", out.stdout)
+
+    def test_kubectl_kustomize_renders_the_base_with_tls(self) -> None:
+        kubectl = shutil.which("kubectl")
+        if kubectl is None:
+            raise SkipTest("kubectl is not installed (kustomize is built into it)")
+        overlay = temporary_directory(self)
+        (overlay / "kustomization.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "resources": [os.path.relpath(K8S, overlay)],
+                    "components": [os.path.relpath(K8S / "tls", overlay)],
+                }
+            )
+        )
+        out = subprocess.run(
+            [kubectl, "kustomize", str(overlay)], capture_output=True, text=True, timeout=60
+        )
+        self.assertEqual(out.returncode, 0, out.stderr)
+        docs = {d["kind"]: d for d in yaml.safe_load_all(out.stdout)}
+        self.assertEqual(docs["ConfigMap"]["data"]["gateway.toml"], self.text)
+        deployment = docs["Deployment"]
+        check_pod_against_config(self, deployment, self.config, self.in_pod)
+        name = docs["ConfigMap"]["metadata"]["name"]
+        self.assertRegex(name, r"^avx-gateway-[a-z0-9]{10}$")
+        volumes = deployment["spec"]["template"]["spec"]["volumes"]
+        self.assertIn({"name": "config", "configMap": {"name": name}}, volumes)
+        ports = {p["name"]: p["targetPort"] for p in docs["Service"]["spec"]["ports"]}
+        self.assertEqual(ports, {"http": "http", "https": "https"})
+
+
 def values_paths(template_text: str) -> set[tuple[str, ...]]:
     return {tuple(m.split(".")[2:]) for m in re.findall(r"\.Values(?:\.\w+)+", template_text)}
 
 
-def expand_default_config(values: dict[str, Any], namespace: str = "prod") -> str:
-    """The chart's `tpl` of values.config, for the only forms the default config uses."""
+_ACTION = re.compile(r"(\{\{-?\s*.*?\s*-?\}\})", re.S)
+_VALUE = r"\.Values(?:\.\w+)+|\.Release\.Namespace"
 
-    def lookup(match: re.Match[str]) -> str:
-        expr = match.group(1)
+
+def expand_default_config(values: dict[str, Any], namespace: str = "prod") -> str:
+    """The chart's `tpl` of values.config, for the only forms the default config uses:
+    ``{{ .Values.x }}``, ``{{ .Release.Namespace }}``, ``{{- if .Values.x }}`` or
+    ``{{- if ne .Values.x "s" }}`` ... ``{{- else }}`` ... ``{{- end }}``, and ``{{-``/``-}}``
+    trimming whitespace as Go templates do."""
+
+    def lookup(expr: str) -> Any:
         if expr == ".Release.Namespace":
             return namespace
         node: Any = values
         for part in expr.split(".")[2:]:
             node = node[part]
-        return str(node)
+        return node
 
-    text = re.sub(
-        r"\{\{\s*(\.Values(?:\.\w+)+|\.Release\.Namespace)\s*\}\}", lookup, values["config"]
-    )
+    def condition(expr: str) -> bool:
+        m = re.fullmatch(rf'ne ({_VALUE}) "([^"]*)"', expr)
+        if m:
+            return bool(lookup(m.group(1)) != m.group(2))
+        assert re.fullmatch(_VALUE, expr), f"unsupported condition {expr!r}"
+        return bool(lookup(expr))
+
+    pieces = _ACTION.split(values["config"])
+    actions = []
+    for i in range(1, len(pieces), 2):
+        m = re.fullmatch(r"\{\{(-?)\s*(.*?)\s*(-?)\}\}", pieces[i], re.S)
+        assert m, pieces[i]
+        if m.group(1):
+            pieces[i - 1] = pieces[i - 1].rstrip(" \t\r\n")
+        if m.group(3):
+            pieces[i + 1] = pieces[i + 1].lstrip(" \t\r\n")
+        actions.append(m.group(2))
+    out = [pieces[0]]
+    active, stack = True, []  # stack: (active outside the if, its condition)
+    for expr, text in zip(actions, pieces[2::2]):
+        if expr.startswith("if "):
+            held = condition(expr[3:])
+            stack.append((active, held))
+            active = active and held
+        elif expr == "else":
+            outside, held = stack[-1]
+            active = outside and not held
+        elif expr == "end":
+            active = stack.pop()[0]
+        elif active:
+            assert re.fullmatch(_VALUE, expr), f"unsupported action {expr!r}"
+            value = lookup(expr)
+            out.append(str(value).lower() if isinstance(value, bool) else str(value))
+        if active:
+            out.append(text)
+    assert not stack, "unclosed if"
+    text = "".join(out)
     assert "{{" not in text, text
     return text
+
+
+def tls_values(values: dict[str, Any], **tls: Any) -> dict[str, Any]:
+    """values.yaml with tls enabled (and ``tls`` overrides)."""
+    values = deepcopy(values)
+    values["tls"].update(enabled=True, secretName="gw-tls", **tls)
+    return values
 
 
 class HelmChartFileTests(SynchronousTestCase):
@@ -236,9 +438,49 @@ class HelmChartFileTests(SynchronousTestCase):
         )
         self.assertGreater(v["terminationGracePeriodSeconds"], needed)
 
+    def test_the_default_config_with_tls_listens_on_https_with_the_mounted_secret(self) -> None:
+        secret = mint_tls_secret(temporary_directory(self))
+        plain = GatewayConfig.from_toml(expand_default_config(self.values), source="values.yaml")
+        for tls, ca in (
+            ({}, None),
+            ({"clientAuth": "optional"}, "ca.crt"),
+            ({"clientAuth": "require", "proxyProtocol": True}, "ca.crt"),
+        ):
+            v = tls_values(self.values, **tls)
+            v["ports"].update(http=8000, https=9443)
+            text = expand_default_config(v)
+            config = GatewayConfig.from_toml(with_tls_files(text, secret), source="values.yaml")
+            self.assertEqual(data_plane_ports(config), ([8000], [9443]))
+            (listener,) = config.server.listeners
+            self.assertEqual(listener.proxy_protocol, tls.get("proxyProtocol", False))
+            self.assertEqual(listener.tls.cert_file, str(secret / "tls.crt"))
+            self.assertEqual(listener.tls.key_file, str(secret / "tls.key"))
+            self.assertEqual(listener.tls.client_auth, tls.get("clientAuth", "none"))
+            self.assertEqual(listener.tls.client_ca_file, ca and str(secret / ca))
+            # Nothing else changes: the same config but for the listeners.
+            server = dataclasses.replace(config.server, listen=(), listeners=(), port=8080)
+            self.assertEqual(dataclasses.replace(config, server=server), plain)
+
+    def test_with_tls_disabled_the_tls_values_change_nothing(self) -> None:
+        v = deepcopy(self.values)
+        v["tls"].update(secretName="gw-tls", clientAuth="require", proxyProtocol=True)
+        v["ports"]["https"] = 9443
+        self.assertEqual(expand_default_config(v), expand_default_config(self.values))
+
     def test_defaults(self) -> None:
         v = self.values
         self.assertIn(v["image"]["tag"], ("", __version__))  # "" is the appVersion
+        self.assertEqual(
+            v["tls"],
+            {
+                "enabled": False,
+                "secretName": "",
+                "clientAuth": "none",
+                "clientCaSecretName": "",
+                "proxyProtocol": False,
+            },
+        )
+        self.assertEqual(v["ports"]["https"], 8443)
         self.assertFalse(v["autoscaling"]["enabled"])
         self.assertFalse(v["metrics"]["serviceMonitor"]["enabled"])
         self.assertTrue(v["podDisruptionBudget"]["enabled"])

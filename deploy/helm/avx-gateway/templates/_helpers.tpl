@@ -54,3 +54,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "avx-gateway.config" -}}
 {{- tpl .Values.config . }}
 {{- end }}
+
+{{/* The TLS Secret's name (tls.enabled needs one). */}}
+{{- define "avx-gateway.tlsSecret" -}}
+{{- required "tls.secretName: name the kubernetes.io/tls Secret to mount when tls.enabled" .Values.tls.secretName }}
+{{- end }}
