@@ -9,6 +9,7 @@ from unittest.mock import ANY
 
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.task import deferLater
 
 from tests.support.servers import (
     BigBody,
@@ -355,7 +356,6 @@ async def test_client_going_away_releases_the_upstream_request(closer):
     d = raw_request(gw.port, b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n", timeout=0.3)
     await d
     # Give the reactor a moment to process the disconnect.
-    from twisted.internet.task import deferLater
 
     await deferLater(reactor, 0.1, lambda: None)
     assert hang.hits == 1
@@ -404,6 +404,12 @@ async def test_least_connections_avoids_the_busy_upstream(closer):
     gw = closer.add(gateway_for([busy.url, free.url], strategy="least_connections"))
     stuck = http("GET", url(gw, "/first"))  # lands on `busy` (tie -> first) and hangs
     stuck.addErrback(lambda f: None)
+    # Only once it is there: a request sent meanwhile could reach the gateway first.
+    for _ in range(200):
+        if hang.hits:
+            break
+        await deferLater(reactor, 0.01, lambda: None)
+    assert hang.hits == 1
     for _ in range(3):
         response = await http("GET", url(gw, "/"))
         assert echo_json(await response.content())["service"] == "free"
