@@ -76,6 +76,8 @@ class ListenerTlsConfig:
     client_auth: str = "none"
     #: The CA bundle client certificates must chain to.
     client_ca_file: str | None = None
+    #: Look at the files this often and load them when they changed (0: only on a reload).
+    reload_interval_s: int = 0
 
     @property
     def default(self) -> TlsCertificate:

@@ -231,6 +231,7 @@ _LISTENER_TLS_KEYS = (
     "min_version",
     "client_auth",
     "client_ca_file",
+    "reload_interval_s",
 )
 _SNI_CERT_KEYS = ("server_name", "cert_file", "key_file")
 _ROUTE_KEYS = (
@@ -549,6 +550,7 @@ class Parser:
                 "certificates must chain to)",
             )
         min_version = t.get("min_version", "str", "TLSv1.2", _one_of(TLS_VERSIONS))
+        reload_interval_s = t.get("reload_interval_s", "int", 0, _at_least(0))
         if default is None:
             return None
         return ListenerTlsConfig(
@@ -558,6 +560,7 @@ class Parser:
             min_version=min_version,
             client_auth=client_auth,
             client_ca_file=ca_file,
+            reload_interval_s=reload_interval_s,
         )
 
     def endpoint_list(self, values: Sequence[str]) -> str | None:

@@ -153,6 +153,18 @@ class GatewayService(MultiService):
                     key = f"server.{purpose}.tls.{e.key}"
                     raise ConfigError([f"{key}: {e}"], source=config.source) from None
         self._watch_certificates(config)
+        #: ``reload_interval_s``: the TLS files are looked at this often (None: never).
+        self._tls_files = self._tls_file_stamp()
+        self._tls_watcher: LoopingCall | None = None
+        intervals = [
+            tls.config.reload_interval_s
+            for tls in self.listener_tls.values()
+            if tls.config.reload_interval_s > 0
+        ]
+        if intervals:
+            self._tls_watcher = LoopingCall(self._check_tls_files)
+            self._tls_watcher.clock = reactor
+            self._tls_interval_s = float(min(intervals))
         if self.metrics is not None:
             gauge = self.metrics.open_connections
             if self.metrics.multiprocess_dir is None:
@@ -248,6 +260,8 @@ class GatewayService(MultiService):
         self.runtime.start()
         if self._refresher is not None:
             self._refresher.start(1.0)
+        if self._tls_watcher is not None:
+            self._tls_watcher.start(self._tls_interval_s, now=False)
         self.probes.ready = True
         if self.inherited is None and threading.current_thread() is threading.main_thread():
             # Worker processes install their own (see workers.main).
@@ -293,6 +307,8 @@ class GatewayService(MultiService):
         self.runtime.stop()
         if self._refresher is not None and self._refresher.running:
             self._refresher.stop()
+        if self._tls_watcher is not None and self._tls_watcher.running:
+            self._tls_watcher.stop()
         drained = in_flight.wait_idle(self.config.server.drain_timeout_ms / 1000.0, self.reactor)
 
         def after_drain(idle: bool) -> Deferred[Any]:
@@ -356,6 +372,45 @@ class GatewayService(MultiService):
         for tls, tls_config, contexts in built:
             tls.install(tls_config, contexts)
         return None
+
+    def _tls_file_stamp(self) -> tuple[tuple[str, int, int, int], ...]:
+        """(path, mtime, size, inode) of every file of the TLS listeners that watch theirs; a
+        file that cannot be read counts as changed (0s)."""
+        found = []
+        for tls in self.listener_tls.values():
+            config = tls.config
+            if config.reload_interval_s <= 0:
+                continue
+            paths = [config.cert_file, config.key_file, config.client_ca_file]
+            paths += [p for c in config.certificates for p in (c.cert_file, c.key_file)]
+            for path in paths:
+                if path is None:
+                    continue
+                try:
+                    st = os.stat(path)  # follows the symlinks Kubernetes swaps
+                    found.append((path, st.st_mtime_ns, st.st_size, st.st_ino))
+                except OSError:
+                    found.append((path, 0, 0, 0))
+        return tuple(found)
+
+    def _check_tls_files(self) -> None:
+        """``reload_interval_s``: when a certificate, key or CA file changed (a renewal, a
+        Kubernetes Secret update), load the TLS listeners' files again, as SIGHUP does for
+        them; a file that cannot be used is logged once per change and the running
+        certificates stay."""
+        stamp = self._tls_file_stamp()
+        if stamp == self._tls_files:
+            return
+        self._tls_files = stamp
+        problem = self._reload_tls(self.config)
+        if problem is not None:
+            self.log.error(
+                "TLS files changed but cannot be used; the running certificates stay: {problem}",
+                problem=problem,
+            )
+            return
+        self._watch_certificates(self.config)
+        self.log.info("TLS files changed: certificates reloaded")
 
     def _bind(self, key: str, description: str, factory: Any) -> IListeningPort:
         """Listen on an endpoint string now; a failure closes what is open and raises
@@ -460,6 +515,7 @@ class GatewayService(MultiService):
             self.metrics.config_loaded(True)
             self.metrics.watch_routes(runtime.routes)
         self._watch_certificates(config)
+        self._tls_files = self._tls_file_stamp()
         self.log.info(
             "reloaded {source}: {routes} routes", source=source, routes=len(config.routes)
         )

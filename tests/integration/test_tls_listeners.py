@@ -8,6 +8,7 @@ import base64
 import hashlib
 import json
 import os
+import shutil
 import socket
 import ssl
 import time
@@ -17,8 +18,10 @@ from typing import Any
 import jwt as pyjwt
 import pytest
 import pytest_twisted
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import reactor, threads
+from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 
 from avx_twisted.config import GatewayConfig
@@ -552,3 +555,47 @@ async def test_plugins_see_the_tls_facts(pki, closer):
         assert echo_json(out.encode())["headers"]["X-Tls"] == ["none"]
     finally:
         plugins.unregister("tls-headers")
+
+
+def _serial(port: int, pki: PKI) -> int:
+    sock = handshake(port, "localhost", pki.ca.path)
+    try:
+        der = sock.getpeercert(binary_form=True)
+    finally:
+        sock.close()
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+@ensure
+async def test_reload_interval_picks_up_changed_files_by_itself(pki, closer, tmp_path):
+    live_cert, live_key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    shutil.copy(pki.default.cert, live_cert)
+    shutil.copy(pki.default.key, live_key)
+    up = closer.add(upstream())
+    tls = {"cert_file": str(live_cert), "key_file": str(live_key), "reload_interval_s": 1}
+    gw, port = tls_gateway(pki, closer, up.port, tls)
+    assert await threads.deferToThread(_serial, port, pki) == pki.default.certificate.serial_number
+
+    async def serial_within(seconds: float, expected: int) -> int:
+        seen = 0
+        for _ in range(int(seconds * 10)):
+            seen = await threads.deferToThread(_serial, port, pki)
+            if seen == expected:
+                break
+            await deferLater(reactor, 0.1, lambda: None)
+        return seen
+
+    # A renewal written in place (as kubelet swaps a Secret's files): new connections get it.
+    renewed = pki.ca.issue("renewed", "localhost", dns=["localhost"], ips=["127.0.0.1"], days=60)
+    shutil.copy(renewed.cert, live_cert)
+    shutil.copy(renewed.key, live_key)
+    serial = renewed.certificate.serial_number
+    assert await serial_within(5, serial) == serial
+    text = gw.metrics.render(None).body.decode()
+    expiry = [x for x in text.splitlines() if x.startswith("avx_tls_certificate_expiry_seconds{")]
+    assert len(expiry) == 1 and float(expiry[0].rsplit(" ", 1)[1]) > 59 * 86400
+    # A key that does not match: refused, the running certificate stays.
+    shutil.copy(pki.api.key, live_key)
+    await deferLater(reactor, 2.5, lambda: None)
+    assert await threads.deferToThread(_serial, port, pki) == serial

@@ -363,6 +363,21 @@ class ListenerTlsTests(ConfigTestCase):
         self.assertEqual(tls.certificates, ())
         self.assertEqual(tls.default, TlsCertificate(str(self.server.cert), str(self.server.key)))
 
+    def test_reload_interval(self) -> None:
+        self.assertEqual(self.loaded_tls().reload_interval_s, 0)
+        self.assertEqual(self.loaded_tls(reload_interval_s=60).reload_interval_s, 60)
+        data = self.listeners(
+            {
+                "endpoint": "tcp:8443",
+                "tls": {
+                    "cert_file": str(self.server.cert),
+                    "key_file": str(self.server.key),
+                    "reload_interval_s": -1,
+                },
+            }
+        )
+        self.assertError(data, "server.listeners[0].tls.reload_interval_s: -1 must be at least 0")
+
     def test_certificate_and_key_in_one_file(self) -> None:
         both = self.combined(self.server)
         tls = self.loaded_tls(cert_file=both, key_file=both)
@@ -447,7 +462,7 @@ class ListenerTlsTests(ConfigTestCase):
         self.assertError(
             self.tls_listener(ciphers="ALL"),
             "server.listeners[0].tls.ciphers: unknown key (known keys: cert_file, key_file, "
-            "certificates, min_version, client_auth, client_ca_file)",
+            "certificates, min_version, client_auth, client_ca_file, reload_interval_s)",
         )
 
     # -- min_version -------------------------------------------------------------------------
