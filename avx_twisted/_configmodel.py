@@ -91,8 +91,22 @@ class ListenerConfig:
     endpoint: str
     tls: ListenerTlsConfig | None = None
     proxy_protocol: bool = False
-    #: h2 by ALPN on TLS, h2c prior knowledge on cleartext (HTTP/2 is not built yet).
+    #: h2 by ALPN on TLS, h2c with prior knowledge on cleartext.
     http2: bool = False
+
+
+@dataclass(frozen=True)
+class Http2Config:
+    """``[server.http2]``: limits of HTTP/2 connections."""
+
+    #: SETTINGS_MAX_CONCURRENT_STREAMS advertised and enforced per connection.
+    max_concurrent_streams: int = 100
+    #: The HPACK-decoded header list of a request, CONTINUATION frames included.
+    max_header_list_bytes: int = 65536
+    #: A stream with no frames either way this long is reset.
+    stream_idle_timeout_ms: int = 300000
+    #: A connection with no open stream this long gets GOAWAY.
+    idle_timeout_ms: int = 600000
 
 
 @dataclass(frozen=True)
@@ -107,6 +121,7 @@ class ServerConfig:
     listen: tuple[str, ...] = ()
     #: Structured listeners (``[[server.listeners]]``), opened beside ``listen``.
     listeners: tuple[ListenerConfig, ...] = ()
+    http2: Http2Config = field(default_factory=Http2Config)
     trusted_proxies: tuple[str, ...] = ()
     preserve_host: bool = True
     max_body_bytes: int = 10 * 1024 * 1024

@@ -33,6 +33,7 @@ from ._configmodel import (
     CorsConfig,
     HealthCheckConfig,
     HealthConfig,
+    Http2Config,
     JwtConfig,
     ListenerConfig,
     ListenerTlsConfig,
@@ -222,6 +223,13 @@ _SERVER_KEYS = (
     "server_header",
     "shutdown_delay_ms",
     "listeners",
+    "http2",
+)
+_HTTP2_KEYS = (
+    "max_concurrent_streams",
+    "max_header_list_bytes",
+    "stream_idle_timeout_ms",
+    "idle_timeout_ms",
 )
 _LISTENER_KEYS = ("endpoint", "http2", "proxy_protocol", "tls")
 _LISTENER_TLS_KEYS = (
@@ -437,6 +445,8 @@ class Parser:
             return d
         listen = t.get("listen", "list[str]", (), self.endpoint_list)
         listeners = self.listeners(t)
+        http2_t = t.table("http2", _HTTP2_KEYS)
+        http2 = self.http2(http2_t) if http2_t is not None else Http2Config()
         proxies = t.get("trusted_proxies", "list[str]", (), _each(_network))
         port_ok = lambda p: None if 0 <= p <= 65535 else "is not a port (0-65535)"  # noqa: E731
         return ServerConfig(
@@ -447,6 +457,7 @@ class Parser:
             connect_timeout_ms=t.get("connect_timeout_ms", "int", d.connect_timeout_ms, _positive),
             listen=listen,
             listeners=listeners,
+            http2=http2,
             trusted_proxies=proxies,
             preserve_host=t.get("preserve_host", "bool", d.preserve_host),
             max_body_bytes=t.get("max_body_bytes", "int", d.max_body_bytes, _at_least(0)),
@@ -479,18 +490,27 @@ class Parser:
                 self.error(lt.key("endpoint"), "is required (a Twisted endpoint string)")
             endpoint = lt.get("endpoint", "str", None, _plain_endpoint)
             http2 = lt.get("http2", "bool", False)
-            if http2:
-                self.error(
-                    lt.key("http2"),
-                    "HTTP/2 is not supported yet: listeners speak HTTP/1.1 (ALPN offers "
-                    "http/1.1); leave http2 out or set it to false",
-                )
             tls_t = lt.table("tls", _LISTENER_TLS_KEYS)
             tls = self.listener_tls(tls_t) if tls_t is not None else None
             proxy = lt.get("proxy_protocol", "bool", False)
             if endpoint is not None:
-                found.append(ListenerConfig(endpoint, tls=tls, proxy_protocol=proxy))
+                found.append(ListenerConfig(endpoint, tls=tls, proxy_protocol=proxy, http2=http2))
         return tuple(found)
+
+    def http2(self, t: _Table) -> Http2Config:
+        d = Http2Config()
+        return Http2Config(
+            max_concurrent_streams=t.get(
+                "max_concurrent_streams", "int", d.max_concurrent_streams, _at_least(1)
+            ),
+            max_header_list_bytes=t.get(
+                "max_header_list_bytes", "int", d.max_header_list_bytes, _at_least(1024)
+            ),
+            stream_idle_timeout_ms=t.get(
+                "stream_idle_timeout_ms", "int", d.stream_idle_timeout_ms, _positive
+            ),
+            idle_timeout_ms=t.get("idle_timeout_ms", "int", d.idle_timeout_ms, _positive),
+        )
 
     def listener_tls(self, t: _Table) -> ListenerTlsConfig | None:
         """``[server.listeners.tls]``: every file is read and checked now (a key that does not

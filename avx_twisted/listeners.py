@@ -68,8 +68,10 @@ def listener_factory(
     site: Any, listener: ListenerConfig, tls: ServerTLS | None, metrics: Any = None
 ) -> Any:
     """``site`` as ``listener`` serves it: in TLS with ``tls``'s contexts (counting failed
-    handshakes on ``metrics``), then behind the PROXY protocol when ``proxy_protocol``."""
-    factory: Any = site
+    handshakes on ``metrics``), then behind the PROXY protocol when ``proxy_protocol``. A
+    cleartext listener with ``http2`` also accepts h2c with prior knowledge; a TLS one offers
+    h2 by ALPN (its ``tls`` was built so)."""
+    factory: Any = site.with_h2c() if listener.http2 and tls is None else site
     if tls is not None:
         factory = TLSServerFactory(tls, factory)
         if metrics is not None:

@@ -29,6 +29,8 @@ from .metrics import GatewayMetrics
 from .probes import Probes
 from .runtime import Runtime
 from .tls import (
+    ALPN_H2,
+    ALPN_PROTOCOLS,
     ServerTLS,
     TlsFileError,
     certificate_names,
@@ -141,14 +143,26 @@ class GatewayService(MultiService):
             ),
             server_header=server.server_header.encode("ascii") or None,
         )
+        if any(listener.http2 for listener in server.listeners):
+            from .h2 import H2Limits, H2ServerProtocol
+
+            h2 = server.http2
+            self.site.h2_protocol = H2ServerProtocol
+            self.site.h2_limits = H2Limits(
+                max_concurrent_streams=h2.max_concurrent_streams,
+                max_header_list_bytes=h2.max_header_list_bytes,
+                stream_idle_timeout_s=h2.stream_idle_timeout_ms / 1000.0,
+                idle_timeout_s=h2.idle_timeout_ms / 1000.0,
+            )
         #: The TLS side of each structured listener with ``tls``, by purpose (reloaded on
         #: SIGHUP: new connections get the new certificates, open ones keep theirs).
         self.listener_tls: dict[str, ServerTLS] = {}
         for purpose, description in listener_plan(config):
             listener = config.listener_config(purpose)
             if listener is not None and listener.tls is not None:
+                alpn = ALPN_H2 if listener.http2 else ALPN_PROTOCOLS
                 try:
-                    self.listener_tls[purpose] = ServerTLS(listener.tls, description)
+                    self.listener_tls[purpose] = ServerTLS(listener.tls, description, alpn)
                 except TlsFileError as e:
                     key = f"server.{purpose}.tls.{e.key}"
                     raise ConfigError([f"{key}: {e}"], source=config.source) from None

@@ -40,8 +40,9 @@ TLS12_CIPHERS = (
     "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
 )
 _VERSIONS = {"TLSv1.2": SSL.TLS1_2_VERSION, "TLSv1.3": SSL.TLS1_3_VERSION}
-#: What ALPN offers until HTTP/2 lands.
+#: What ALPN offers: HTTP/1.1 only, or h2 first where the listener speaks HTTP/2.
 ALPN_PROTOCOLS: tuple[bytes, ...] = (b"http/1.1",)
+ALPN_H2: tuple[bytes, ...] = (b"h2", b"http/1.1")
 
 
 class TlsFileError(ValueError):
@@ -140,9 +141,13 @@ class ServerTLS:
     them load; connections already open keep theirs, so nothing is dropped.
     """
 
-    def __init__(self, config: ListenerTlsConfig, name: str) -> None:
+    def __init__(
+        self, config: ListenerTlsConfig, name: str, alpn: Sequence[bytes] = ALPN_PROTOCOLS
+    ) -> None:
         #: The listener's endpoint string (metrics label, session id context).
         self.name = name
+        #: The protocols ALPN may choose, in the server's order of preference.
+        self.alpn = tuple(alpn)
         self.config = config
         self._default, self._by_name, self.certificates = self.build(config)
 
@@ -221,7 +226,7 @@ class ServerTLS:
         # Sessions resume only on the listener (and the client-certificate policy) they
         # started on.
         ctx.set_session_id(hashlib.sha256(self.name.encode("utf-8")).digest()[:32])
-        ctx.set_alpn_select_callback(_select_alpn)
+        ctx.set_alpn_select_callback(self._select_alpn)
         if config.client_auth != "none":
             store = ctx.get_cert_store()
             assert store is not None
@@ -236,6 +241,12 @@ class ServerTLS:
         # warns about any other change to the context.
         ctx.set_cipher_list(TLS12_CIPHERS.encode("ascii"))
         return ctx
+
+    def _select_alpn(self, connection: SSL.Connection, offered: list[bytes]) -> Any:
+        for protocol in self.alpn:
+            if protocol in offered:
+                return protocol
+        return SSL.NO_OVERLAPPING_PROTOCOLS
 
     def _server_name(self, connection: SSL.Connection) -> None:
         name = connection.get_servername()
@@ -286,13 +297,6 @@ def _verified(connection: Any, cert: Any, errno: int, depth: int, ok: int) -> bo
     """OpenSSL's own verdict on each certificate of the client's chain: a certificate the
     client presents must be valid, also with ``client_auth = "optional"``."""
     return bool(ok)
-
-
-def _select_alpn(connection: SSL.Connection, offered: list[bytes]) -> Any:
-    for protocol in ALPN_PROTOCOLS:
-        if protocol in offered:
-            return protocol
-    return SSL.NO_OVERLAPPING_PROTOCOLS
 
 
 def _first(names: Sequence[str]) -> str:

@@ -30,6 +30,9 @@ from ._serialize import LAST_CHUNK, BadField, DateCache, chunk, head_bytes, stat
 log = Logger()
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+#: The HTTP/2 client preface (RFC 9113 3.4): a cleartext connection that starts with it speaks
+#: h2c with prior knowledge, where the factory has an HTTP/2 protocol and the listener allows it.
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _NO_BODY_STATUS = frozenset([204, 304])
 _CLOSE = (b"Connection", b"close")
 _KEEP_ALIVE = (b"Connection", b"keep-alive")
@@ -296,6 +299,12 @@ class ServerProtocol(Protocol):
         self.tunnel: Any = None
         self.secure = False
         self._peer_host: Optional[str] = None
+        #: Whether this connection may turn out to be HTTP/2 (set by the listener's factory):
+        #: ALPN "h2" on TLS, the preface on cleartext (``h2c``); None once decided.
+        self.h2c_allowed = False
+        self._undecided: Optional[bytes] = None
+        #: The HTTP/2 protocol this connection was handed to, or None.
+        self.h2: Any = None
         #: The TLS facts of this connection, once the handler layer read them (per connection,
         #: shared by its requests); the core itself never looks at them.
         self.tls_info: Any = None
@@ -314,6 +323,8 @@ class ServerProtocol(Protocol):
         self.secure = ISSLTransport.providedBy(transport)
         factory.connection_made(self)
         self._head_timer = self.clock.callLater(self.limits.header_timeout_s, self._head_timeout)
+        if factory.h2_protocol is not None and (self.secure or self.h2c_allowed):
+            self._undecided = b""
 
     @property
     def peer_host(self) -> str:
@@ -331,6 +342,13 @@ class ServerProtocol(Protocol):
         return self.factory.draining
 
     def dataReceived(self, data: bytes) -> None:
+        if self.h2 is not None:
+            self.h2.dataReceived(data)
+            return
+        if self._undecided is not None:
+            data = self._choose_protocol(data)
+            if not data:
+                return
         state = self.state
         if state is ConnectionState.TUNNEL:
             self.tunnel.data_from(self, data)
@@ -369,7 +387,39 @@ class ServerProtocol(Protocol):
                 self.limits.header_timeout_s, self._head_timeout
             )
 
+    def _choose_protocol(self, data: bytes) -> bytes:
+        """The first bytes decide: ALPN ``h2`` (TLS) or the preface (cleartext) hand the
+        connection to the HTTP/2 protocol; anything else is HTTP/1.1 (returned to parse)."""
+        seen = self._undecided + data  # type: ignore[operator]
+        negotiated = getattr(self.transport, "negotiatedProtocol", None) if self.secure else None
+        if negotiated == b"h2" or (not self.secure and seen.startswith(H2_PREFACE)):
+            self._undecided = None
+            self._become_h2(seen)
+            return b""
+        if not self.secure and len(seen) < len(H2_PREFACE) and H2_PREFACE.startswith(seen):
+            self._undecided = seen  # maybe the preface, in pieces
+            return b""
+        self._undecided = None
+        return seen
+
+    def _become_h2(self, data: bytes) -> None:
+        """Hand the connection to the factory's HTTP/2 protocol (this one only relays to it)."""
+        for timer in (self._head_timer, self._idle_timer):
+            self._cancel(timer)
+        self._head_timer = self._idle_timer = None
+        factory = self.factory
+        factory.connection_lost(self)  # the HTTP/2 protocol counts itself
+        h2 = self.h2 = factory.h2_protocol()
+        h2.factory = factory
+        h2.tls_info = self.tls_info
+        h2.makeConnection(self.transport)
+        h2.dataReceived(data)
+
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self.h2 is not None:
+            self.state = ConnectionState.CLOSED
+            self.h2.connectionLost(reason)
+            return
         previous, self.state = self.state, ConnectionState.CLOSED
         timers = (self._head_timer, self._body_timer, self._idle_timer, self._linger_timer)
         for timer in timers + (self._held_call,):
@@ -683,6 +733,27 @@ def _nothing() -> None:
     pass
 
 
+class _H2cFactory(Factory):
+    """A listener's view of a :class:`ServerFactory`: its connections may speak h2c."""
+
+    noisy = False
+
+    def __init__(self, site: ServerFactory) -> None:
+        self.site = site
+
+    def buildProtocol(self, addr: Any) -> Optional[Protocol]:
+        protocol = self.site.buildProtocol(addr)
+        if protocol is not None:
+            protocol.h2c_allowed = True  # type: ignore[attr-defined]
+        return protocol
+
+    def doStart(self) -> None:
+        self.site.doStart()
+
+    def doStop(self) -> None:
+        self.site.doStop()
+
+
 class ServerFactory(Factory):
     """Builds a :class:`ServerProtocol` per connection, all handing requests to ``handler``."""
 
@@ -706,6 +777,14 @@ class ServerFactory(Factory):
         self._all_closed: List[Deferred[None]] = []
         #: Called with +1/-1 as connections open and close (a gauge), or None.
         self.on_connection: Optional[Callable[[int], None]] = None
+        #: Builds the HTTP/2 protocol a connection is handed to (ALPN h2, the h2c preface),
+        #: with ``h2_limits``; None: HTTP/1.1 only.
+        self.h2_protocol: Optional[Callable[[], Protocol]] = None
+        self.h2_limits: Any = None
+
+    def with_h2c(self) -> Factory:
+        """This factory for a cleartext listener that also accepts h2c with prior knowledge."""
+        return _H2cFactory(self)
 
     def connection_made(self, protocol: ServerProtocol) -> None:
         self.connections.add(protocol)

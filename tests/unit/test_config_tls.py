@@ -245,11 +245,20 @@ upstream = {{ urls = ["{UPSTREAM_URL}"] }}
         c = self.load(self.listeners({"endpoint": "tcp:8443", "http2": False}))
         self.assertFalse(c.server.listeners[0].http2)
 
-    def test_http2_is_not_supported_yet(self) -> None:
+    def test_http2_true_is_accepted(self) -> None:
+        c = self.load(self.listeners({"endpoint": "tcp:8443", "http2": True}))
+        self.assertTrue(c.server.listeners[0].http2)
+
+    def test_http2_limits(self) -> None:
+        c = self.load(
+            config(server={"http2": {"max_concurrent_streams": 10, "idle_timeout_ms": 5000}})
+        )
+        self.assertEqual(c.server.http2.max_concurrent_streams, 10)
+        self.assertEqual(c.server.http2.idle_timeout_ms, 5000)
+        self.assertEqual(c.server.http2.max_header_list_bytes, 65536)
         self.assertError(
-            self.listeners({"endpoint": "tcp:8443", "http2": True}),
-            "server.listeners[0].http2: HTTP/2 is not supported yet: listeners speak HTTP/1.1 "
-            "(ALPN offers http/1.1); leave http2 out or set it to false",
+            config(server={"http2": {"max_header_list_bytes": 10}}),
+            "server.http2.max_header_list_bytes: 10 must be at least 1024",
         )
 
     def test_http2_must_be_a_boolean(self) -> None:
