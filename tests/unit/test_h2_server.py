@@ -1,0 +1,276 @@
+"""The HTTP/2 server core without sockets: an ``h2`` client connection on one side, the
+gateway's protocol on a StringTransport on the other, a handler recording what it is given."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    ResponseReceived,
+    StreamEnded,
+    StreamReset,
+)
+from h2.settings import SettingCodes
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+from avx_twisted.h1 import ServerFactory, ServerLimits
+from avx_twisted.h2 import PREFACE, H2Limits, H2ServerProtocol
+
+
+class Handler:
+    def __init__(self) -> None:
+        self.requests: list[Any] = []
+        self.refusals: list[tuple[Any, int]] = []
+        self.answer = True
+
+    def handle(self, request: Any) -> None:
+        self.requests.append(request)
+        if self.answer:
+            request.respond(200, [(b"Content-Type", b"text/plain"), (b"Connection", b"x")], b"ok")
+
+    def refused(self, request: Any, status: int, message: str) -> None:
+        self.refusals.append((request, status))
+        request.respond(status, [], message.encode())
+
+
+class Producer:
+    def __init__(self) -> None:
+        self.paused = 0
+        self.resumed = 0
+
+    def pauseProducing(self) -> None:
+        self.paused += 1
+
+    def resumeProducing(self) -> None:
+        self.resumed += 1
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class Pair:
+    """A client H2Connection wired to a server protocol through byte buffers."""
+
+    def __init__(self, limits: ServerLimits | None = None, window: int | None = None) -> None:
+        self.clock = MemoryReactorClock()
+        self.handler = Handler()
+        factory = ServerFactory(self.handler, self.clock, limits or ServerLimits())
+        factory.h2_protocol = H2ServerProtocol
+        factory.h2_limits = H2Limits(max_concurrent_streams=5)
+        self.factory = factory
+        self.server = H2ServerProtocol()
+        self.server.factory = factory
+        self.transport = StringTransport()
+        self.server.makeConnection(self.transport)
+        self.client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        self.client.initiate_connection()
+        if window is not None:
+            self.client.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: window})
+        self.events: list[Any] = []
+        self.pump()
+
+    def pump(self) -> list[Any]:
+        """Move bytes both ways until nothing is left; returns the client's new events."""
+        new: list[Any] = []
+        for _ in range(20):
+            moved = False
+            out = self.client.data_to_send()
+            if out:
+                self.server.dataReceived(out)
+                moved = True
+            back = self.transport.value()
+            if back:
+                self.transport.clear()
+                new += self.client.receive_data(back)
+                moved = True
+            if not moved:
+                break
+        self.events += new
+        return new
+
+    def get(
+        self, path: bytes = b"/", extra: list[tuple[bytes, bytes]] | None = None, end: bool = True
+    ) -> int:
+        stream = self.client.get_next_available_stream_id()
+        headers = [
+            (b":method", b"GET" if end else b"POST"),
+            (b":scheme", b"http"),
+            (b":authority", b"example.test"),
+            (b":path", path),
+        ] + (extra or [])
+        self.client.send_headers(stream, headers, end_stream=end)
+        self.pump()
+        return stream
+
+
+def of(events: list[Any], kind: type) -> list[Any]:
+    return [e for e in events if isinstance(e, kind)]
+
+
+def test_a_stream_is_a_request_with_the_http11_interface():
+    p = Pair()
+    p.get(b"/a/b?x=1", [(b"cookie", b"a=1"), (b"cookie", b"b=2"), (b"user-agent", b"t")])
+    request = p.handler.requests[0]
+    assert (request.method, request.path, request.query) == (b"GET", b"/a/b", b"x=1")
+    assert request.authority == b"example.test"
+    assert request.version == b"2.0"
+    assert request.fields.get(b"host") == b"example.test"
+    assert request.fields.get(b"cookie") == b"a=1; b=2"
+    assert request.body.complete
+    response = of(p.events, ResponseReceived)[0]
+    headers = dict(response.headers)
+    assert headers[b":status"] == b"200"
+    assert b"connection" not in headers  # connection-specific fields never go out
+    assert headers[b"content-length"] == b"2"
+    assert b"".join(e.data for e in of(p.events, DataReceived)) == b"ok"
+    assert of(p.events, StreamEnded)
+
+
+def test_request_body_flow_control_follows_the_consumer():
+    p = Pair(limits=ServerLimits(body_high_water=10))
+    p.handler.answer = False
+    stream = p.get(b"/up", end=False)
+    request = p.handler.requests[0]
+    assert not request.body.complete and request.body.chunked
+    window = p.client.local_flow_control_window(stream)
+    p.client.send_data(stream, b"x" * 1000)
+    p.pump()
+    # Past the high-water mark with no consumer: the client's window is not reopened.
+    assert p.client.local_flow_control_window(stream) == window - 1000
+    received: list[bytes] = []
+
+    class Consumer:
+        def write(self, data: bytes) -> None:
+            received.append(data)
+
+        def finish(self) -> None:
+            received.append(b"<end>")
+
+        def fail(self, failure: Any) -> None:
+            received.append(b"<fail>")
+
+    request.body.attach(Consumer())
+    p.pump()
+    p.client.send_data(stream, b"y" * 10, end_stream=True)
+    p.pump()
+    assert b"".join(received) == b"x" * 1000 + b"y" * 10 + b"<end>"
+
+
+def test_response_bytes_wait_for_the_window_and_pause_the_producer():
+    p = Pair(window=100)
+    p.handler.answer = False
+    stream = p.get(b"/big")
+    request = p.handler.requests[0]
+    producer = Producer()
+    request.start(200, [], 1000)
+    request.register_producer(producer)
+    request.write(b"z" * 1000)
+    p.pump()
+    got = sum(len(e.data) for e in of(p.events, DataReceived))
+    assert got == 100
+    assert producer.paused == 1
+    p.client.increment_flow_control_window(2000, stream_id=stream)
+    p.client.increment_flow_control_window(2000)
+    p.pump()
+    got = sum(len(e.data) for e in of(p.events, DataReceived))
+    assert got == 1000
+    assert producer.resumed == 1
+    request.finish()
+    p.pump()
+    assert of(p.events, StreamEnded)
+
+
+def test_a_reset_stream_tells_the_request_and_others_go_on():
+    p = Pair()
+    p.handler.answer = False
+    first = p.get(b"/one")
+    p.get(b"/two")
+    one, two = p.handler.requests
+    lost: list[Any] = []
+    one.on_done = lambda request, failure: lost.append(failure)
+    p.client.reset_stream(first)
+    p.pump()
+    assert one.finished and lost and lost[0] is not None
+    two.respond(200, [], b"fine")
+    p.pump()
+    assert b"".join(e.data for e in of(p.events, DataReceived)) == b"fine"
+
+
+def test_abort_resets_only_its_stream():
+    p = Pair()
+    p.handler.answer = False
+    stream = p.get(b"/x")
+    request = p.handler.requests[0]
+    request.start(200, [], None)
+    request.abort()
+    p.pump()
+    assert [e.stream_id for e in of(p.events, StreamReset)] == [stream]
+    assert not p.transport.disconnecting
+
+
+def test_a_declared_body_over_the_limit_is_refused_413():
+    p = Pair(limits=ServerLimits(max_body_bytes=100))
+    p.get(b"/up", [(b"content-length", b"1000")], end=False)
+    assert [status for _, status in p.handler.refusals] == [413]
+    response = of(p.events, ResponseReceived)[0]
+    assert dict(response.headers)[b":status"] == b"413"
+
+
+def test_drain_sends_goaway_and_closes_when_idle():
+    p = Pair()
+    p.get(b"/")
+    assert p.server.close_idle()
+    p.pump()
+    assert of(p.events, ConnectionTerminated)
+    assert p.transport.disconnecting
+
+
+def test_a_protocol_error_closes_the_connection():
+    p = Pair()
+    p.server.dataReceived(b"\x00\x00\x04\x08\x00\x00\x00\x00\x00\x00\x00\x00\x00")  # bad frame
+    assert p.transport.disconnecting
+
+
+def test_the_http11_protocol_hands_a_preface_over_in_pieces():
+    clock = MemoryReactorClock()
+    handler = Handler()
+    factory = ServerFactory(handler, clock, ServerLimits())
+    factory.h2_protocol = H2ServerProtocol
+    factory.h2_limits = H2Limits()
+    site = factory.with_h2c()
+    protocol = site.buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+    client.initiate_connection()
+    client.send_headers(
+        1,
+        [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"h"), (b":path", b"/p")],
+        end_stream=True,
+    )
+    data = client.data_to_send()
+    assert data.startswith(PREFACE)
+    protocol.dataReceived(data[:5])
+    protocol.dataReceived(data[5:])
+    assert protocol.h2 is not None
+    assert [r.path for r in handler.requests] == [b"/p"]
+    events = client.receive_data(transport.value())
+    assert of(events, ResponseReceived)
+
+
+def test_without_h2c_the_preface_is_an_http11_error():
+    clock = MemoryReactorClock()
+    handler = Handler()
+    factory = ServerFactory(handler, clock, ServerLimits())
+    factory.h2_protocol = H2ServerProtocol
+    factory.h2_limits = H2Limits()
+    protocol = factory.buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(PREFACE)
+    assert protocol.h2 is None
+    assert not handler.requests
