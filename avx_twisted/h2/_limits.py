@@ -17,3 +17,8 @@ class H2Limits:
     stream_idle_timeout_s: float = 300.0
     #: A connection with no open stream this long gets GOAWAY.
     idle_timeout_s: float = 600.0
+    #: Streams a client may reset before it must have let at least half as many finish
+    #: (Rapid Reset, CVE-2023-44487); beyond: GOAWAY ENHANCE_YOUR_CALM.
+    max_resets: int = 100
+    #: PING and SETTINGS frames a client may send per second (floods: GOAWAY).
+    max_control_frames_per_s: int = 100

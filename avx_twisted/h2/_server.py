@@ -21,6 +21,8 @@ from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
     DataReceived,
+    PingReceived,
+    RemoteSettingsChanged,
     RequestReceived,
     StreamEnded,
     StreamReset,
@@ -234,6 +236,12 @@ class H2ServerProtocol(Protocol):
         self._blocked: Dict[int, H2Request] = {}
         self._idle_timer: Any = None
         self._closed = False
+        #: Streams the client reset, and streams answered (Rapid Reset, CVE-2023-44487).
+        self.client_resets = 0
+        self.answered = 0
+        #: Control frames (PING, SETTINGS) in the current window, and when it began.
+        self._control = 0
+        self._control_since = 0.0
 
     # -- connection events ----------------------------------------------------------------------
 
@@ -300,6 +308,11 @@ class H2ServerProtocol(Protocol):
                 self._window_opened(event.stream_id)
             elif kind is StreamReset:
                 self._stream_reset(event.stream_id)
+                if self._rapid_reset():
+                    return
+            elif kind is PingReceived or kind is RemoteSettingsChanged:
+                if self._control_flood():
+                    return
             elif kind is TrailersReceived:
                 request = self.streams.get(event.stream_id)
                 if request is not None:  # request trailers are not forwarded (HTTP/1.1 upstreams)
@@ -409,6 +422,45 @@ class H2ServerProtocol(Protocol):
         except (StreamClosedError, ProtocolError):
             pass
 
+    def _rapid_reset(self) -> bool:
+        """A client that resets far more streams than it lets finish is opening and resetting
+        streams to make the gateway work for nothing (Rapid Reset): GOAWAY and close."""
+        self.client_resets += 1
+        limits = self.h2_limits
+        if self.client_resets <= limits.max_resets or self.client_resets <= 2 * self.answered:
+            return False
+        log.warn(
+            "HTTP/2 client {client} reset {resets} streams ({answered} answered): closing "
+            "(rapid reset)",
+            client=self.peer_host,
+            resets=self.client_resets,
+            answered=self.answered,
+        )
+        self._goaway(ErrorCodes.ENHANCE_YOUR_CALM)
+        return True
+
+    def _control_flood(self) -> bool:
+        """More than ``max_control_frames_per_s`` PING/SETTINGS frames in a second: each one
+        makes the gateway write an ACK, so a client that sends them without reading fills our
+        buffers (the 2019 ping and settings floods)."""
+        now = self.clock.seconds()
+        if now - self._control_since >= 1.0:
+            self._control_since, self._control = now, 0
+        self._control += 1
+        if self._control <= self.h2_limits.max_control_frames_per_s:
+            return False
+        log.warn("HTTP/2 client {client}: PING/SETTINGS flood, closing", client=self.peer_host)
+        self._goaway(ErrorCodes.ENHANCE_YOUR_CALM)
+        return True
+
+    def _goaway(self, code: int) -> None:
+        try:
+            self.conn.close_connection(error_code=code)
+        except ProtocolError:
+            pass
+        self._flush_transport()
+        self._close()
+
     def _stream_reset(self, stream_id: int) -> None:
         request = self.streams.pop(stream_id, None)
         self._blocked.pop(stream_id, None)
@@ -481,6 +533,7 @@ class H2ServerProtocol(Protocol):
         self._flush_transport()
 
     def request_done(self, request: H2Request, reason: Optional[Failure]) -> None:
+        self.answered += 1
         done, request.on_done = request.on_done, None
         if done is not None:
             done(request, reason)

@@ -274,3 +274,43 @@ def test_without_h2c_the_preface_is_an_http11_error():
     protocol.dataReceived(PREFACE)
     assert protocol.h2 is None
     assert not handler.requests
+
+
+def test_rapid_reset_gets_goaway():
+    p = Pair()
+    p.handler.answer = False
+    for _ in range(101):
+        stream = p.get(b"/r")
+        p.client.reset_stream(stream)
+        p.pump()
+        if p.transport.disconnecting:
+            break
+    terminated = of(p.events, ConnectionTerminated)
+    assert terminated and terminated[0].error_code == 11  # ENHANCE_YOUR_CALM
+    assert p.server.client_resets == 101
+
+
+def test_resets_among_answered_streams_are_fine():
+    p = Pair()
+    for _ in range(60):
+        p.get(b"/ok")  # answered at once
+    p.handler.answer = False
+    for _ in range(110):
+        p.client.reset_stream(p.get(b"/r"))
+        p.pump()
+    assert not of(p.events, ConnectionTerminated)
+    assert not p.transport.disconnecting
+
+
+def test_ping_flood_gets_goaway_but_pings_spread_out_do_not():
+    p = Pair()
+    for i in range(150):
+        p.client.ping(b"%08d" % i)
+        p.pump()
+        p.clock.advance(0.05)  # 20 a second
+    assert not p.transport.disconnecting
+    for i in range(150):
+        p.client.ping(b"%08d" % i)
+    p.pump()
+    terminated = of(p.events, ConnectionTerminated)
+    assert terminated and terminated[0].error_code == 11
