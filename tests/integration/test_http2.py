@@ -5,10 +5,15 @@ against real clients (curl ``--http2``, ``--http2-prior-knowledge``)."""
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
 import pytest
 import pytest_twisted
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.events import DataReceived, ResponseReceived, StreamEnded
+from twisted.internet import threads
 
 from avx_twisted.demo import EchoResource
 from tests.integration.test_tls_listeners import PKI, _tls, curl, start
@@ -129,3 +134,80 @@ async def test_errors_metrics_and_access_log_say_http2(closer, tmp_path):
     gw.access_writer = None
     record = json.loads(log.read_text().splitlines()[0])
     assert record["protocol"] == "HTTP/2.0" and record["status"] == 404
+
+
+def _h2_streams(port: int, paths: list[bytes]) -> dict[bytes, tuple[int, bytes]]:
+    """Send every path as its own stream on one h2c connection at once (the h2 library's
+    client over a socket); returns {path: (status, body)}. (curl 7.88's --parallel with
+    prior knowledge fails its queued transfers against any server, nginx too.)"""
+    conn = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+    conn.initiate_connection()
+    by_stream: dict[int, bytes] = {}
+    for path in paths:
+        stream = conn.get_next_available_stream_id()
+        by_stream[stream] = path
+        conn.send_headers(
+            stream,
+            [
+                (b":method", b"GET"),
+                (b":scheme", b"http"),
+                (b":authority", b"h2.test"),
+                (b":path", path),
+            ],
+            end_stream=True,
+        )
+    status: dict[int, int] = {}
+    bodies: dict[int, bytes] = {s: b"" for s in by_stream}
+    ended: set[int] = set()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(conn.data_to_send())
+        while len(ended) < len(paths):
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionError("closed")
+            for event in conn.receive_data(data):
+                if isinstance(event, ResponseReceived):
+                    status[event.stream_id] = int(dict(event.headers)[b":status"])
+                elif isinstance(event, DataReceived):
+                    bodies[event.stream_id] += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, StreamEnded):
+                    ended.add(event.stream_id)
+            sock.sendall(conn.data_to_send())
+    return {by_stream[s]: (status[s], bodies[s]) for s in by_stream}
+
+
+@ensure
+async def test_streams_multiplex_on_one_connection(closer):
+    up = closer.add(upstream())
+    gw, port = h2_gateway(closer, up.port, None)
+    paths = [b"/s/%d" % i for i in range(40)]
+    answers = await threads.deferToThread(_h2_streams, port, paths)
+    assert sorted(answers) == sorted(paths)
+    for path, (status, body) in answers.items():
+        assert status == 200
+        assert echo_json(body)["uri"] == path.decode()
+    assert len(gw.site.connections) <= 1
+
+
+@ensure
+async def test_auth_refusals_over_h2_are_the_same_json(closer):
+    up = closer.add(upstream())
+    routes = [
+        {"path": "/*", "auth": ["api_key"], "upstream": {"urls": [f"http://127.0.0.1:{up.port}"]}}
+    ]
+    key = {
+        "name": "ci",
+        "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+    }
+    gw, port = h2_gateway(closer, up.port, None, routes=routes, auth={"api_key": {"keys": [key]}})
+    version, status, body = await curl_status(
+        "--http2-prior-knowledge", f"http://127.0.0.1:{port}/"
+    )
+    assert (version, status) == ("2", "401")
+    assert json.loads(body)["status"] == 401
+    version, status, body = await curl_status(
+        "--http2-prior-knowledge", "-H", "X-API-Key: test", f"http://127.0.0.1:{port}/"
+    )
+    assert (version, status) == ("2", "200")
+    assert "X-Api-Key" not in echo_json(body.encode())["headers"]
