@@ -89,6 +89,8 @@ class H2Request:
         #: Request DATA bytes received and not yet acknowledged (while the body is paused).
         self._unacked = 0
         self._reading_paused = False
+        #: Resets the stream after ``stream_idle_timeout_s`` without frames either way.
+        self._idle: Any = None
 
     # -- what the request is ------------------------------------------------------------------
 
@@ -330,6 +332,7 @@ class H2ServerProtocol(Protocol):
         self.factory.connection_lost(self)
         streams, self.streams = self.streams, {}
         for request in streams.values():
+            self._forget(request)
             request.client_lost(reason)
 
     # -- streams --------------------------------------------------------------------------------
@@ -390,6 +393,9 @@ class H2ServerProtocol(Protocol):
         )
         request = H2Request(self, stream_id, head, body)
         self.streams[stream_id] = request
+        request._idle = self.clock.callLater(
+            self.h2_limits.stream_idle_timeout_s, self._stream_idle, stream_id
+        )
         self._disarm_idle()
         handler = self.factory.handler
         if declared is not None and declared > self.limits.max_body_bytes:
@@ -405,6 +411,7 @@ class H2ServerProtocol(Protocol):
         if request is None:
             self._ack(stream_id, size)
             return
+        self._touch(request)
         body = request.body
         if body.received + len(event.data) > self.limits.max_body_bytes:
             body.fail(BodyFailed(413, "request body too large"))
@@ -415,6 +422,32 @@ class H2ServerProtocol(Protocol):
             request._unacked += size
         else:
             self._ack(stream_id, size)
+
+    def _touch(self, request: H2Request) -> None:
+        timer = request._idle
+        if timer is not None and timer.active():
+            timer.reset(self.h2_limits.stream_idle_timeout_s)
+
+    def _stream_idle(self, stream_id: int) -> None:
+        """No frame either way for ``stream_idle_timeout_s``: reset the stream."""
+        request = self.streams.pop(stream_id, None)
+        if request is None:
+            return
+        request._idle = None
+        self._blocked.pop(stream_id, None)
+        try:
+            self.conn.reset_stream(stream_id, error_code=ErrorCodes.CANCEL)
+        except (StreamClosedError, ProtocolError):
+            pass
+        self._flush_transport()
+        request.client_lost(Failure(TimeoutError("HTTP/2 stream idle timeout")))
+        self._maybe_idle()
+
+    @staticmethod
+    def _forget(request: H2Request) -> None:
+        timer, request._idle = request._idle, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def _ack(self, stream_id: int, size: int) -> None:
         try:
@@ -465,12 +498,14 @@ class H2ServerProtocol(Protocol):
         request = self.streams.pop(stream_id, None)
         self._blocked.pop(stream_id, None)
         if request is not None:
+            self._forget(request)
             request.client_lost(Failure(ConnectionAbortedError("stream reset by the client")))
         self._maybe_idle()
 
     # -- answers --------------------------------------------------------------------------------
 
     def send_headers(self, request: H2Request, fields: List[Pair], end_stream: bool) -> None:
+        self._touch(request)
         try:
             self.conn.send_headers(request.stream_id, fields, end_stream=end_stream)
         except (StreamClosedError, ProtocolError) as e:
@@ -497,9 +532,14 @@ class H2ServerProtocol(Protocol):
                     request._pending.pop(0)
                 request._pending_size -= size
                 conn.send_data(stream_id, chunk)
+                self._touch(request)
             if not request._pending and request._end_pending:
                 request._end_pending = False
                 conn.end_stream(stream_id)
+                if request.on_done is None:  # answered: the stream is over once sent
+                    self.streams.pop(stream_id, None)
+                    self._forget(request)
+                    self._maybe_idle()
         except (StreamClosedError, ProtocolError):
             request._pending = []
             request._pending_size = 0
@@ -539,6 +579,7 @@ class H2ServerProtocol(Protocol):
             done(request, reason)
         if not request._pending:
             self.streams.pop(request.stream_id, None)
+            self._forget(request)
         self._maybe_idle()
 
     # -- the connection ---------------------------------------------------------------------------

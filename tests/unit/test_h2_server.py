@@ -314,3 +314,30 @@ def test_ping_flood_gets_goaway_but_pings_spread_out_do_not():
     p.pump()
     terminated = of(p.events, ConnectionTerminated)
     assert terminated and terminated[0].error_code == 11
+
+
+def test_a_stream_without_frames_for_the_idle_timeout_is_reset():
+    p = Pair()
+    p.server.h2_limits = H2Limits(stream_idle_timeout_s=5.0)
+    p.handler.answer = False
+    stream = p.get(b"/slow", end=False)
+    request = p.handler.requests[0]
+    lost: list[Any] = []
+    request.on_done = lambda r, failure: lost.append(failure)
+    p.clock.advance(4)
+    p.client.send_data(stream, b"x")  # a frame: the clock starts again
+    p.pump()
+    p.clock.advance(4)
+    assert not lost
+    p.clock.advance(1.5)
+    p.pump()
+    assert lost and [e.stream_id for e in of(p.events, StreamReset)] == [stream]
+    assert not p.transport.disconnecting
+
+
+def test_answered_streams_leave_no_timer_behind():
+    p = Pair()
+    p.get(b"/a")
+    p.get(b"/b")
+    assert p.server.streams == {}
+    assert [c for c in p.clock.getDelayedCalls() if c.active()] == [p.server._idle_timer]
