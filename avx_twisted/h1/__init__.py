@@ -18,7 +18,14 @@ from ._message import (
 from ._parse import ProtocolViolation, RequestParser, ResponseParser, valid_host
 from ._pool import UpstreamPool
 from ._serialize import REASONS, BadField, DateCache, head_bytes, reason_phrase, request_line
-from ._server import ConnectionState, ResponseState, ServerFactory, ServerProtocol, ServerRequest
+from ._server import (
+    ConnectionState,
+    RequestSide,
+    ResponseState,
+    ServerFactory,
+    ServerProtocol,
+    ServerRequest,
+)
 from ._tunnel import Tunnel
 
 __all__ = [
@@ -38,6 +45,7 @@ __all__ = [
     "ProtocolViolation",
     "RequestBody",
     "RequestHead",
+    "RequestSide",
     "RequestParser",
     "ResponseHead",
     "ResponseParser",

@@ -69,7 +69,53 @@ class ResponseState(enum.Enum):
     ABORTED = "aborted"
 
 
-class ServerRequest:
+class RequestSide:
+    """What every protocol's request object shares (HTTP/1.1 here, HTTP/2 streams in h2/):
+    its answer's state, and the connection it came on (``channel``)."""
+
+    channel: Any
+    state: ResponseState
+    body: RequestBody
+    on_done: Optional[Callable[[Any, Optional[Failure]], None]]
+
+    @property
+    def secure(self) -> bool:
+        return self.channel.secure  # type: ignore[no-any-return]
+
+    @property
+    def peer_host(self) -> str:
+        return self.channel.peer_host  # type: ignore[no-any-return]
+
+    @property
+    def started(self) -> bool:
+        """Whether the response head went out (a retry or an error answer is too late)."""
+        return self.state is not ResponseState.PENDING
+
+    @property
+    def finished(self) -> bool:
+        return self.state is ResponseState.DONE or self.state is ResponseState.ABORTED
+
+    def respond(self, status: int, fields: Iterable[Pair] = (), body: bytes = b"") -> None:
+        """A whole answer in one go (the gateway's own answers)."""
+        if self.state is not ResponseState.PENDING:
+            return
+        self.start(status, fields, len(body), add_date=True)  # type: ignore[attr-defined]
+        if body:
+            self.write(body)  # type: ignore[attr-defined]
+        self.finish()  # type: ignore[attr-defined]
+
+    def client_lost(self, reason: Failure) -> None:
+        """The connection (or the stream) went before the answer was complete."""
+        if self.finished:
+            return
+        self.state = ResponseState.ABORTED
+        self.body.fail(BodyFailed(499, "client closed the connection"))
+        done, self.on_done = self.on_done, None
+        if done is not None:
+            done(self, reason)
+
+
+class ServerRequest(RequestSide):
     """One request as filters, the router and the forwarder see it, and its response side.
 
     The head is ours (raw byte pairs); nothing here builds twisted.web objects. Headers the
@@ -112,33 +158,7 @@ class ServerRequest:
     def version(self) -> bytes:
         return self.head.version
 
-    @property
-    def secure(self) -> bool:
-        return self.channel.secure
-
-    @property
-    def peer_host(self) -> str:
-        return self.channel.peer_host
-
-    @property
-    def started(self) -> bool:
-        """Whether the response head went out (a retry or an error answer is too late)."""
-        return self.state is not ResponseState.PENDING
-
-    @property
-    def finished(self) -> bool:
-        return self.state is ResponseState.DONE or self.state is ResponseState.ABORTED
-
     # -- answering ----------------------------------------------------------------------------
-
-    def respond(self, status: int, fields: Iterable[Pair] = (), body: bytes = b"") -> None:
-        """A whole answer in one write (the gateway's own answers)."""
-        if self.state is not ResponseState.PENDING:
-            return
-        self.start(status, fields, len(body), add_date=True)
-        if body:
-            self.write(body)
-        self.finish()
 
     def start(
         self,
@@ -259,16 +279,6 @@ class ServerRequest:
         done, self.on_done = self.on_done, None
         if done is not None:
             done(self, None)
-
-    def client_lost(self, reason: Failure) -> None:
-        """The connection went before the answer was complete."""
-        if self.finished:
-            return
-        self.state = ResponseState.ABORTED
-        self.body.fail(BodyFailed(499, "client closed the connection"))
-        done, self.on_done = self.on_done, None
-        if done is not None:
-            done(self, reason)
 
     def __repr__(self) -> str:
         return f"<ServerRequest {self.method!r} {self.target!r} {self.state.value}>"

@@ -37,7 +37,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..h1 import BodyFailed, Fields, RequestBody, RequestHead, ResponseState
+from ..h1 import BodyFailed, Fields, RequestBody, RequestHead, RequestSide, ResponseState
 
 Pair = Tuple[bytes, bytes]
 log = Logger()
@@ -52,7 +52,7 @@ _NO_BODY_STATUS = frozenset([204, 304])
 _VERSION = b"2.0"
 
 
-class H2Request:
+class H2Request(RequestSide):
     """One stream: the request as the handler sees it, and its answer."""
 
     def __init__(
@@ -98,31 +98,7 @@ class H2Request:
     def version(self) -> bytes:
         return _VERSION
 
-    @property
-    def secure(self) -> bool:
-        return self.channel.secure
-
-    @property
-    def peer_host(self) -> str:
-        return self.channel.peer_host
-
-    @property
-    def started(self) -> bool:
-        return self.state is not ResponseState.PENDING
-
-    @property
-    def finished(self) -> bool:
-        return self.state is ResponseState.DONE or self.state is ResponseState.ABORTED
-
     # -- answering ----------------------------------------------------------------------------
-
-    def respond(self, status: int, fields: Iterable[Pair] = (), body: bytes = b"") -> None:
-        if self.state is not ResponseState.PENDING:
-            return
-        self.start(status, fields, len(body), add_date=True)
-        if body:
-            self.write(body)
-        self.finish()
 
     def start(
         self,
@@ -208,16 +184,6 @@ class H2Request:
         if producer is not None and self._producer_paused:
             self._producer_paused = False
             producer.resumeProducing()
-
-    def client_lost(self, reason: Failure) -> None:
-        """The stream was reset, or the connection went, before the answer was complete."""
-        if self.finished:
-            return
-        self.state = ResponseState.ABORTED
-        self.body.fail(BodyFailed(499, "client closed the connection"))
-        done, self.on_done = self.on_done, None
-        if done is not None:
-            done(self, reason)
 
     def __repr__(self) -> str:
         return f"<H2Request {self.stream_id} {self.method!r} {self.target!r} {self.state.value}>"
