@@ -29,8 +29,9 @@ from h2.events import (
     TrailersReceived,
     WindowUpdated,
 )
-from h2.exceptions import ProtocolError, StreamClosedError
+from h2.exceptions import ProtocolError, StreamClosedError, TooManyStreamsError
 from h2.settings import SettingCodes
+from hyperframe.frame import RstStreamFrame
 from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -50,6 +51,26 @@ _CONNECTION_SPECIFIC = frozenset(
 )
 _NO_BODY_STATUS = frozenset([204, 304])
 _VERSION = b"2.0"
+
+
+class _ServerConnection(H2Connection):
+    """The h2 library's connection, refusing a stream over SETTINGS_MAX_CONCURRENT_STREAMS
+    with RST_STREAM REFUSED_STREAM (a stream error, RFC 9113 5.1.2) where the library would
+    end the whole connection: the client retries that one stream, the others go on."""
+
+    def _receive_headers_frame(self, frame: Any) -> Any:
+        try:
+            return super()._receive_headers_frame(frame)
+        except TooManyStreamsError:
+            try:
+                self.decoder.decode(frame.data, raw=True)  # the HPACK state stays in step
+            except Exception as e:
+                raise ProtocolError("undecodable header block") from e
+            if frame.stream_id > self.highest_inbound_stream_id:
+                self.highest_inbound_stream_id = frame.stream_id
+            refusal = RstStreamFrame(frame.stream_id)
+            refusal.error_code = ErrorCodes.REFUSED_STREAM
+            return [refusal], []
 
 
 class H2Request(RequestSide):
@@ -226,7 +247,7 @@ class H2ServerProtocol(Protocol):
             validate_outbound_headers=True,
             normalize_outbound_headers=True,
         )
-        conn = self.conn = H2Connection(config=config)
+        conn = self.conn = _ServerConnection(config=config)
         conn.local_settings.update(
             {
                 SettingCodes.MAX_CONCURRENT_STREAMS: self.h2_limits.max_concurrent_streams,

@@ -341,3 +341,22 @@ def test_answered_streams_leave_no_timer_behind():
     p.get(b"/b")
     assert p.server.streams == {}
     assert [c for c in p.clock.getDelayedCalls() if c.active()] == [p.server._idle_timer]
+
+
+def test_streams_over_the_limit_are_refused_one_by_one():
+    p = Pair()  # max_concurrent_streams = 5
+    p.handler.answer = False
+    # A client that ignores the limit we advertised (this one is told it is 1000).
+    p.client.remote_settings[SettingCodes.MAX_CONCURRENT_STREAMS] = 1000
+    streams = [p.get(b"/%d" % i) for i in range(7)]
+    refused = [e.stream_id for e in of(p.events, StreamReset)]
+    assert refused == streams[5:]
+    assert all(e.error_code == 7 for e in of(p.events, StreamReset))  # REFUSED_STREAM
+    assert len(p.handler.requests) == 5
+    assert not p.transport.disconnecting
+    # An open stream finishing makes room again.
+    p.handler.requests[0].respond(200, [], b"")
+    p.pump()
+    p.handler.answer = True
+    p.get(b"/later", [(b"x-check", b"hpack-in-step")])
+    assert p.handler.requests[-1].fields.get(b"x-check") == b"hpack-in-step"
