@@ -15,6 +15,7 @@ from h2.events import (
     StreamReset,
 )
 from h2.settings import SettingCodes
+from hyperframe.frame import ContinuationFrame, HeadersFrame
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from avx_twisted.h1 import ServerFactory, ServerLimits
@@ -360,3 +361,34 @@ def test_streams_over_the_limit_are_refused_one_by_one():
     p.handler.answer = True
     p.get(b"/later", [(b"x-check", b"hpack-in-step")])
     assert p.handler.requests[-1].fields.get(b"x-check") == b"hpack-in-step"
+
+
+def test_a_continuation_flood_is_cut_off():
+    """The 2024 CONTINUATION flood: a header block that never ends is not buffered forever."""
+    p = Pair()
+    headers = HeadersFrame(1)
+    headers.data = p.client.encoder.encode(
+        [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"x"), (b":path", b"/")]
+    )
+    p.server.dataReceived(headers.serialize())  # no END_HEADERS
+    sent = 0
+    while not p.transport.disconnecting and sent < 1000:
+        frame = ContinuationFrame(1)
+        frame.data = b"\x00" * 16000
+        p.server.dataReceived(frame.serialize())
+        sent += 1
+    assert p.transport.disconnecting
+    assert sent <= 100  # at most ~1.6 MB before the connection is closed
+    assert not p.handler.requests
+
+
+def test_a_header_list_over_the_advertised_size_ends_the_connection():
+    p = Pair()  # SETTINGS_MAX_HEADER_LIST_SIZE 65536 (H2Limits' default)
+    p.handler.answer = False
+    p.get(b"/", [(b"x-big-%d" % i, b"v" * 1000) for i in range(80)])  # ~80 KB decoded
+    assert not p.handler.requests
+    terminated = of(p.events, ConnectionTerminated)
+    assert terminated and terminated[0].error_code == 11  # ENHANCE_YOUR_CALM
+    small = Pair()
+    small.get(b"/", [(b"x-ok-%d" % i, b"v" * 1000) for i in range(40)])
+    assert len(small.handler.requests) == 1
