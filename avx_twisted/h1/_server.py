@@ -73,10 +73,32 @@ class RequestSide:
     """What every protocol's request object shares (HTTP/1.1 here, HTTP/2 streams in h2/):
     its answer's state, and the connection it came on (``channel``)."""
 
-    channel: Any
-    state: ResponseState
-    body: RequestBody
-    on_done: Optional[Callable[[Any, Optional[Failure]], None]]
+    def __init__(self, channel: Any, head: RequestHead, body: RequestBody) -> None:
+        self.channel = channel
+        self.head = head
+        self.method = head.method
+        self.target = head.target
+        self.path = head.path
+        self.query = head.query
+        self.fields = head.fields
+        self.authority = head.authority
+        self.body = body
+        self.response_fields = Fields()
+        self.state = ResponseState.PENDING
+        self.status = 0
+        self.sent_bytes = 0
+        #: Whether the connection closes after this answer (set by the handler during a drain).
+        self.close_after = not head.keep_alive
+        self.refusal: Optional[ProtocolViolation] = None
+        #: What the handler keeps about this request (the gateway's RequestContext).
+        self.context: Any = None
+        #: Called once when the answer is complete (None) or can never be (a Failure).
+        self.on_done: Optional[Callable[[Any, Optional[Failure]], None]] = None
+        #: Bytes after an upgrade request's head (the upgraded protocol's), while undecided.
+        self.upgrade_rest: Optional[List[bytes]] = None
+        #: Whether the handler has it (it waits in the queue while earlier ones are answered).
+        self.handled = False
+        self._no_body = False
 
     @property
     def secure(self) -> bool:
@@ -124,32 +146,8 @@ class ServerRequest(RequestSide):
     """
 
     def __init__(self, channel: ServerProtocol, head: RequestHead, body: RequestBody) -> None:
-        self.channel = channel
-        self.head = head
-        self.method = head.method
-        self.target = head.target
-        self.path = head.path
-        self.query = head.query
-        self.fields = head.fields
-        self.authority = head.authority
-        self.body = body
-        self.response_fields = Fields()
-        self.state = ResponseState.PENDING
-        self.status = 0
-        self.sent_bytes = 0
-        #: Whether the connection closes after this answer (set by the handler during a drain).
-        self.close_after = not head.keep_alive
-        self.refusal: Optional[ProtocolViolation] = None
-        #: What the handler keeps about this request (the gateway's RequestContext).
-        self.context: Any = None
-        #: Called once when the answer is complete (None) or can never be (a Failure).
-        self.on_done: Optional[Callable[[ServerRequest, Optional[Failure]], None]] = None
-        #: Bytes after an upgrade request's head (the upgraded protocol's), while undecided.
-        self.upgrade_rest: Optional[List[bytes]] = None
-        #: Whether the handler has it (it waits in the queue while earlier ones are answered).
-        self.handled = False
+        super().__init__(channel, head, body)
         self._chunked = False
-        self._no_body = False
         self._remaining: Optional[int] = None
 
     # -- what the request is ------------------------------------------------------------------

@@ -13,7 +13,7 @@ and pause the upstream that produces them until WINDOW_UPDATE frames make room.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -79,29 +79,9 @@ class H2Request(RequestSide):
     def __init__(
         self, channel: H2ServerProtocol, stream_id: int, head: RequestHead, body: RequestBody
     ) -> None:
-        self.channel = channel
+        # HTTP/2 heads are keep-alive (close_after stays False) and have no upgrade.
+        super().__init__(channel, head, body)
         self.stream_id = stream_id
-        self.head = head
-        self.method = head.method
-        self.target = head.target
-        self.path = head.path
-        self.query = head.query
-        self.fields = head.fields
-        self.authority = head.authority
-        self.body = body
-        self.response_fields = Fields()
-        self.state = ResponseState.PENDING
-        self.status = 0
-        self.sent_bytes = 0
-        #: HTTP/2 streams never close their connection (kept for the handler's use).
-        self.close_after = False
-        self.refusal: Any = None
-        self.context: Any = None
-        self.on_done: Optional[Callable[[Any, Optional[Failure]], None]] = None
-        #: HTTP/2 has no upgrades (RFC 8441 extended CONNECT is not supported).
-        self.upgrade_rest = None
-        self.handled = False
-        self._no_body = False
         self._pending: List[bytes] = []
         self._pending_size = 0
         self._end_pending = False
