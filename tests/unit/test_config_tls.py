@@ -25,29 +25,14 @@ from avx_twisted._configmodel import (
 )
 from avx_twisted.config import ConfigError, GatewayConfig
 from tests.support.pki import Authority, Issued
-from tests.unit.test_config import set_env
+from tests.unit.test_config import UPSTREAM_URL, config, route, set_env
 
-UPSTREAM_URL = "http://127.0.0.1:9001"
 HTTPS_URL = "https://users.internal:8443"
 INTROSPECTION = "https://idp.example.com/oauth2/introspect"
 NO_FILE = "No such file or directory"
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-def route(path: str = "/api/*", **keys: Any) -> dict[str, Any]:
-    """One ``[[routes]]`` table: ``path`` to a single upstream, plus ``keys``."""
-    entry: dict[str, Any] = {"path": path, "upstream": {"urls": [UPSTREAM_URL]}}
-    entry.update(keys)
-    return entry
-
-
-def config(*routes: dict[str, Any], **sections: Any) -> dict[str, Any]:
-    """A config mapping: the given routes (one default route if none) and top-level sections."""
-    data: dict[str, Any] = {"routes": list(routes) or [route()]}
-    data.update(sections)
-    return data
 
 
 class ConfigTestCase(SynchronousTestCase):
