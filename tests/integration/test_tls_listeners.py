@@ -188,14 +188,8 @@ async def test_sni_picks_the_certificate_exact_and_wildcard(pki, closer):
     tls = _tls(
         pki,
         certificates=[
-            {
-                "server_name": "api.example.test",
-                **dict(zip(("cert_file", "key_file"), pki.api.pair)),
-            },
-            {
-                "server_name": "*.apps.example.test",
-                **dict(zip(("cert_file", "key_file"), pki.wild.pair)),
-            },
+            pki.api.sni("api.example.test"),
+            pki.wild.sni("*.apps.example.test"),
         ],
     )
     _, port = tls_gateway(pki, closer, up.port, tls)
@@ -463,13 +457,7 @@ async def test_certificate_expiry_gauge(pki, closer):
     up = closer.add(upstream())
     tls = _tls(
         pki,
-        certificates=[
-            {
-                "server_name": "api.example.test",
-                "cert_file": str(pki.api.cert),
-                "key_file": str(pki.api.key),
-            }
-        ],
+        certificates=[pki.api.sni("api.example.test")],
     )
     gw, _ = tls_gateway(pki, closer, up.port, tls)
     text = gw.metrics.render(None).body.decode()
@@ -557,14 +545,19 @@ async def test_plugins_see_the_tls_facts(pki, closer):
         plugins.unregister("tls-headers")
 
 
+def serial_of(sock: ssl.SSLSocket) -> int:
+    """The serial number of the certificate the server presented on ``sock``."""
+    der = sock.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
 def _serial(port: int, pki: PKI) -> int:
     sock = handshake(port, "localhost", pki.ca.path)
     try:
-        der = sock.getpeercert(binary_form=True)
+        return serial_of(sock)
     finally:
         sock.close()
-    assert der is not None
-    return x509.load_der_x509_certificate(der).serial_number
 
 
 @ensure

@@ -20,7 +20,7 @@ import pytest_twisted
 from twisted.internet import reactor, threads
 from twisted.internet.task import deferLater
 
-from tests.integration.test_tls_listeners import _request, _subject_cn, handshake
+from tests.integration.test_tls_listeners import _request, _subject_cn, handshake, serial_of
 from tests.support.pki import PKI
 from tests.support.process import GatewayProcess, free_port, socket_activated
 from tests.support.servers import upstream
@@ -60,14 +60,6 @@ async def until_in_output(gw: GatewayProcess, text: str, timeout: float = 10.0) 
         if time.monotonic() > deadline:
             raise AssertionError(f"{text!r} not in output: {gw.output()}")
         await sleep(0.05)
-
-
-def serial_of(sock: ssl.SSLSocket) -> int:
-    from cryptography import x509
-
-    der = sock.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der).serial_number
 
 
 @ensure

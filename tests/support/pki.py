@@ -29,6 +29,10 @@ class Issued:
     def pair(self) -> tuple[str, str]:
         return str(self.cert), str(self.key)
 
+    def sni(self, server_name: str) -> dict[str, str]:
+        """This certificate as one ``[server.listeners.tls] certificates`` entry."""
+        return {"server_name": server_name, "cert_file": str(self.cert), "key_file": str(self.key)}
+
 
 def _name(cn: str, org: str | None = None) -> x509.Name:
     """A subject as CAs write them: the organisation, then the common name (RFC 4514 strings
