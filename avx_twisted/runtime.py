@@ -63,6 +63,8 @@ class RuntimeRoute:
         self.plugins: PluginChain | None = None
         #: Serves the route instead of an upstream (``resource = "module:attribute"``), or None.
         self.responder: Any = None
+        #: TLS to the route's https targets, with its files read (None: a resource route).
+        self.tls: UpstreamTLS | None = None
 
     def extra_headers(self, ctx: RequestContext | None) -> list[tuple[bytes, bytes]]:
         """Headers this route adds upstream for a request: verified token claims, and the
@@ -257,6 +259,7 @@ class Runtime:
             targets.append(target)
         upstream = Upstream(targets, fresh.balancer)
         runtime_route = RuntimeRoute(route, upstream, agent)
+        runtime_route.tls = tls
         self._route_filters(runtime_route, route)
         return runtime_route
 

@@ -17,7 +17,7 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger, globalLogPublisher
 from twisted.python.failure import Failure
 
-from ._configmodel import ListenerConfig, TlsCertificate
+from ._configmodel import ListenerConfig
 from ._version import __version__
 from .config import ConfigError, GatewayConfig
 from .eventlog import reopen_event_log
@@ -35,7 +35,6 @@ from .tls import (
     TlsFileError,
     certificate_names,
     expiry,
-    load_certificate,
 )
 
 
@@ -166,7 +165,7 @@ class GatewayService(MultiService):
                 except TlsFileError as e:
                     key = f"server.{purpose}.tls.{e.key}"
                     raise ConfigError([f"{key}: {e}"], source=config.source) from None
-        self._watch_certificates(config)
+        self._watch_certificates()
         #: ``reload_interval_s``: the TLS files are looked at this often (None: never).
         self._tls_files = self._tls_file_stamp()
         self._tls_watcher: LoopingCall | None = None
@@ -351,7 +350,7 @@ class GatewayService(MultiService):
     def _listener_factory(self, purpose: str, listener: ListenerConfig) -> Any:
         return listener_factory(self.site, listener, self.listener_tls.get(purpose), self.metrics)
 
-    def _watch_certificates(self, config: GatewayConfig) -> None:
+    def _watch_certificates(self) -> None:
         """``avx_tls_certificate_expiry_seconds`` of the listeners' certificates and of the
         upstream client certificates (``listener="upstream:<route>"``)."""
         if self.metrics is None:
@@ -359,16 +358,12 @@ class GatewayService(MultiService):
         entries = [e for tls in self.listener_tls.values() for e in tls.expiries()]
         self.metrics.watch_certificates("listeners", entries)
         upstream = []
-        for route in config.routes:
-            up = route.upstream
-            if up is None or up.client_cert_file is None or up.client_key_file is None:
-                continue
-            try:
-                chain, _ = load_certificate(TlsCertificate(up.client_cert_file, up.client_key_file))
-            except TlsFileError:
-                continue  # the parser read it a moment ago; a file removed since is not exported
-            names = certificate_names(chain[0])
-            upstream.append((f"upstream:{route.name}", names[0] if names else "", expiry(chain[0])))
+        for route in self.runtime.routes:  # the client certificates the routes were built with
+            chain = route.tls.client_chain if route.tls is not None else ()
+            if chain:
+                names = certificate_names(chain[0])
+                label = f"upstream:{route.name}"
+                upstream.append((label, names[0] if names else "", expiry(chain[0])))
         self.metrics.watch_certificates("upstreams", upstream)
 
     def _reload_tls(self, config: GatewayConfig) -> str | None:
@@ -423,7 +418,7 @@ class GatewayService(MultiService):
                 problem=problem,
             )
             return
-        self._watch_certificates(self.config)
+        self._watch_certificates()
         self.log.info("TLS files changed: certificates reloaded")
 
     def _bind(self, key: str, description: str, factory: Any) -> IListeningPort:
@@ -528,7 +523,7 @@ class GatewayService(MultiService):
         if self.metrics is not None:
             self.metrics.config_loaded(True)
             self.metrics.watch_routes(runtime.routes)
-        self._watch_certificates(config)
+        self._watch_certificates()
         self._tls_files = self._tls_file_stamp()
         self.log.info(
             "reloaded {source}: {routes} routes", source=source, routes=len(config.routes)
