@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ._configmodel import ConfigError
 from .ratelimit import BackendUnavailable, Decision, IRateLimitStore, MemoryStore
 from .urls import RedisURL, parse_redis_url
 
@@ -157,6 +158,7 @@ class RedisStore:
         on_backend_error: str = "allow",
         timeout_s: float = 0.5,
         connection: Any = None,
+        key: str = "rate_limiting.redis_url",
     ) -> None:
         self.clock = clock
         self.allow_on_error = on_backend_error == "allow"
@@ -166,10 +168,15 @@ class RedisStore:
         #: Called once per backend error (metrics hook), or None.
         self.on_error: Callable[[], None] | None = None
         self._last_logged = -1e9
-        #: The parsed URL; ``url.redacted()`` is what the logs show.
-        self.url = parse_redis_url(url)
-        if connection is None:
-            connection = redis_connection(self.url, timeout_s)
+        try:
+            #: The parsed URL; ``url.redacted()`` is what the logs show.
+            self.url = parse_redis_url(url)
+            if connection is None:
+                connection = redis_connection(self.url, timeout_s)
+        except ValueError as e:
+            # A CA file gone or not PEM is found only here (the parser sees the URL's form):
+            # a config error under the key, as ``--check`` and start-up report them.
+            raise ConfigError([f"{key}: {e}"]) from None
         self.redis = connection
 
     def take(self, key: str, rate: float, burst: int) -> Deferred[Decision]:

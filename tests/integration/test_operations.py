@@ -282,6 +282,35 @@ def test_check_refuses_what_start_up_would_refuse(tmp_path):
             assert result.stderr.startswith("avx-gateway: invalid configuration\n")
 
 
+def test_a_redis_ca_file_that_does_not_load_is_a_config_error(tmp_path):
+    """``rediss://...?ssl_ca_certs=`` naming a missing or non-PEM file: --check and start-up
+    both refuse it, naming the key, the file and why (it used to pass --check, then crash)."""
+    (tmp_path / "not-pem.pem").write_text("a CA, surely\n")
+    for name, why in [("missing.pem", "cannot be read: No such file or directory"),
+                      ("not-pem.pem", "holds no PEM certificate")]:
+        ca = tmp_path / name
+        path = tmp_path / "gw.toml"
+        path.write_text(textwrap.dedent(f"""
+            [server]
+            host = "127.0.0.1"
+            port = {free_port()}
+            [middleware]
+            enable_rate_limiting = true
+            [rate_limiting]
+            backend = "redis"
+            redis_url = "rediss://127.0.0.1:6380/0?ssl_ca_certs={ca}"
+        """) + route("http://127.0.0.1:9"))
+        message = f"  rate_limiting.redis_url: ssl_ca_certs {str(ca)!r} {why}\n"
+        for command in ([CLI, "check", "--config", str(path)],
+                        [TWISTD, "avx-gateway", "--config", str(path), "--check"],
+                        [TWISTD, "--pidfile=", "-n", "avx-gateway", "--config", str(path)]):
+            result = run(*command, cwd=tmp_path)
+            assert result.returncode == 2, (command, result)
+            assert result.stderr.startswith("avx-gateway: invalid configuration\n")
+            assert result.stderr.endswith(f": 1 error\n{message}"), (command, result.stderr)
+            assert "Traceback" not in result.stderr
+
+
 @ensure
 async def test_what_check_accepts_starts(tmp_path, closer):
     """A unix:// Redis URL (nothing listens there: the limiter falls back to local buckets) and a

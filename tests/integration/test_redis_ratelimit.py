@@ -14,6 +14,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
+from avx_twisted.config import ConfigError
 from avx_twisted.ratelimit import BackendUnavailable
 from avx_twisted.redis_store import RedisStore, tls_client_creator
 from avx_twisted.urls import parse_redis_url
@@ -294,16 +295,18 @@ async def test_rediss_with_ssl_cert_reqs_none_takes_any_certificate(tmp_path, cl
     assert s.errors == 0
 
 
-def test_rediss_with_a_ca_file_that_does_not_load_fails_at_start(tmp_path):
+def test_rediss_with_a_ca_file_that_does_not_load_is_a_config_error(tmp_path):
     (tmp_path / "empty.pem").write_text("")
     (tmp_path / "bad.pem").write_text("-----BEGIN CERTIFICATE-----\nAA\n-----END CERTIFICATE-----")
     for name, why in [("missing.pem", "cannot be read: No such file or directory"),
                       ("empty.pem", "holds no PEM certificate"),
                       ("bad.pem", "holds a certificate that does not load")]:
         path = tmp_path / name
-        with pytest.raises(ValueError) as caught:
+        with pytest.raises(ConfigError) as caught:
             RedisStore(f"rediss://127.0.0.1:1/0?ssl_ca_certs={path}", reactor)
-        assert str(caught.value) == f"ssl_ca_certs {str(path)!r} {why}"
+        assert caught.value.errors == [
+            f"rate_limiting.redis_url: ssl_ca_certs {str(path)!r} {why}"
+        ]
 
 
 async def tls_handshake(url: str) -> bytes | Failure:
