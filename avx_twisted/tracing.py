@@ -40,7 +40,7 @@ from twisted.logger import Logger
 from avx_twisted._configmodel import TracingConfig
 from avx_twisted._version import __version__
 
-__all__ = ["AttemptTrace", "RequestTrace", "Tracing"]
+__all__ = ["AttemptTrace", "PhaseTrace", "RequestTrace", "Tracing"]
 
 log = Logger()
 
@@ -332,7 +332,7 @@ class Tracing:
             # Set after the start, not passed to it: the sampler needs none of them, the SDK
             # would check each twice, and an unsampled span needs none.
             span.set_attributes(_request_attributes(request, ctx))
-        return RequestTrace(self._tracer, span, method)
+        return RequestTrace(self._tracer, span, method, ctx)
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Export what is queued and stop the export thread; waits ``timeout`` seconds at most
@@ -359,6 +359,8 @@ class RequestTrace:
 
     ``trace_id`` (32 hex digits, "" if invalid) and ``span_id`` (16) are for the access log and
     the response header; ``sampled`` says whether the spans are recorded and exported.
+    ``ctx`` is the request's ``RequestContext``: its ``error_type`` (a short name such as
+    ``timeout``, set by the proxy) becomes the span's ``error.type`` on a 5xx.
     """
 
     __slots__ = (
@@ -369,13 +371,15 @@ class RequestTrace:
         "_parent",
         "_open",
         "_tries",
+        "_ctx",
         "trace_id",
         "span_id",
         "sampled",
     )
 
-    def __init__(self, tracer: Any, span: Span, method: str) -> None:
+    def __init__(self, tracer: Any, span: Span, method: str, ctx: Any = None) -> None:
         self._tracer = tracer
+        self._ctx = ctx
         self._server = span
         #: The SERVER span until it ends.
         self._span: Optional[Span] = span
@@ -438,27 +442,70 @@ class RequestTrace:
         self._open.append(attempt)
         return attempt
 
+    def start_plugin_phase(self, plugin: str, phase: str) -> PhaseTrace:
+        """Start the INTERNAL span of one plugin phase call (``plugin tenant-header
+        on_request``), a child of the SERVER span. Only called for a sampled request."""
+        parent = self._parent
+        if parent is None:
+            parent = self._parent = set_span_in_context(self._server, _ROOT)
+        span = self._tracer.start_span(
+            "plugin " + plugin + " " + phase,
+            context=parent,
+            kind=SpanKind.INTERNAL,
+            attributes={"avx.plugin.name": plugin, "avx.plugin.phase": phase},
+        )
+        return PhaseTrace(span)
+
     def event(self, name: str, **attributes: Any) -> None:
         """Something happened to the request (``retry``, ``circuit_open``...): a span event."""
         span = self._span
         if span is not None:
             span.add_event(name, attributes or None)
 
-    def end(self, status: int, error_type: Optional[str] = None) -> None:
-        """The request ended with ``status`` (an error on 5xx, or with ``error_type``). Tries
-        still open end first, with no response. Only the first call counts."""
+    def end(self, status: int, reason: Optional[str] = None) -> None:
+        """The request ended with ``status``. Only the first call counts.
+
+        As OpenTelemetry's conventions say of a server, only a 5xx (or no answer at all,
+        ``status`` 0) is an error: ``error.type`` is then the context's ``error_type``
+        (``timeout``, ``connection_refused``, ``circuit_open``...) when the gateway named one,
+        else the status code. A 4xx is the client's error, not the server's: no status, no
+        ``error.type``. ``reason`` (the gateway's free-text ``ctx.error``) is not put in the
+        span: it is the access log's, and error.type must stay a short, low-cardinality name.
+        Tries still open end first, with no response (``error.type`` the context's, else
+        ``cancelled``).
+        """
         span = self._span
         if span is None:
             return
         self._span = None
+        error_type = getattr(self._ctx, "error_type", None)
         for attempt in list(self._open):
             attempt.end(0, error_type or "cancelled")
         if status:
             span.set_attribute("http.response.status_code", status)
-        if error_type is None and status >= 500:
-            error_type = str(status)
-        if error_type is not None:
-            span.set_attribute("error.type", error_type)
+        if status >= 500 or not status:
+            span.set_attribute("error.type", error_type or str(status or "_OTHER"))
+            span.set_status(_ERROR)
+        span.end()
+
+
+class PhaseTrace:
+    """The INTERNAL span of one plugin phase call: ``end()`` when it returned (or its Deferred
+    fired), ``end(exception)`` when it raised or failed (status ERROR, an exception event)."""
+
+    __slots__ = ("_span",)
+
+    def __init__(self, span: Span) -> None:
+        self._span: Optional[Span] = span
+
+    def end(self, exception: Optional[BaseException] = None) -> None:
+        span = self._span
+        if span is None:
+            return
+        self._span = None
+        if exception is not None:
+            span.record_exception(exception)
+            span.set_attribute("error.type", type(exception).__qualname__)
             span.set_status(_ERROR)
         span.end()
 

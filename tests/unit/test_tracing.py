@@ -57,8 +57,18 @@ class FakeRequest:
         self.secure = secure
 
 
-def context(client_ip: str = "192.0.2.7", request_id: bytes = b"req-1") -> RequestContext:
-    return RequestContext(client_ip, client_ip, False, request_id)
+class Context(RequestContext):
+    """A RequestContext that also takes an ``error_type`` (the proxy's short name of a
+    gateway failure), set by hand here."""
+
+
+def context(
+    client_ip: str = "192.0.2.7", request_id: bytes = b"req-1", error_type: str | None = None
+) -> RequestContext:
+    ctx = Context(client_ip, client_ip, False, request_id)
+    if error_type is not None:
+        ctx.error_type = error_type  # type: ignore[attr-defined]
+    return ctx
 
 
 class Failing(SpanExporter):
@@ -219,15 +229,39 @@ class ServerSpanTests(TracingTestCase):
         self.assertEqual(span.status.status_code, StatusCode.ERROR)
         self.assertEqual(span.attributes["error.type"], "503")
 
-    def test_error_type_marks_an_error(self) -> None:
+    def test_5xx_error_type_is_the_contexts_short_name(self) -> None:
         tracer, exporter = self.tracer()
-        tracer.start_request(FakeRequest(), context()).end(499, "client_closed")
-        tracer.start_request(FakeRequest(), context()).end(504, "timeout")
-        first, second = exporter.get_finished_spans()
-        self.assertEqual(first.status.status_code, StatusCode.ERROR)
-        self.assertEqual(first.attributes["error.type"], "client_closed")
-        self.assertEqual(first.attributes["http.response.status_code"], 499)
-        self.assertEqual(second.attributes["error.type"], "timeout")
+        # The free-text reason (ctx.error, the access log's) never becomes error.type.
+        tracer.start_request(FakeRequest(), context(error_type="timeout")).end(
+            504, "upstream timed out"
+        )
+        tracer.start_request(FakeRequest(), context()).end(502, "upstream unavailable")
+        named, unnamed = exporter.get_finished_spans()
+        self.assertEqual(named.status.status_code, StatusCode.ERROR)
+        self.assertEqual(named.attributes["error.type"], "timeout")
+        self.assertEqual(unnamed.status.status_code, StatusCode.ERROR)
+        self.assertEqual(unnamed.attributes["error.type"], "502")
+        for span in (named, unnamed):
+            self.assertNotIn("upstream", span.status.description or "")
+
+    def test_4xx_is_not_a_server_error(self) -> None:
+        cases = [
+            (404, "no route matches this path", None),
+            (429, "rate limit exceeded", None),
+            (499, "client closed the connection", None),
+            (403, "forbidden header", "circuit_open"),  # error_type does not make it one
+        ]
+        tracer, exporter = self.tracer()
+        for status, reason, error_type in cases:
+            tracer.start_request(FakeRequest(), context(error_type=error_type)).end(
+                status, reason
+            )
+        spans = exporter.get_finished_spans()
+        self.assertEqual(len(spans), len(cases))
+        for span, (status, _, _) in zip(spans, cases):
+            self.assertEqual(span.status.status_code, StatusCode.UNSET, status)
+            self.assertNotIn("error.type", span.attributes)
+            self.assertEqual(span.attributes["http.response.status_code"], status)
 
     def test_end_is_idempotent(self) -> None:
         tracer, exporter = self.tracer()
@@ -243,10 +277,11 @@ class ServerSpanTests(TracingTestCase):
 
     def test_event_with_attributes(self) -> None:
         tracer, exporter = self.tracer()
-        trace = tracer.start_request(FakeRequest(), context())
+        trace = tracer.start_request(FakeRequest(), context(error_type="circuit_open"))
         trace.event("circuit_open", upstream="http://10.0.0.5:8001")
-        trace.end(503, "circuit_open")
+        trace.end(503, "circuit breaker open")
         [span] = exporter.get_finished_spans()
+        self.assertEqual(span.attributes["error.type"], "circuit_open")
         [event] = span.events
         self.assertEqual(event.name, "circuit_open")
         self.assertEqual(dict(event.attributes or {}), {"upstream": "http://10.0.0.5:8001"})
@@ -344,15 +379,52 @@ class ClientSpanTests(TracingTestCase):
 
     def test_request_end_ends_open_attempts(self) -> None:
         tracer, exporter = self.tracer()
+        for error_type, expected in [(None, "cancelled"), ("timeout", "timeout")]:
+            exporter.clear()
+            trace = tracer.start_request(FakeRequest(), context(error_type=error_type))
+            attempt = trace.start_attempt(UPSTREAM, "10.0.0.5", 8001, b"GET", [])
+            trace.end(499, "client closed the connection")
+            attempt.end(200)  # too late: already ended
+            client = self.client(exporter)
+            self.assertIsNotNone(client.end_time)
+            self.assertEqual(client.status.status_code, StatusCode.ERROR)
+            self.assertEqual(client.attributes["error.type"], expected)
+            self.assertNotIn("http.response.status_code", client.attributes)
+            self.assertEqual(len(exporter.get_finished_spans()), 2)
+
+
+class PluginPhaseSpanTests(TracingTestCase):
+    def test_phase_span_is_an_internal_child_of_the_server_span(self) -> None:
+        tracer, exporter = self.tracer()
         trace = tracer.start_request(FakeRequest(), context())
-        attempt = trace.start_attempt(UPSTREAM, "10.0.0.5", 8001, b"GET", [])
-        trace.end(499, "client_closed")
-        attempt.end(200)  # too late: already ended
-        client = self.client(exporter)
-        self.assertIsNotNone(client.end_time)
-        self.assertEqual(client.attributes["error.type"], "client_closed")
-        self.assertNotIn("http.response.status_code", client.attributes)
-        self.assertEqual(len(exporter.get_finished_spans()), 2)
+        trace.set_route("users")
+        trace.start_plugin_phase("tenant-header", "on_request").end()
+        trace.end(200)
+        spans = self.spans(exporter)
+        server, phase = spans["GET users"], spans["plugin tenant-header on_request"]
+        self.assertEqual(phase.kind, SpanKind.INTERNAL)
+        self.assertEqual(phase.parent.span_id, server.context.span_id)
+        self.assertEqual(phase.context.trace_id, server.context.trace_id)
+        self.assertEqual(
+            dict(phase.attributes or {}),
+            {"avx.plugin.name": "tenant-header", "avx.plugin.phase": "on_request"},
+        )
+        self.assertEqual(phase.status.status_code, StatusCode.UNSET)
+        self.assertEqual(phase.events, ())
+
+    def test_a_raising_phase_is_an_error_with_an_exception_event(self) -> None:
+        tracer, exporter = self.tracer()
+        trace = tracer.start_request(FakeRequest(), context())
+        phase = trace.start_plugin_phase("boom", "on_response")
+        phase.end(RuntimeError("plugin internals"))
+        phase.end()  # idempotent
+        trace.end(500)
+        span = self.spans(exporter)["plugin boom on_response"]
+        self.assertEqual(span.status.status_code, StatusCode.ERROR)
+        self.assertEqual(span.attributes["error.type"], "RuntimeError")
+        [event] = span.events
+        self.assertEqual(event.name, "exception")
+        self.assertEqual(event.attributes["exception.type"], "RuntimeError")
 
 
 class PropagationTests(TracingTestCase):
