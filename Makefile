@@ -118,6 +118,6 @@ clean:
 	rm -rf .venv .venv-pypy $(VENV) build *.egg-info .pytest_cache _trial_temp
 
 # Side-by-side benchmark (nginx, aiohttp, ReverseProxyResource, the gateway on CPython and PyPy):
-# installs nginx and wrk if missing, loads 127.0.0.1 only, rewrites docs/benchmarks.md.
+# installs nginx, wrk and h2load if missing, loads 127.0.0.1 only, rewrites docs/benchmarks.md.
 bench: $(STAMP)
 	bash bench/run.sh $(BENCH_ARGS)

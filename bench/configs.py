@@ -47,17 +47,24 @@ def nginx_common(workdir: Path, name: str) -> str:
     )
 
 
-def origin_conf(workdir: Path, port: int) -> str:
+def origin_conf(workdir: Path, port: int, h2c_port: Optional[int] = None) -> str:
+    """The origin: ``/tiny``, ``/big`` and ``/huge`` over HTTP/1.1 on ``port`` and, with
+    ``h2c_port``, the same over cleartext HTTP/2 (prior knowledge only) on that port too (the
+    upstream of the gateway's h2c row), in the same nginx."""
     www = workdir / "www"
-    return nginx_common(workdir, "origin") + (
-        "    server {\n"
-        f"        listen 127.0.0.1:{port} backlog=4096;\n"
+    locations = (
         '        location = /tiny { default_type text/plain; return 200 "Hello, world\\n"; }\n'
         f"        location = /big {{ alias {www}/big.bin; }}\n"
         f"        location = /huge {{ alias {www}/huge.bin; }}\n"
         "        location / { return 404; }\n"
-        "    }\n}\n"
     )
+    servers = f"    server {{\n        listen 127.0.0.1:{port} backlog=4096;\n{locations}    }}\n"
+    if h2c_port is not None:
+        servers += (
+            f"    server {{\n        listen 127.0.0.1:{h2c_port} http2 backlog=4096;\n"
+            f"{locations}    }}\n"
+        )
+    return nginx_common(workdir, "origin") + servers + "}\n"
 
 
 def nginx_proxy_conf(workdir: Path, port: int, origin_port: int) -> str:
@@ -67,6 +74,24 @@ def nginx_proxy_conf(workdir: Path, port: int, origin_port: int) -> str:
         "        keepalive 64;\n        keepalive_requests 1000000;\n    }\n"
         "    server {\n"
         f"        listen 127.0.0.1:{port} backlog=1024;\n"
+        "        location / {\n"
+        "            proxy_pass http://origin;\n"
+        "            proxy_http_version 1.1;\n"
+        '            proxy_set_header Connection "";\n'
+        "        }\n    }\n}\n"
+    )
+
+
+def nginx_h2_proxy_conf(workdir: Path, port: int, origin_port: int) -> str:
+    """The nginx proxy row's config with ``listen ... http2`` on cleartext (h2c with prior
+    knowledge, what h2load speaks): the same HTTP/1.1 upstream with keep-alive. nginx cannot
+    proxy to an HTTP/2 upstream, so this is the reference of both HTTP/2 gateway rows."""
+    return nginx_common(workdir, "nginx-h2-proxy") + (
+        "    upstream origin {\n"
+        f"        server 127.0.0.1:{origin_port};\n"
+        "        keepalive 64;\n        keepalive_requests 1000000;\n    }\n"
+        "    server {\n"
+        f"        listen 127.0.0.1:{port} http2 backlog=1024;\n"
         "        location / {\n"
         "            proxy_pass http://origin;\n"
         "            proxy_http_version 1.1;\n"
@@ -115,6 +140,8 @@ def gateway_toml(
     tracing_endpoint: Optional[str] = None,
     plugins: Sequence[str] = (),
     tls: Optional[Tuple[Path, Path]] = None,
+    http2: bool = False,
+    upstream_protocol: Optional[str] = None,
 ) -> str:
     """The gateway's config: ``/*`` to the origin on ``origin_port``. With ``sink_port``, also
     an exact route ``/sink`` to that origin taking bodies up to ``sink_max_body`` bytes, with
@@ -122,10 +149,14 @@ def gateway_toml(
     ``tracing_endpoint``, ``[tracing]`` with every request sampled and exported there (OTLP/HTTP);
     ``plugins`` (names, no config) run on the ``/*`` route. With ``tls`` (certificate and key
     files), the one listener is a ``[[server.listeners]]`` entry on the same endpoint with
-    ``[server.listeners.tls]`` instead of ``listen`` (no cleartext port)."""
+    ``[server.listeners.tls]`` instead of ``listen`` (no cleartext port). With ``http2``, the
+    listener is such an entry with ``http2 = true`` (h2c with prior knowledge on cleartext,
+    ALPN h2 with ``tls``). ``upstream_protocol`` (``"h2c"``, ``"h2"``): the route's
+    ``[routes.upstream] protocol``, with ``origin_port`` then a port speaking it."""
     endpoint = f"tcp:{port}:interface=127.0.0.1:backlog=1024"
     lines = ["[server]"]
-    if tls is None:
+    listener = tls is not None or http2
+    if not listener:
         lines.append(f'listen = ["{endpoint}"]')
     lines += [
         f"workers = {workers}",
@@ -134,11 +165,12 @@ def gateway_toml(
     ]
     if sink_port is not None:
         lines.append("client_body_timeout_ms = 600000")
+    if listener:
+        lines += ["", "[[server.listeners]]", f'endpoint = "{endpoint}"']
+        if http2:
+            lines.append("http2 = true")
     if tls is not None:
         lines += [
-            "",
-            "[[server.listeners]]",
-            f'endpoint = "{endpoint}"',
             "",
             "[server.listeners.tls]",
             f'cert_file = "{tls[0]}"',
@@ -154,7 +186,11 @@ def gateway_toml(
         lines += ['auth = ["api_key"]', "cors = true"]
     if plugins:
         lines.append("plugins = [" + ", ".join(f'{{ name = "{n}" }}' for n in plugins) + "]")
-    lines += ["", "[routes.upstream]", f'urls = ["http://127.0.0.1:{origin_port}"]', ""]
+    scheme = "https" if upstream_protocol == "h2" else "http"
+    lines += ["", "[routes.upstream]", f'urls = ["{scheme}://127.0.0.1:{origin_port}"]']
+    if upstream_protocol is not None:
+        lines.append(f'protocol = "{upstream_protocol}"')
+    lines.append("")
     if sink_port is not None:
         lines += _sink_route(sink_port, sink_max_body, full)
     if not full:

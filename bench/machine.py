@@ -64,6 +64,7 @@ def machine_info(args: argparse.Namespace) -> Json:
         "httptools": _httptools(ROOT / ".venv", pypy),
         "nginx": _first_line(["nginx", "-v"]),
         "wrk": _first_line(["wrk", "-v"]),
+        "h2load": _first_line(["h2load", "--version"]),
         "curl": _first_line(["curl", "--version"]).split(" (")[0],
         "gateway_git": _first_line(["git", "-C", str(ROOT), "describe", "--always", "--dirty"]),
     }

@@ -4,10 +4,10 @@ as docs/benchmarks.md.
     .venv/bin/python bench/render.py [RESULTS.json] [--doc docs/benchmarks.md] [--no-doc]
 
 The "Profile" section of an existing docs/benchmarks.md is kept as it is when the file is
-rewritten, so notes written there survive a re-run; so are its "Overhead of tracing and plugins"
-and "TLS" sections when the results have no such rows (older results). A partial run of
-bench/run.py with ``--doc`` replaces only those of the two it has rows for
-(``write_overhead_section``, ``write_tls_section``).
+rewritten, so notes written there survive a re-run; so are its "Overhead of tracing and
+plugins", "TLS" and "HTTP/2" sections when the results have no such rows (older results). A
+partial run of bench/run.py with ``--doc`` replaces only those of the three it has rows for
+(``write_overhead_section``, ``write_tls_section``, ``write_h2_section``).
 """
 
 from __future__ import annotations
@@ -133,8 +133,9 @@ def shown_rows(results: Json) -> List[Json]:
 
 
 def main_rows(results: Json) -> List[Json]:
-    """The rows of the main table: the shown ones but the TLS rows (their own section)."""
-    return [r for r in shown_rows(results) if r.get("id") not in TLS_IDS]
+    """The rows of the main table: the shown ones but the TLS and HTTP/2 rows (their own
+    sections)."""
+    return [r for r in shown_rows(results) if r.get("id") not in TLS_IDS + H2_IDS]
 
 
 def table_rows(results: Json) -> List[List[str]]:
@@ -431,6 +432,9 @@ def render_text(results: Json) -> str:
             "TLS (keep-alive, and a new TLS connection per request):",
             text_table(TLS_TEXT_COLUMNS, tls),
         ]
+    h2 = h2_text_rows(results)
+    if h2:
+        parts += ["HTTP/2 (h2load, h2c with prior knowledge):", text_table(H2_TEXT_COLUMNS, h2)]
     half_rows = half_rate_rows(results)
     if half_rows:
         parts += ["Latency at half the max rate (tiny):", text_table(HALF_COLUMNS, half_rows)]
@@ -913,6 +917,282 @@ def write_tls_section(results: Json, doc: Path) -> None:
     replace_section(doc, TLS_HEADING, tls_section(results, partial=True))
 
 
+# --------------------------------------------------------------------------- HTTP/2
+
+H2_HEADING = "## HTTP/2"
+#: The HTTP/2 rows (bench/run.py's ``h2`` rows, measured with h2load), each with the HTTP/1.1
+#: row (wrk) of the same proxy and config it is compared with.
+H2_IDS = ("nginx-h2", "gw-h2-h1", "gw-h2-h2", "gw-h2-h1-pypy", "gw-h2-h2-pypy")
+H2_HTTP1 = {
+    "nginx-h2": "nginx",
+    "gw-h2-h1": "gw-plain",
+    "gw-h2-h2": "gw-plain",
+    "gw-h2-h1-pypy": "gw-plain-pypy",
+    "gw-h2-h2-pypy": "gw-plain-pypy",
+}
+H2_COLUMNS = [
+    "Row",
+    "Runtime",
+    "Upstream",
+    "Tiny req/s",
+    "Tiny mean ms",
+    "Tiny p50 ms",
+    "Tiny p99 ms",
+    "1 MiB req/s",
+    "1 MiB MB/s",
+    "1 MiB mean ms",
+    "1 MiB p99 ms",
+    "CPU % tiny: proxy / other / load core (h2load+origin)",
+    "RSS idle MiB",
+    "RSS after MiB",
+]
+H2_RATIO_COLUMNS = [
+    "Row",
+    "Runtime",
+    "Upstream",
+    "Tiny req/s vs nginx h2c",
+    "MB/s vs nginx h2c",
+    "Tiny req/s, HTTP/2 vs HTTP/1.1 row",
+    "MB/s, HTTP/2 vs HTTP/1.1 row",
+]
+H2_TEXT_COLUMNS = [
+    "Row",
+    "Runtime",
+    "Upstream",
+    "Tiny req/s",
+    "mean ms",
+    "p99 ms",
+    "1MiB MB/s",
+    "p99 ms",
+    "CPU % p/o/l",
+    "vs nginx h2c tiny/MBs",
+    "vs HTTP/1.1 tiny/MBs",
+]
+
+
+def has_h2_rows(results: Json) -> bool:
+    """Whether ``results`` ran (or tried) any HTTP/2 row."""
+    return any(
+        (row_by_id(results, i) or {}).get("status", "unselected") != "unselected" for i in H2_IDS
+    )
+
+
+def _h2_shown(results: Json) -> List[Json]:
+    return [
+        row
+        for row in (row_by_id(results, i) for i in H2_IDS)
+        if row is not None and row.get("status") != "unselected"
+    ]
+
+
+def _h2_ratios(results: Json, row: Json) -> Dict[str, Optional[float]]:
+    nginx = row_by_id(results, "nginx-h2")
+    http1 = row_by_id(results, H2_HTTP1[row["id"]])
+    tiny, big = metric(row, "tiny", "rps"), metric(row, "big", "mbps")
+    theirs = row is not nginx
+    return {
+        "tiny_vs_nginx": ratio(tiny, metric(nginx, "tiny", "rps")) if theirs else None,
+        "big_vs_nginx": ratio(big, metric(nginx, "big", "mbps")) if theirs else None,
+        "tiny_vs_http1": ratio(tiny, metric(http1, "tiny", "rps")),
+        "big_vs_http1": ratio(big, metric(http1, "big", "mbps")),
+        "http1_tiny": metric(http1, "tiny", "rps"),
+        "http1_big": metric(http1, "big", "mbps"),
+    }
+
+
+def h2_rows(results: Json) -> List[List[str]]:
+    out = []
+    for row in _h2_shown(results):
+        ok = measured(row)
+        out.append(
+            [
+                _label(row),
+                row.get("runtime", ""),
+                row.get("upstream", ""),
+                f_int(metric(row, "tiny", "rps")),
+                f_ms(metric(row, "tiny", "avg_ms")),
+                f_ms(metric(row, "tiny", "p50_ms")),
+                f_ms(metric(row, "tiny", "p99_ms")),
+                f_int(metric(row, "big", "rps")),
+                f_int(metric(row, "big", "mbps")),
+                f_ms(metric(row, "big", "avg_ms")),
+                f_ms(metric(row, "big", "p99_ms")),
+                cpu_text(row),
+                f_mib(row.get("rss_idle_kb")) if ok or row.get("rss_idle_kb") else "–",
+                f_mib(row.get("rss_after_kb")) if ok else "–",
+            ]
+        )
+    return out
+
+
+def h2_ratio_rows(results: Json) -> List[List[str]]:
+    out = []
+    for row in _h2_shown(results):
+        r = _h2_ratios(results, row)
+        mine = row.get("id") != "nginx-h2"
+
+        def versus(value: Optional[float], http1: Optional[float], unit: str) -> str:
+            if value is None:
+                return "–"
+            return f"{f_ratio(value)} (HTTP/1.1 {f_int(http1)} {unit})"
+
+        out.append(
+            [
+                _label(row),
+                row.get("runtime", ""),
+                row.get("upstream", ""),
+                f_ratio(r["tiny_vs_nginx"]) if mine else "",
+                f_ratio(r["big_vs_nginx"]) if mine else "",
+                versus(r["tiny_vs_http1"], r["http1_tiny"], "req/s"),
+                versus(r["big_vs_http1"], r["http1_big"], "MB/s"),
+            ]
+        )
+    return out
+
+
+def h2_text_rows(results: Json) -> List[List[str]]:
+    out = []
+    for row in _h2_shown(results):
+        r = _h2_ratios(results, row)
+        mine = row.get("id") != "nginx-h2"
+        vs_nginx = f"{f_ratio(r['tiny_vs_nginx'])}/{f_ratio(r['big_vs_nginx'])}" if mine else ""
+        out.append(
+            [
+                _label(row),
+                row.get("runtime", ""),
+                row.get("upstream", ""),
+                f_int(metric(row, "tiny", "rps")),
+                f_ms(metric(row, "tiny", "avg_ms")),
+                f_ms(metric(row, "tiny", "p99_ms")),
+                f_int(metric(row, "big", "mbps")),
+                f_ms(metric(row, "big", "p99_ms")),
+                cpu_text(row),
+                vs_nginx,
+                f"{f_ratio(r['tiny_vs_http1'])}/{f_ratio(r['big_vs_http1'])}",
+            ]
+        )
+    return out
+
+
+def h2_section(results: Json, partial: bool = False) -> str:
+    """The markdown of the HTTP/2 section, heading included."""
+    out: List[str] = [H2_HEADING + "\n"]
+    add = out.append
+    meta = results.get("meta", {})
+    settings = meta.get("settings", {})
+    machine = meta.get("machine", {})
+    conns, streams = settings.get("h2_connections", 16), settings.get("h2_streams", 10)
+    add(
+        "The same proxies with an HTTP/2 listener, loaded with h2load "
+        f"(`{machine.get('h2load', 'h2load')}`, nghttp2's load generator) instead of wrk: "
+        f"`h2load -t1 -c{conns} -m{streams} -D{settings.get('duration_s', 0):g}`, "
+        f"{conns} connections with up to {streams} concurrent streams each ({conns * streams} "
+        "requests in flight), cleartext HTTP/2 with prior knowledge (h2c), the same headers "
+        "as the wrk rows, on `/tiny` and then `/big` after a warm-up run of the same length as "
+        "the wrk rows' (in h2load too). Pinned like the other rows (proxy on core "
+        f"{settings.get('proxy_core')}, h2load and the origin on core "
+        f"{settings.get('load_core')}). Before the load each row is checked with "
+        "`curl --http2-prior-knowledge` (200 from `/tiny` over HTTP version 2).\n"
+    )
+    add(
+        "- **req/s** is h2load's `finished in ..., N req/s`; **MB/s** its `traffic: ... total` "
+        "bytes (frames, headers and bodies) over the run's seconds, in 10^6 bytes; **mean** is "
+        "its `time for request` mean; h2load prints no percentiles, so **p50/p99** are "
+        "nearest-rank percentiles of the per-request times in its `--log-file` (every "
+        "request of the measured run). h2load advertises stream and connection windows of "
+        "2^30-1 bytes (its `-w 30 -W 30` defaults), so HTTP/2 flow control never holds back "
+        "what a proxy sends it, only TCP does: *RSS after* shows what a proxy buffers meanwhile "
+        f"({conns * streams} 1 MiB answers in flight at once on `/big`).\n"
+        "- **nginx proxy_pass, h2c listener**: the nginx proxy_pass row's config (1 worker, "
+        "`upstream` with `keepalive 64`, access log off) with `listen 127.0.0.1:PORT http2` "
+        "(nginx 1.22: h2c with prior knowledge only, no HTTP/1.1 on that port), to the same "
+        "HTTP/1.1 origin. nginx cannot proxy to an HTTP/2 upstream, so this is the reference "
+        "of both gateway rows.\n"
+        "- **avx-gateway, one route, h2c listener**: the one-route row's TOML (no auth, CORS, "
+        "rate limiting, logging or metrics: the fair comparison with nginx) with its one "
+        "listener a `[[server.listeners]]` entry with `http2 = true` on the same endpoint "
+        "(`[server.http2]` defaults: 100 concurrent streams per connection) instead of "
+        "`listen`; **HTTP/1.1 upstream**: the same HTTP/1.1 origin as every other row; **h2c "
+        'upstream**: `[routes.upstream] protocol = "h2c"` to a second port of the same origin '
+        "nginx, `listen ... http2` there (h2c with prior knowledge only, so a 200 from it means "
+        "the gateway spoke HTTP/2 to it).\n"
+        "- *HTTP/2 vs HTTP/1.1 row* divides by the same proxy's HTTP/1.1 row of this run (nginx "
+        "proxy_pass; avx-gateway, one route, of the same runtime), measured with wrk and "
+        f"{settings.get('connections')} connections, one request each in flight: a different "
+        "client and concurrency, so a rough comparison of the two protocols' cost in this "
+        "proxy, not a like-for-like one.\n"
+    )
+    if partial:
+        rows = [r.get("id") for r in shown_rows(results)]
+        load = ""
+        if machine.get("loadavg_at_start") and machine.get("loadavg_at_end"):
+            load = (
+                f", load average {' '.join(machine['loadavg_at_start'])} at the start and "
+                f"{' '.join(machine['loadavg_at_end'])} at the end"
+            )
+        add(
+            f"Measured in a partial run ({meta.get('started', '?')}, `--only {','.join(rows)}`, "
+            f"{settings.get('duration_s', 0):g} s cells after {settings.get('warmup_s', 0):g} s "
+            f"warm-up{load}); its ratios take the nginx h2c row and the HTTP/1.1 rows of that run "
+            "(– when it had none): compare the ratios, not these req/s with the Results table "
+            "above, which is another run.\n"
+        )
+    add(markdown_table(H2_COLUMNS, h2_rows(results)))
+    add(markdown_table(H2_RATIO_COLUMNS, h2_ratio_rows(results)))
+    notes = []
+    for row in _h2_shown(results):
+        text = ""
+        checks = row.get("h2_checks") or {}
+        if checks:
+            text = (
+                f"checked before the load: `curl --http2-prior-knowledge` got "
+                f"{checks.get('status')} over HTTP/{checks.get('http_version')}."
+            )
+        for cell, what in (("tiny", "`/tiny`"), ("big", "`/big`")):
+            c = row.get(cell) or {}
+            if measured(row) and c.get("requests") is not None:
+                codes = c.get("status_codes") or {}
+                other = sum(v for k, v in codes.items() if k != "2xx")
+                text += (
+                    f" {what}: {_count(c.get('requests'))} requests done, "
+                    f"{_count(c.get('failed'))} failed, {_count(other)} answers not 2xx."
+                )
+        if row.get("note"):
+            text += " " + row["note"]
+        if text.strip():
+            notes.append(f"- {row['label']} ({row.get('runtime')}): {text.strip()}")
+    if notes:
+        add("\n".join(notes) + "\n")
+    commands = [r for r in _h2_shown(results) if r.get("command")]
+    if commands:
+        add("Commands of this run:\n")
+        add("```sh")
+        origin = (results.get("origin") or {}).get("command")
+        if origin:
+            add("# the origin (HTTP/1.1 and h2c ports)")
+            add(origin)
+        for row in commands:
+            add(f"# {row['label']} ({row['runtime']})")
+            add(row["command"])
+            if (row.get("h2_checks") or {}).get("curl_command"):
+                add(row["h2_checks"]["curl_command"])
+        example = next((r for r in commands if measured(r) and r.get("id") == "gw-h2-h1"), None)
+        example = example or next((r for r in commands if measured(r)), None)
+        if example:
+            add(f"# load, e.g. for {example['label']} ({example['runtime']})")
+            for cell in ("tiny", "big"):
+                if (example.get(cell) or {}).get("command"):
+                    add(example[cell]["command"])
+        add("```\n")
+    return wrap_markdown("\n".join(out))
+
+
+def write_h2_section(results: Json, doc: Path) -> None:
+    """Replace only the HTTP/2 section of ``doc`` with this (partial) run's; without one, insert
+    it before the latency section (after the TLS section, where a full run puts it)."""
+    replace_section(doc, H2_HEADING, h2_section(results, partial=True))
+
+
 def replace_section(doc: Path, heading: str, section: str) -> None:
     """Replace the section of ``doc`` under ``heading`` (up to the next "## ") with ``section``,
     leaving every other byte as it is; without one, insert it before the latency section (or
@@ -955,10 +1235,11 @@ def render_markdown(
     profile: Optional[str] = None,
     overhead: Optional[str] = None,
     tls: Optional[str] = None,
+    h2: Optional[str] = None,
 ) -> str:
-    """The whole doc; ``profile`` is the body of the kept "Profile" section, ``overhead`` and
-    ``tls`` the existing overhead and TLS sections, kept when ``results`` have no such rows
-    (older results)."""
+    """The whole doc; ``profile`` is the body of the kept "Profile" section, ``overhead``,
+    ``tls`` and ``h2`` the existing overhead, TLS and HTTP/2 sections, kept when ``results``
+    have no such rows (older results)."""
     meta = results.get("meta", {})
     machine = meta.get("machine", {})
     settings = meta.get("settings", {})
@@ -994,6 +1275,7 @@ def render_markdown(
         ("httptools", "httptools (reference proxy, upload origin)"),
         ("nginx", "nginx"),
         ("wrk", "wrk"),
+        ("h2load", "h2load"),
         ("curl", "curl"),
         ("gateway_git", "avx-gateway commit"),
     ):
@@ -1065,6 +1347,8 @@ def render_markdown(
         "origin share those cores with the workers, so this pair shows what a second process "
         "buys when nothing is left idle, not how workers scale on a bigger machine.\n"
         "9. nginx and the full-stack gateway **over TLS**: in their own section, *TLS*.\n"
+        "10. nginx and the one-route gateway with an **HTTP/2** listener (and the gateway with "
+        "an HTTP/2 upstream), loaded with h2load: in their own section, *HTTP/2*.\n"
     )
     add(
         'Gateways listen with `listen = ["tcp:PORT:interface=127.0.0.1:backlog=1024"]` (the '
@@ -1134,6 +1418,10 @@ def render_markdown(
         add(tls_section(results))
     elif tls is not None:
         add(tls)
+    if has_h2_rows(results):
+        add(h2_section(results))
+    elif h2 is not None:
+        add(h2)
     add("## Latency at half the maximum rate\n")
     add(
         "Debian has no wrk2, so wrk paces the requests itself: a Lua `delay()` (bench/run.py, "
@@ -1324,6 +1612,7 @@ def write_doc(results: Json, doc: Path) -> None:
             existing_profile(doc),
             existing_section(doc, OVERHEAD_HEADING),
             existing_section(doc, TLS_HEADING),
+            existing_section(doc, H2_HEADING),
         )
     )
 

@@ -14,22 +14,25 @@ first); every option is passed on. One run:
    their ratios to the full-stack row; the TLS rows (nginx, and the full-stack gateway on CPython
    and PyPy, over TLS with one certificate minted at run time, bench/tls_certs.py) are checked
    with ``curl --cacert`` and measured with keep-alive like the others, then with a new TLS
-   connection per request (``wrk -H "Connection: close"``);
+   connection per request (``wrk -H "Connection: close"``); the HTTP/2 rows (nginx with an h2c
+   listener, the one-route gateway with an h2c listener to the HTTP/1.1 origin and to the
+   origin's h2c port with ``protocol = "h2c"``) are checked with ``curl --http2-prior-knowledge``
+   and measured with h2load (bench/h2load.py) instead of wrk;
 3. the memory checks (bench/memory.py): RSS of a 200 MB response passing through, of a 1 GB
    upload passing through to an origin that discards it (bench/sink_origin.py), and of 10,000
    idle keep-alive client connections;
 4. writes ``bench/results/latest.json`` (and a timestamped copy) and renders it with
    ``bench/render.py`` to stdout and ``docs/benchmarks.md`` (a partial run, ``--only``: only
-   with ``--doc``, and then only the doc's overhead and TLS sections).
+   with ``--doc``, and then only the doc's overhead, TLS and HTTP/2 sections).
 
 The rest of bench/: procs.py (starting and stopping processes, RSS and CPU from /proc), wrk.py
-(wrk runs and their output), configs.py (what is sent and served, the nginx and gateway
-configs), tls_certs.py (the TLS rows' CA and certificate), machine.py (the "Machine" section),
-and the proxies and clients it starts.
+(wrk runs and their output), h2load.py (h2load runs, their output and per-request log),
+configs.py (what is sent and served, the nginx and gateway configs), tls_certs.py (the TLS rows'
+CA and certificate), machine.py (the "Machine" section), and the proxies and clients it starts.
 
 Everything listens on and talks to 127.0.0.1 (the idle-connection client also uses 127.0.0.2..
-as source addresses); every load run is bounded by ``wrk -d``; every process started here is
-killed on exit.
+as source addresses); every load run is bounded by ``wrk -d`` (or ``h2load -D``); every process
+started here is killed on exit.
 """
 
 from __future__ import annotations
@@ -70,10 +73,13 @@ from configs import (  # noqa: E402
     TINY_BODY,
     UPLOAD_SIZE,
     gateway_toml,
+    nginx_h2_proxy_conf,
     nginx_proxy_conf,
     nginx_tls_proxy_conf,
     origin_conf,
 )
+from h2load import check_h2c, run_h2load  # noqa: E402
+from h2load import errors_of as h2load_errors  # noqa: E402
 from machine import machine_info  # noqa: E402
 from procs import (  # noqa: E402
     Processes,
@@ -86,10 +92,13 @@ from procs import (  # noqa: E402
     rss_kb,
     wait_ready,
 )
+from procs import tail as tail_of  # noqa: E402
 from tls_certs import BenchCerts, mint  # noqa: E402
 from wrk import PACING_LUA, errors_of, run_wrk  # noqa: E402
 
 WORKERS_NOT_IMPLEMENTED = "worker processes are not implemented yet"
+#: What the gateway's config check says when it has no upstream HTTP/2 (``protocol``) yet.
+UPSTREAM_PROTOCOL_UNKNOWN = re.compile(r"upstream\.protocol: unknown key")
 
 Json = Dict[str, Any]
 
@@ -187,8 +196,11 @@ class Bench:
             "all_cores": self.all_cores,
             "headers": HEADERS,
             "half_rate_connections": args.half_rate_connections,
+            "h2_connections": args.h2_connections,
+            "h2_streams": args.h2_streams,
         }
         self.origin_port = 0
+        self.origin_h2c_port = 0  # the origin's cleartext HTTP/2 port (the h2c upstream)
         self.origin_pid = 0
         self.cores = self.settings["proxy_core"]  # where the next proxy started is pinned
         self.sink: Optional[Any] = None  # (process, base URL) of the tracing row's OTLP sink
@@ -220,15 +232,22 @@ class Bench:
 
     def start_origin(self) -> None:
         self.origin_port = free_port()
-        proc = self.start_nginx(
-            "origin", origin_conf(self.workdir, self.origin_port), self.settings["load_core"]
-        )
+        self.origin_h2c_port = free_port()
+        conf = origin_conf(self.workdir, self.origin_port, self.origin_h2c_port)
+        proc = self.start_nginx("origin", conf, self.settings["load_core"])
         wait_ready(proc, f"http://127.0.0.1:{self.origin_port}/tiny", timeout=20)
         self.origin_pid = proc.pid
         with urllib.request.urlopen(f"http://127.0.0.1:{self.origin_port}/tiny") as resp:
             assert resp.read() == TINY_BODY
-        self.results["origin"] = {"port": self.origin_port, "command": proc.cmdline}
-        log(f"origin nginx on 127.0.0.1:{self.origin_port} (core {self.settings['load_core']})")
+        self.results["origin"] = {
+            "port": self.origin_port,
+            "h2c_port": self.origin_h2c_port,
+            "command": proc.cmdline,
+        }
+        log(
+            f"origin nginx on 127.0.0.1:{self.origin_port} (HTTP/1.1) and "
+            f"127.0.0.1:{self.origin_h2c_port} (h2c), core {self.settings['load_core']}"
+        )
 
     def tls_certs(self) -> BenchCerts:
         """The certificate of the TLS rows (nginx's and the gateway's), minted on first use."""
@@ -254,29 +273,39 @@ class Bench:
         workers: int = 1,
         overhead: Optional[str] = None,
         tls: bool = False,
+        http2: bool = False,
+        upstream_protocol: Optional[str] = None,
     ) -> Callable[[int], Any]:
         """``overhead``: "tracing" adds ``[tracing]`` (every request sampled, OTLP/HTTP to the
         sink this starts, bench/otlp_sink.py); "plugin" runs the no-op plugin on the route,
         registered in-process by bench/twistd_with_plugin.py in place of the twistd script.
-        ``tls``: the one listener is a TLS one with the bench certificate (no cleartext port)."""
+        ``tls``: the one listener is a TLS one with the bench certificate (no cleartext port).
+        ``http2``: the one listener has ``http2 = true`` (h2c with prior knowledge on
+        cleartext). ``upstream_protocol="h2c"``: the route goes to the origin's h2c port with
+        ``protocol = "h2c"``."""
 
         def start(port: int) -> subprocess.Popen:
             kind = ("full" if full else "plain") + (f"-{overhead}" if overhead else "")
             kind += "-tls" if tls else ""
+            kind += "-h2" if http2 else ""
+            kind += f"-up-{upstream_protocol}" if upstream_protocol else ""
             certs = self.tls_certs() if tls else None
             conf = self.workdir / f"gateway-{kind}-w{workers}-{port}.toml"
             endpoint = self.start_otlp_sink() if overhead == "tracing" else None
             plugins = [NOOP_PLUGIN] if overhead == "plugin" else []
+            origin = self.origin_h2c_port if upstream_protocol == "h2c" else self.origin_port
             conf.write_text(
                 gateway_toml(
                     self.workdir,
                     port,
-                    self.origin_port,
+                    origin,
                     full,
                     workers,
                     tracing_endpoint=endpoint,
                     plugins=plugins,
                     tls=(certs.cert_file, certs.key_file) if certs else None,
+                    http2=http2,
+                    upstream_protocol=upstream_protocol,
                 )
             )
             args = ["--pidfile=", "-n", "avx-gateway", "--config", str(conf)]
@@ -374,6 +403,15 @@ class Bench:
 
         return start
 
+    def nginx_h2_starter(self) -> Callable[[int], Any]:
+        """The nginx proxy with ``listen ... http2`` (h2c), to the HTTP/1.1 origin."""
+
+        def start(port: int) -> subprocess.Popen:
+            conf = nginx_h2_proxy_conf(self.workdir, port, self.origin_port)
+            return self.start_nginx("nginx-h2-proxy", conf, self.cores)
+
+        return start
+
     def nginx_tls_starter(self) -> Callable[[int], Any]:
         """The nginx proxy over TLS, with the gateway's certificate."""
 
@@ -396,6 +434,8 @@ class Bench:
     # -- one row
 
     def run_row(self, row: Json, starter: Callable[[int], Any], cores: str) -> Json:
+        if row.get("h2"):
+            return self.run_h2_row(row, starter, cores)
         args = self.args
         self.cores = cores
         row["cores"] = cores
@@ -470,14 +510,112 @@ class Bench:
                     row.setdefault("overhead_checks", {})["error"] = str(e)[:300]
         return row
 
-    def measure(self, pid: int, url: str, extra_headers: Sequence[str] = ()) -> Json:
-        """One measured wrk run, with where the CPU went meanwhile: the proxy's own CPU time (all
-        its processes, % of one core), how busy the proxy's core and the load core were, and so
-        what else ran on the proxy's core (softirq work for loopback traffic, other processes)."""
+    def wait_ready_h2(self, proc: subprocess.Popen, url: str, timeout: float = 90.0) -> Json:
+        """Wait until ``url`` answers 200 over h2c with prior knowledge (curl), or the process
+        dies, or time runs out; the last check's result (status, HTTP version 2)."""
+        deadline = time.monotonic() + timeout
+        last: Json = {}
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"exited with status {proc.returncode}: {tail_of(proc)}")
+            last = check_h2c(url)
+            if last["status"] == "200":
+                if last["http_version"] != "2":
+                    raise RuntimeError(f"answered over HTTP/{last['http_version']}, not 2: {last}")
+                return last
+            time.sleep(0.2)
+        raise RuntimeError(f"not ready over h2c after {timeout:.0f} s ({last}): {tail_of(proc)}")
+
+    def run_h2_row(self, row: Json, starter: Callable[[int], Any], cores: str) -> Json:
+        """An HTTP/2 row: h2load instead of wrk (``--h2-connections`` connections with up to
+        ``--h2-streams`` concurrent streams each, h2c with prior knowledge), on ``/tiny`` and
+        ``/big`` after the same warm-ups as the wrk rows; no half-rate run."""
+        args = self.args
+        self.cores = cores
+        row["cores"] = cores
+        port = free_port()
+        log(f"{row['label']}: starting on 127.0.0.1:{port}, cores {cores}")
+        proc = starter(port)
+        row["command"] = proc.cmdline
+        base = f"http://127.0.0.1:{port}"
+
+        def load(path: str, duration: float, log_file: bool = False) -> Json:
+            logged = self.workdir / f"h2load-{row['id']}-{path.strip('/')}.tsv"
+            return run_h2load(
+                self.settings, base + path, duration, log_file=logged if log_file else None
+            )
+
+        try:
+            if shutil.which("h2load") is None:
+                raise RuntimeError("h2load not found (bench/run.sh installs nghttp2-client)")
+            row["h2_checks"] = self.wait_ready_h2(proc, base + "/tiny")
+            time.sleep(0.5)
+            row["rss_idle_kb"] = rss_kb(proc.pid)
+            if args.warmup > 0:
+                load("/tiny", args.warmup)
+            row["tiny"] = self.measure(
+                proc.pid, base + "/tiny", run=lambda: load("/tiny", args.duration, True)
+            )
+            if args.warmup > 0:
+                load("/big", max(1.0, args.warmup / 2))
+            row["big"] = self.measure(
+                proc.pid, base + "/big", run=lambda: load("/big", args.duration, True)
+            )
+            row["rss_after_kb"] = rss_kb(proc.pid)
+            row["status"] = "ok"
+            errors = sum(h2load_errors(row[c]) for c in ("tiny", "big"))
+            if errors:
+                row["note"] = (row.get("note", "") + f" {errors} h2load failed/non-2xx").strip()
+            for path in ("tiny", "big"):
+                cell = row[path]
+                if not cell.get("requests"):  # answers begun, none finished: a stalled transfer
+                    begun = sum((cell.get("status_codes") or {}).values())
+                    row["note"] = (
+                        row.get("note", "")
+                        + f" `/{path}`: no request completed in {args.duration:g} s ({begun:,} "
+                        f"answers begun, {cell.get('traffic_bytes') or 0:,} bytes received in all, "
+                        "then nothing: stalled)."
+                    ).strip()
+            tiny = row["tiny"]
+            log(
+                f"{row['label']}: tiny {tiny['rps']:.0f} req/s (mean {tiny.get('avg_ms', 0):.2f} "
+                f"ms, p99 {tiny.get('p99_ms') or 0:.2f} ms), big {row['big']['mbps']:.0f} MB/s, "
+                f"RSS {row['rss_idle_kb']} -> {row['rss_after_kb']} kB"
+            )
+        except Exception as e:  # one broken proxy must not lose the rest of the run
+            if UPSTREAM_PROTOCOL_UNKNOWN.search(str(e)):
+                row["status"] = "n/a"
+                row["note"] = (
+                    "not measured: this gateway rejects `[routes.upstream] protocol` "
+                    f"(upstream HTTP/2 not in this tree yet): {str(e)[:300]}"
+                )
+                log(f"{row['label']}: n/a, no upstream HTTP/2 in this gateway")
+            else:
+                row["status"] = "error"
+                row["note"] = str(e)[:500]
+                log(f"{row['label']}: ERROR {e}")
+        finally:
+            self.procs.stop(proc)
+        return row
+
+    def measure(
+        self,
+        pid: int,
+        url: str,
+        extra_headers: Sequence[str] = (),
+        run: Optional[Callable[[], Json]] = None,
+    ) -> Json:
+        """One measured wrk run (or ``run``, another load generator's), with where the CPU went
+        meanwhile: the proxy's own CPU time (all its processes, % of one core), how busy the
+        proxy's core and the load core were, and so what else ran on the proxy's core (softirq
+        work for loopback traffic, other processes)."""
         origin = self.origin_pid
         cpu0, cores0, t0 = cpu_seconds(pid), core_busy(), time.monotonic()
         origin0, wrk0 = cpu_seconds(origin), children_cpu_seconds()
-        result = run_wrk(self.settings, url, self.args.duration, extra_headers=extra_headers)
+        if run is not None:
+            result = run()
+        else:
+            result = run_wrk(self.settings, url, self.args.duration, extra_headers=extra_headers)
         cpu1, cores1, t1 = cpu_seconds(pid), core_busy(), time.monotonic()
         origin1, wrk1 = cpu_seconds(origin), children_cpu_seconds()
         wall = t1 - t0
@@ -590,6 +728,30 @@ class Bench:
                 {"ours": True, "full_stack": True, "tls": True},
             ),
             (
+                "nginx-h2",
+                "nginx proxy_pass, h2c listener",
+                "nginx",
+                self.nginx_h2_starter(),
+                one,
+                {"h2": True, "upstream": "HTTP/1.1"},
+            ),
+            (
+                "gw-h2-h1",
+                "avx-gateway, one route, h2c listener, HTTP/1.1 upstream",
+                "CPython",
+                self.gateway_starter(cpy, False, http2=True),
+                one,
+                {"ours": True, "h2": True, "upstream": "HTTP/1.1"},
+            ),
+            (
+                "gw-h2-h2",
+                "avx-gateway, one route, h2c listener, h2c upstream",
+                "CPython",
+                self.gateway_starter(cpy, False, http2=True, upstream_protocol="h2c"),
+                one,
+                {"ours": True, "h2": True, "upstream": "h2c"},
+            ),
+            (
                 "twisted-rp",
                 "twisted ReverseProxyResource",
                 "CPython",
@@ -645,6 +807,22 @@ class Bench:
                 self.gateway_starter(pypy, True, tls=True),
                 one,
                 {"ours": True, "full_stack": True, "tls": True},
+            ),
+            (
+                "gw-h2-h1-pypy",
+                "avx-gateway, one route, h2c listener, HTTP/1.1 upstream",
+                "PyPy",
+                self.gateway_starter(pypy, False, http2=True),
+                one,
+                {"ours": True, "h2": True, "upstream": "HTTP/1.1"},
+            ),
+            (
+                "gw-h2-h2-pypy",
+                "avx-gateway, one route, h2c listener, h2c upstream",
+                "PyPy",
+                self.gateway_starter(pypy, False, http2=True, upstream_protocol="h2c"),
+                one,
+                {"ours": True, "h2": True, "upstream": "h2c"},
             ),
             (
                 "twisted-rp-pypy",
@@ -741,21 +919,34 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         default=64,
         help="connections of the half-rate latency run (default 64)",
     )
+    parser.add_argument(
+        "--h2-connections", type=int, default=16, help="h2load -c of the HTTP/2 rows (default 16)"
+    )
+    parser.add_argument(
+        "--h2-streams",
+        type=int,
+        default=10,
+        help="h2load -m, concurrent streams per connection, of the HTTP/2 rows (default 10)",
+    )
     parser.add_argument("--idle-connections", type=int, default=10000)
     parser.add_argument("--slow-rate", default="40M", help="curl --limit-rate of the slow 200 MB")
     parser.add_argument(
         "--only",
         help="comma-separated row ids to run (gw-plain, gw-full, gw-full-trace, gw-full-plugin, "
-        "nginx, nginx-tls, gw-full-tls, twisted-rp, aiohttp, httptools, gw-plain-pypy, "
-        "gw-full-pypy, gw-full-tls-pypy, twisted-rp-pypy, httptools-pypy, gw-w1, gw-w2; "
+        "nginx, nginx-tls, gw-full-tls, nginx-h2, gw-h2-h1, gw-h2-h2, twisted-rp, aiohttp, "
+        "httptools, gw-plain-pypy, gw-full-pypy, gw-full-tls-pypy, gw-h2-h1-pypy, gw-h2-h2-pypy, "
+        "twisted-rp-pypy, httptools-pypy, gw-w1, gw-w2; "
         "'none': no row, only the memory checks, which run unless --skip-memory); a partial run "
         "is saved as results-*-partial.json and leaves latest.json and the doc alone unless "
         "--doc is given; then only the doc's 'Overhead of tracing and plugins' section (when the "
-        "run has gw-full-trace or gw-full-plugin) and its 'TLS' section (when it has nginx-tls, "
-        "gw-full-tls or gw-full-tls-pypy) are replaced, the rest of an existing doc is left as "
-        "it is. The TLS rows' ratios to cleartext take nginx, gw-full and gw-full-pypy of the "
-        "same run: e.g. --only nginx,nginx-tls,gw-full,gw-full-tls,gw-full-pypy,"
-        "gw-full-tls-pypy --skip-memory --doc docs/benchmarks.md",
+        "run has gw-full-trace or gw-full-plugin), its 'TLS' section (when it has nginx-tls, "
+        "gw-full-tls or gw-full-tls-pypy) and its 'HTTP/2' section (when it has nginx-h2 or a "
+        "gw-h2-* row) are replaced, the rest of an existing doc is left as it is. The TLS rows' "
+        "ratios to cleartext take nginx, gw-full and gw-full-pypy of the same run: e.g. --only "
+        "nginx,nginx-tls,gw-full,gw-full-tls,gw-full-pypy,gw-full-tls-pypy --skip-memory --doc "
+        "docs/benchmarks.md; the HTTP/2 rows' ratios take nginx-h2 (and, for HTTP/2 vs "
+        "HTTP/1.1, nginx, gw-plain and gw-plain-pypy) of the same run: e.g. --only nginx-h2,"
+        "gw-h2-h1,gw-h2-h2,gw-h2-h1-pypy --skip-memory --doc docs/benchmarks.md",
     )
     parser.add_argument("--skip-memory", action="store_true", help="skip the memory checks")
     parser.add_argument(
@@ -806,8 +997,8 @@ def main() -> int:
     doc = Path(args.doc or ROOT / "docs" / "benchmarks.md")
     if args.only and doc.exists():
         # Rendered whole, a partial run would leave only its own rows in the doc: it replaces
-        # just the overhead and TLS sections it has rows for, the rest keeps the last complete
-        # run.
+        # just the overhead, TLS and HTTP/2 sections it has rows for, the rest keeps the last
+        # complete run.
         replaced = []
         if render.has_overhead_rows(results):
             render.write_overhead_section(results, doc)
@@ -815,8 +1006,11 @@ def main() -> int:
         if render.has_tls_rows(results):
             render.write_tls_section(results, doc)
             replaced.append("TLS")
+        if render.has_h2_rows(results):
+            render.write_h2_section(results, doc)
+            replaced.append("HTTP/2")
         if not replaced:
-            log(f"partial run without overhead or TLS rows: {doc} left alone")
+            log(f"partial run without overhead, TLS or HTTP/2 rows: {doc} left alone")
             return 0
         log(
             f"replaced the {' and '.join(replaced)} section of {doc} (partial run; the rest left "

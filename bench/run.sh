@@ -1,26 +1,29 @@
 #!/usr/bin/env bash
 # Benchmark avx-gateway against nginx, Twisted's ReverseProxyResource, aiohttp and a bare
 # Twisted + httptools reference proxy (and under PyPy when .venv-pypy exists), and the full stack
-# against nginx over TLS (a certificate minted at run time, bench/tls_certs.py); results go to
-# bench/results/ and docs/benchmarks.md.
+# against nginx over TLS (a certificate minted at run time, bench/tls_certs.py) and the one-route
+# gateway against nginx over HTTP/2 (h2load); results go to bench/results/ and docs/benchmarks.md.
 #
 #   bash bench/run.sh            # default: 10 s cells, 5 s warm-up (about 10 minutes)
 #   bash bench/run.sh --quick    # 3 s cells, 2 s warm-up
 #   bash bench/run.sh --help     # every option (bench/run.py)
 #   bash bench/run.sh --only nginx,nginx-tls,gw-full,gw-full-tls,gw-full-pypy,gw-full-tls-pypy \
 #       --skip-memory --doc docs/benchmarks.md   # the TLS rows (and their cleartext ones) only
+#   bash bench/run.sh --only nginx-h2,gw-h2-h1,gw-h2-h2,gw-h2-h1-pypy \
+#       --skip-memory --doc docs/benchmarks.md   # the HTTP/2 rows (h2load) only
 #
-# Installs what is missing: nginx, wrk and curl (apt-get, as root), the gateway's .venv (through
-# the Makefile), a bench-only venv with aiohttp (bench/.venv), and httptools in the gateway's
-# venvs (.venv, and the PyPy one when it exists: built from source there, so pypy3-dev and a C
-# compiler come first). All load goes to 127.0.0.1; every process started here is stopped on exit.
+# Installs what is missing: nginx, wrk, curl and h2load (nghttp2-client) (apt-get, as root), the
+# gateway's .venv (through the Makefile), a bench-only venv with aiohttp (bench/.venv), and
+# httptools in the gateway's venvs (.venv, and the PyPy one when it exists: built from source
+# there, so pypy3-dev and a C compiler come first). All load goes to 127.0.0.1; every process
+# started here is stopped on exit.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 missing=()
-for tool in nginx wrk curl taskset; do
+for tool in nginx wrk curl taskset h2load; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if ((${#missing[@]})); then
@@ -28,6 +31,7 @@ if ((${#missing[@]})); then
     for tool in "${missing[@]}"; do
         case "$tool" in
             taskset) packages+=(util-linux) ;;
+            h2load) packages+=(nghttp2-client) ;;
             *) packages+=("$tool") ;;
         esac
     done
