@@ -15,6 +15,8 @@ RATE_LIMIT_KEYS = ("ip", "global", "route", "api_key", "jwt_sub", "consumer")
 AUTH_METHODS = ("jwt", "api_key", "mtls", "oauth2")
 TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
 CLIENT_AUTH_MODES = ("none", "optional", "require")
+UPSTREAM_PROTOCOLS = ("http/1.1", "h2", "h2c")
+HEALTH_CHECK_KINDS = ("http", "grpc")
 HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
 PUBLIC_KEY_ALGORITHMS = (
     "RS256",
@@ -166,6 +168,10 @@ class HealthCheckConfig:
     healthy_threshold: int = 2
     unhealthy_threshold: int = 3
     expected_status: tuple[int, ...] = (200,)
+    #: ``http`` (GET ``path``) or ``grpc`` (``grpc.health.v1.Health/Check`` over HTTP/2).
+    kind: str = "http"
+    #: With ``grpc``: the service asked about ("" = the server as a whole).
+    service: str = ""
 
 
 @dataclass(frozen=True)
@@ -190,6 +196,8 @@ class UpstreamConfig:
     client_key_file: str | None = None
     #: SNI and the name the upstream's certificate must carry ("" = each URL's host).
     server_name: str = ""
+    #: ``http/1.1``, ``h2`` (https, ALPN) or ``h2c`` (cleartext, prior knowledge).
+    protocol: str = "http/1.1"
     health_check: HealthCheckConfig | None = None
     circuit_breaker: CircuitBreakerConfig = field(default_factory=CircuitBreakerConfig)
 
@@ -241,6 +249,11 @@ class RouteConfig:
     #: ``"module:attribute"``: serve the route with this twisted.web IResource instead of an
     #: upstream (``upstream`` is then absent).
     resource: str | None = None
+    #: gRPC semantics: gateway errors as ``grpc-status``, the client's ``grpc-timeout`` as
+    #: the deadline (``server.timeout_ms`` does not apply).
+    grpc: bool = False
+    #: On a gRPC route: the route's own ``timeout_ms`` (caps the client's deadline), if set.
+    grpc_timeout_cap_ms: int | None = None
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,14 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 from ._configmodel import (
     AUTH_METHODS,
     CLIENT_AUTH_MODES,
+    HEALTH_CHECK_KINDS,
     HMAC_ALGORITHMS,
     LOG_LEVELS,
     PUBLIC_KEY_ALGORITHMS,
     RATE_LIMIT_KEYS,
     STRATEGIES,
     TLS_VERSIONS,
+    UPSTREAM_PROTOCOLS,
     AdminConfig,
     ApiKey,
     ApiKeyConfig,
@@ -261,6 +263,7 @@ _ROUTE_KEYS = (
     "websocket_idle_timeout_ms",
     "plugins",
     "resource",
+    "grpc",
 )
 _UPSTREAM_KEYS = (
     "urls",
@@ -270,6 +273,7 @@ _UPSTREAM_KEYS = (
     "client_cert_file",
     "client_key_file",
     "server_name",
+    "protocol",
     "health_check",
     "circuit_breaker",
 )
@@ -280,6 +284,8 @@ _HEALTH_CHECK_KEYS = (
     "healthy_threshold",
     "unhealthy_threshold",
     "expected_status",
+    "kind",
+    "service",
 )
 _BREAKER_KEYS = ("failure_threshold", "recovery_timeout_ms", "half_open_requests")
 _RATE_KEYS = (
@@ -1041,6 +1047,16 @@ class Parser:
         self.route_globals = self.global_plugins
         plugin_refs = self.plugin_refs(t, "plugins") if t.has("plugins") else ()
         self.route_globals = set()
+        grpc = t.get("grpc", "bool", False)
+        if grpc and upstream is not None and upstream.protocol == "http/1.1":
+            self.error(
+                t.key("grpc"),
+                "needs an HTTP/2 upstream: set upstream.protocol = 'h2c' (cleartext) or 'h2' "
+                "(https); gRPC does not run over HTTP/1.1",
+            )
+        if grpc and resource is not None:
+            self.error(t.key("grpc"), "is only used with [routes.upstream], not with resource")
+        own_timeout = t.get("timeout_ms", "int", None, _positive) if grpc else None
         if path is None or (upstream is None and (resource is None or t.has("upstream"))):
             return None
         return RouteConfig(
@@ -1062,6 +1078,8 @@ class Parser:
             websocket_idle_timeout_ms=t.get("websocket_idle_timeout_ms", "int", 300000, _positive),
             plugins=plugin_refs,
             resource=resource,
+            grpc=grpc,
+            grpc_timeout_cap_ms=own_timeout,
         )
 
     def upstream(self, t: _Table | None, path: str) -> UpstreamConfig | None:
@@ -1108,8 +1126,19 @@ class Parser:
         if tls_only and urls and not any(parse_url(u)[0] == "https" for u in urls):
             used = "client_cert_file" if client_cert else "server_name"
             self.error(t.key(used), "is only used with https:// upstream URLs")
+        protocol = t.get("protocol", "str", "http/1.1", _one_of(UPSTREAM_PROTOCOLS))
+        if protocol != "http/1.1" and urls:
+            scheme = "https" if protocol == "h2" else "http"
+            wrong = [u for u in urls if parse_url(u)[0] != scheme]
+            if wrong:
+                how = "TLS with ALPN" if protocol == "h2" else "cleartext, prior knowledge"
+                self.error(
+                    t.key("protocol"),
+                    f"{protocol!r} ({how}) needs {scheme}:// URLs, not {wrong[0]!r}",
+                )
         hc_t = t.table("health_check", _HEALTH_CHECK_KEYS)
         cb_t = t.table("circuit_breaker", _BREAKER_KEYS)
+        health_check = self.health_check(hc_t, protocol) if hc_t is not None else None
         if not urls:
             return None
         return UpstreamConfig(
@@ -1120,7 +1149,8 @@ class Parser:
             client_cert_file=client_cert,
             client_key_file=client_key,
             server_name=server_name.lower().rstrip("."),
-            health_check=self.health_check(hc_t) if hc_t is not None else None,
+            protocol=protocol,
+            health_check=health_check,
             circuit_breaker=self.breaker(cb_t) if cb_t is not None else CircuitBreakerConfig(),
         )
 
@@ -1146,10 +1176,24 @@ class Parser:
             return None, None
         return pair.cert_file, pair.key_file
 
-    def health_check(self, t: _Table) -> HealthCheckConfig:
+    def health_check(self, t: _Table, protocol: str = "http/1.1") -> HealthCheckConfig:
         d = HealthCheckConfig()
         status_ok = _each(lambda s: None if 100 <= s <= 599 else "is not an HTTP status")
+        kind = t.get("kind", "str", d.kind, _one_of(HEALTH_CHECK_KINDS))
+        if kind == "grpc":
+            if protocol == "http/1.1":
+                self.error(
+                    t.key("kind"),
+                    "'grpc' needs an HTTP/2 upstream (upstream.protocol = 'h2c' or 'h2')",
+                )
+            for key in ("path", "expected_status"):
+                if t.has(key):
+                    self.error(t.key(key), "is only used with kind = 'http'")
+        elif t.get("service", "str", ""):
+            self.error(t.key("service"), "is only used with kind = 'grpc'")
         return HealthCheckConfig(
+            kind=kind,
+            service=t.get("service", "str", d.service),
             path=t.get("path", "str", d.path, _url_path),
             interval_ms=t.get("interval_ms", "int", d.interval_ms, _positive),
             timeout_ms=t.get("timeout_ms", "int", d.timeout_ms, _positive),

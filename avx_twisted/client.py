@@ -45,6 +45,7 @@ from zope.interface import implementer
 from ._configmodel import TlsCertificate
 from .config import ConfigError, UpstreamConfig
 from .h1 import ClientLimits, ResponseHead, UpstreamPool, UpstreamResponse
+from .h2 import H2Pool, H2Response
 from .tls import TlsFileError, load_ca_file, load_certificate
 
 
@@ -123,11 +124,12 @@ class UpstreamTLS:
         except TlsFileError as e:
             raise ConfigError([f"route {route!r}: upstream.{e.key}: {e}"]) from None
 
-    def creator(self, host: str) -> IOpenSSLClientConnectionCreator:
+    def creator(self, host: str, alpn: tuple[bytes, ...] = ()) -> IOpenSSLClientConnectionCreator:
         """Twisted's connection creator for ``host``: SNI and the verified name are
         ``server_name`` (else ``host``; a literal IP address is verified, never sent as SNI),
         checked by service-identity against our CAs or the system's, and the client
-        certificate shown when the upstream asks for one."""
+        certificate shown when the upstream asks for one. ``alpn``: the protocols offered
+        (``h2`` for HTTP/2 upstreams)."""
         extra: dict[str, Any] = {"enableSessionTickets": True}
         if self.client_chain:
             # What optionsForClientTLS's clientCertificate does, plus the rest of the chain,
@@ -139,6 +141,7 @@ class UpstreamTLS:
             self.server_name or host,
             trustRoot=self.trust if self.trust is not None else platformTrust(),
             extraCertificateOptions=extra,
+            acceptableProtocols=list(alpn) or None,
         )
 
 
@@ -251,6 +254,8 @@ class UpstreamClients:
         self.reactor = reactor
         self.connect_timeout_s = connect_timeout_s
         self.pool = UpstreamPool(reactor, ClientLimits(max_idle_per_key=max_persistent_per_host))
+        #: HTTP/2 upstreams (``protocol = "h2"`` or ``"h2c"``): streams over few connections.
+        self.h2_pool = H2Pool(reactor)
         #: Health checks and JWKS fetches: twisted.web's client, with its own small pool (and
         #: one more per TLS setting: an Agent pools by scheme, host and port only).
         self.background_pool = self._background_pool()
@@ -305,21 +310,28 @@ class UpstreamClients:
             self._agents[tls] = agent
         return agent
 
-    def sessions(self, key: Any, host: str, tls: UpstreamTLS) -> ResumingCreator:
+    def sessions(
+        self, key: Any, host: str, tls: UpstreamTLS, alpn: tuple[bytes, ...] = ()
+    ) -> ResumingCreator:
         """The connection creator of the https pool ``key`` (``host`` with ``tls``)."""
         sessions = self._sessions.get(key)
         if sessions is None:
-            sessions = ResumingCreator(tls.creator(host))
+            sessions = ResumingCreator(tls.creator(host, alpn))
             self._sessions[key] = sessions
         return sessions
 
-    def connector(self, target: Any, tls: UpstreamTLS | None = None) -> Connector:
-        """The pooled connection source of one target, built once (see :class:`Connector`)."""
-        return Connector(self, target, tls)
+    def connector(
+        self, target: Any, tls: UpstreamTLS | None = None, protocol: str = "http/1.1"
+    ) -> Connector | H2Connector:
+        """The pooled connection source of one target, built once (see :class:`Connector`;
+        ``protocol`` ``"h2"`` or ``"h2c"``: :class:`H2Connector`)."""
+        if protocol == "http/1.1":
+            return Connector(self, target, tls)
+        return H2Connector(self, target, tls)
 
     def close(self) -> Any:
         """Close every pooled connection (a Deferred that fires when they are closed)."""
-        closing = [self.pool.close()]
+        closing = [self.pool.close(), self.h2_pool.close()]
         closing += [pool.closeCachedConnections() for pool in list(self._background_pools)]
         return DeferredList(closing, consumeErrors=True)
 
@@ -341,30 +353,14 @@ class Connector:
     returned Deferred cancels the connect or aborts the connection.
     """
 
+    #: What :meth:`~avx_twisted.proxy.Exchange.attempt` sends: a request head in bytes.
+    h2 = False
+
     def __init__(
         self, clients: UpstreamClients, target: Any, tls: UpstreamTLS | None = None
     ) -> None:
         self.pool = clients.pool
-        host = target.host
-        scheme = target.scheme
-        https = scheme == b"https"
-        tls = tls if tls is not None else DEFAULT_TLS
-        self.key = (scheme, host.encode("idna"), target.port, tls if https else None)
-        timeout = clients.connect_timeout_s
-        reactor = clients.reactor
-        endpoint: Any
-        if _is_ip(host, socket.AF_INET):
-            endpoint = TCP4ClientEndpoint(reactor, host, target.port, timeout=timeout)
-        elif _is_ip(host, socket.AF_INET6):
-            endpoint = TCP6ClientEndpoint(reactor, host, target.port, timeout=timeout)
-        else:
-            endpoint = HostnameEndpoint(reactor, host, target.port, timeout=timeout)
-        #: The https target's connection creator (None for http).
-        self.sessions: ResumingCreator | None = None
-        if https:
-            self.sessions = clients.sessions(self.key, self.key[1].decode("ascii"), tls)
-            endpoint = self.sessions.endpoint(endpoint)
-        self.endpoint = endpoint
+        self.key, self.endpoint, self.sessions = _endpoint(clients, target, tls, "http/1.1")
 
     def request(
         self,
@@ -378,6 +374,96 @@ class Connector:
         """Send a request head (and ``stream``, a request body) to this target."""
         d = self.pool.request(
             self.key, self.endpoint, head, method, stream, chunked, resend, on_interim
+        )
+        sessions = self.sessions
+        if sessions is not None and sessions.watching:
+            d.addCallback(sessions.keep_from)
+        return d
+
+
+def _endpoint(
+    clients: UpstreamClients, target: Any, tls: UpstreamTLS | None, protocol: str
+) -> tuple[Any, Any, ResumingCreator | None]:
+    """A target's pool key, endpoint (TCP, or TLS with the key's resuming connection
+    creator) and that creator (None for cleartext)."""
+    host = target.host
+    https = target.scheme == b"https"
+    tls = tls if tls is not None else DEFAULT_TLS
+    key: tuple[Any, ...] = (target.scheme, host.encode("idna"), target.port, tls if https else None)
+    if protocol != "http/1.1":
+        key += (protocol,)  # another ALPN offer: another connection creator
+    timeout = clients.connect_timeout_s
+    reactor = clients.reactor
+    endpoint: Any
+    if _is_ip(host, socket.AF_INET):
+        endpoint = TCP4ClientEndpoint(reactor, host, target.port, timeout=timeout)
+    elif _is_ip(host, socket.AF_INET6):
+        endpoint = TCP6ClientEndpoint(reactor, host, target.port, timeout=timeout)
+    else:
+        endpoint = HostnameEndpoint(reactor, host, target.port, timeout=timeout)
+    sessions: ResumingCreator | None = None
+    if https:
+        alpn = (b"h2",) if protocol == "h2" else ()
+        sessions = clients.sessions(key, key[1].decode("ascii"), tls, alpn)
+        endpoint = sessions.endpoint(endpoint)
+    return key, endpoint, sessions
+
+
+#: Request fields that HTTP/2 does not carry (RFC 9113 8.2.2); Host becomes ``:authority``.
+_NOT_IN_H2 = frozenset(
+    [b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host"]
+)
+
+
+class H2Connector:
+    """Sends requests to one HTTP/2 upstream target as streams over the shared h2 pool
+    (``protocol = "h2"``: https with ALPN ``h2``, the same verification as HTTP/1.1;
+    ``"h2c"``: cleartext with prior knowledge)."""
+
+    h2 = True
+
+    def __init__(
+        self, clients: UpstreamClients, target: Any, tls: UpstreamTLS | None = None
+    ) -> None:
+        self.pool = clients.h2_pool
+        self.https = target.scheme == b"https"
+        protocol = "h2" if self.https else "h2c"
+        self.key, self.endpoint, self.sessions = _endpoint(clients, target, tls, protocol)
+        self.scheme = target.scheme
+        self.authority = target.netloc
+
+    def request_h2(
+        self,
+        method: bytes,
+        path: bytes,
+        fields: list[tuple[bytes, bytes]],
+        data: bytes = b"",
+        body: Any = None,
+        resend: bool = False,
+        on_interim: Optional[Callable[[ResponseHead], None]] = None,
+    ) -> Deferred[H2Response]:
+        """Send a request (``fields`` as for HTTP/1.1: Host becomes ``:authority``,
+        connection-specific fields are left out, ``TE`` only as ``trailers``)."""
+        authority = self.authority
+        rest: list[tuple[bytes, bytes]] = []
+        for name, value in fields:
+            lower = name.lower()
+            if lower in _NOT_IN_H2:
+                if lower == b"host":
+                    authority = value
+                continue
+            if lower == b"te" and value.strip().lower() != b"trailers":
+                continue
+            rest.append((lower, value))
+        headers = [
+            (b":method", method),
+            (b":scheme", self.scheme),
+            (b":authority", authority),
+            (b":path", path),
+        ]
+        headers += rest
+        d = self.pool.request(
+            self.key, self.endpoint, headers, data, body, resend, on_interim, self.https
         )
         sessions = self.sessions
         if sessions is not None and sessions.watching:

@@ -42,12 +42,14 @@ from . import _configmodel, _configparse
 from ._configmodel import (
     AUTH_METHODS,
     CLIENT_AUTH_MODES,
+    HEALTH_CHECK_KINDS,
     HMAC_ALGORITHMS,
     LOG_LEVELS,
     PUBLIC_KEY_ALGORITHMS,
     RATE_LIMIT_KEYS,
     STRATEGIES,
     TLS_VERSIONS,
+    UPSTREAM_PROTOCOLS,
     AdminConfig,
     ApiKey,
     ApiKeyConfig,
@@ -256,6 +258,8 @@ _RULES: dict[str, dict[str, Any]] = {
     **{f"{path}[].name": {"minLength": 1} for path in _PLUGIN_LISTS},
     "routes[].upstream.urls": {"minItems": 1, "items": {"pattern": "^https?://"}},
     "routes[].upstream.strategy": {"enum": list(STRATEGIES)},
+    "routes[].upstream.protocol": {"enum": list(UPSTREAM_PROTOCOLS)},
+    "routes[].upstream.health_check.kind": {"enum": list(HEALTH_CHECK_KINDS)},
     "routes[].upstream.weights": {"items": {"minimum": 1}},
     "routes[].upstream.server_name": _DNS_NAME,
     "routes[].upstream.health_check.path": {"pattern": _URL_PATH},
@@ -365,14 +369,13 @@ def _jwt_key_material() -> list[dict[str, Any]]:
 def _env_or(schema: dict[str, Any]) -> dict[str, Any]:
     """``schema`` for a string, or a ``${env.NAME}`` reference when the parser substitutes them
     (the rules across keys see the value before substitution)."""
-    if not hasattr(_configparse.Parser, "substitute_env"):
-        return schema
     return {"anyOf": [schema, {"pattern": _ENV_REFERENCE}]}
 
 
 def _route_rules() -> list[dict[str, Any]]:
     """Scopes come from a token (jwt or oauth2); a route's mtls lists need mtls in its auth."""
     tokens = {"contains": {"enum": ["jwt", "oauth2"]}}
+    http2 = {"required": ["protocol"], "properties": {"protocol": {"enum": ["h2", "h2c"]}}}
     return [
         {
             "if": {"required": ["scopes"], "properties": {"scopes": {"minItems": 1}}},
@@ -382,6 +385,10 @@ def _route_rules() -> list[dict[str, Any]]:
             "if": {"required": ["mtls"]},
             "then": {"required": ["auth"], "properties": {"auth": {"contains": {"const": "mtls"}}}},
         },
+        {
+            "if": _when("grpc", True),
+            "then": {"required": ["upstream"], "properties": {"upstream": http2}},
+        },
     ]
 
 
@@ -389,7 +396,17 @@ def _upstream_rules() -> list[dict[str, Any]]:
     """weighted with weights; a client certificate with its key; TLS settings with an https
     URL."""
     https = {"properties": {"urls": {"contains": _env_or({"pattern": "^https://"})}}}
+    only_https = {"properties": {"urls": {"items": _env_or({"pattern": "^https://"})}}}
+    only_http = {"properties": {"urls": {"items": _env_or({"pattern": "^http://"})}}}
+    http2 = {"required": ["protocol"], "properties": {"protocol": {"enum": ["h2", "h2c"]}}}
+    grpc_check = {
+        "required": ["health_check"],
+        "properties": {"health_check": _when("kind", "grpc")},
+    }
     return [
+        {"if": _when("protocol", "h2"), "then": only_https},
+        {"if": _when("protocol", "h2c"), "then": only_http},
+        {"if": grpc_check, "then": http2},
         {"if": _when("strategy", "weighted"), "then": {"required": ["weights"]}},
         {"if": {"required": ["weights"]}, "then": _when("strategy", "weighted")},
         {"if": {"required": ["client_cert_file"]}, "then": {"required": ["client_key_file"]}},
@@ -398,6 +415,17 @@ def _upstream_rules() -> list[dict[str, Any]]:
             "if": {"anyOf": [{"required": ["client_cert_file"]}, {"required": ["server_name"]}]},
             "then": https,
         },
+    ]
+
+
+def _health_check_rules() -> list[dict[str, Any]]:
+    """A gRPC check asks a service, an HTTP one a path for statuses."""
+    return [
+        {
+            "if": _when("kind", "grpc"),
+            "then": {"not": {"anyOf": [{"required": ["path"]}, {"required": ["expected_status"]}]}},
+            "else": {"not": {"required": ["service"], "properties": {"service": {"minLength": 1}}}},
+        }
     ]
 
 
@@ -418,6 +446,7 @@ _CONDITIONS: dict[str, Callable[[], list[dict[str, Any]]]] = {
     "server.listeners[].tls": _listener_tls_rules,
     "routes[]": _route_rules,
     "routes[].upstream": _upstream_rules,
+    "routes[].upstream.health_check": _health_check_rules,
     "cors": lambda: [
         {
             "if": _when("allow_credentials", True),

@@ -77,6 +77,9 @@ class RequestContext:
         "plugin",
         "trace",
         "tls",
+        "error_type",
+        "grpc",
+        "grpc_status",
     )
 
     def __init__(
@@ -113,3 +116,9 @@ class RequestContext:
         self.exchange: Any = None
         #: The TLS facts of the connection (``tls.TlsInfo``), None on cleartext.
         self.tls: Any = None
+        #: A gateway failure in a word (``timeout``, ``connection_refused``, ``circuit_open``,
+        #: ...), for the trace's ``error.type``; None when it did not fail.
+        self.error_type: str | None = None
+        #: A gRPC call on a gRPC route, and its outcome (``grpc-status``; None: not known).
+        self.grpc = False
+        self.grpc_status: int | None = None

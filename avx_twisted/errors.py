@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, List, NamedTuple, Optional, Tuple
 
+from . import grpc
 from .h1 import reason_phrase
 
 Pair = Tuple[bytes, bytes]
@@ -20,9 +21,19 @@ class Answer(NamedTuple):
     status: int
     fields: List[Pair]
     body: bytes
+    #: An error's message (in its JSON body; a gRPC client gets it as ``grpc-message``).
+    message: str = ""
 
     def send(self, request: Any) -> None:
-        """Answer ``request`` (a ServerRequest) with this, in one write."""
+        """Answer ``request`` (a ServerRequest) with this, in one write. An error to a gRPC
+        call goes as gRPC: a trailers-only answer with the matching ``grpc-status``."""
+        if self.status >= 400 and grpc.is_call(request.fields):
+            code, fields = grpc.answer_fields(self.status, self.fields, self.message)
+            ctx = request.context
+            if ctx is not None:
+                ctx.grpc_status = code
+            request.respond(200, fields)
+            return
         request.respond(self.status, self.fields, self.body)
 
 
@@ -56,7 +67,9 @@ def error_answer(
     """A gateway-made error: JSON body, not cacheable, plus ``fields``."""
     out = [_JSON, _NO_STORE]
     out.extend(fields)
-    return Answer(status, out, error_body(status, message, request_id))
+    if message is None:
+        message = reason_phrase(status).decode("ascii").lower()
+    return Answer(status, out, error_body(status, message, request_id), message)
 
 
 def json_answer(status: int, payload: object) -> Answer:

@@ -173,7 +173,8 @@ class GatewayMetrics:
         )
         self.open_connections = Gauge(
             "avx_open_connections",
-            "Client connections open now.",
+            "Client connections open now, by protocol (http/1.1, h2).",
+            ["protocol"],
             registry=r,
             multiprocess_mode="livesum",
         )

@@ -22,6 +22,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from . import grpc
 from .errors import REFUSALS, error_answer
 from .filters import send_answer
 from .h1 import (
@@ -34,6 +35,7 @@ from .h1 import (
     head_bytes,
     request_line,
 )
+from .h2 import UpstreamReset
 from .plugin_chain import PluginFailed
 from .proxy_headers import client_response_fields, upstream_request_fields
 
@@ -95,7 +97,12 @@ class Exchange:
         self.path = path
         self.state = ExchangeState.WAITING
         self.tried: List[Target] = []
-        self.retries_left = route.retries if request.method in IDEMPOTENT else 0
+        #: A gRPC call on a gRPC route: its deadline, status and errors are gRPC's.
+        self.grpc = getattr(route, "grpc", False) and grpc.is_call(request.fields)
+        # A gRPC call is a POST, sent again only when it reached no upstream (connect error,
+        # refused stream) or one answered UNAVAILABLE before any byte.
+        retry = request.method in IDEMPOTENT or self.grpc
+        self.retries_left = route.retries if retry else 0
         self.target: Optional[Target] = None
         self.held: Optional[Target] = None
         self.pending: Any = None
@@ -121,11 +128,17 @@ class Exchange:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self.ctx is not None:
-            self.ctx.exchange = self  # the gateway's finish hook reports client loss
+        ctx = self.ctx
+        if ctx is not None:
+            ctx.exchange = self  # the gateway's finish hook reports client loss
+            ctx.grpc = self.grpc
         elif self.request.on_done is None:
             self.request.on_done = self._request_done
-        self.deadline = self.forwarder.clock.callLater(self.route.timeout_s, self.timed_out)
+        timeout: Optional[float] = self.route.timeout_s
+        if self.grpc:
+            timeout = grpc.deadline_s(self.request.fields, self.route.grpc_cap_s)
+        if timeout is not None:
+            self.deadline = self.forwarder.clock.callLater(timeout, self.timed_out)
         self.attempt()
 
     def attempt(self) -> None:
@@ -138,10 +151,13 @@ class Exchange:
                 trace.event("circuit_open" if retry_after is not None else "no_target")
             if retry_after is not None:
                 self.fail(
-                    503, "upstream circuit open", [(b"Retry-After", b"%d" % ceil(retry_after))]
+                    503,
+                    "upstream circuit open",
+                    [(b"Retry-After", b"%d" % ceil(retry_after))],
+                    error_type="circuit_open",
                 )
             else:
-                self.fail(503, "no upstream target available")
+                self.fail(503, "no upstream target available", error_type="no_target")
             return
         self.tried.append(target)
         self.target = self.held = target
@@ -171,7 +187,7 @@ class Exchange:
                 self.end_attempt()
                 if breaker is not None:
                     breaker.release_trial()
-                self.fail(500, "internal error")
+                self.fail(500, "internal error", error_type="plugin")
                 return
         ctx = self.ctx
         if ctx is not None and ctx.trace is not None:
@@ -179,6 +195,7 @@ class Exchange:
                 target.url, target.host, target.port, request.method, fields
             )
         body = request.body
+        connector = target.connector
         stream = None
         whole = b""
         if body.present:
@@ -187,23 +204,39 @@ class Exchange:
                 fields.append((b"Content-Length", b"%d" % len(buffered)))
                 whole = buffered
             elif body.chunked:
-                fields.append(_CHUNKED)
+                if not connector.h2:
+                    fields.append(_CHUNKED)
                 stream = body
             else:
                 fields.append((b"Content-Length", b"%d" % body.declared))
                 stream = body
-        head = head_bytes(request_line(request.method, target.base_path + path), fields)
         self.attempt_started = self.forwarder.clock.seconds()
         if self.ctx is not None:
             self.ctx.upstream = target.url
-        self.pending = d = target.connector.request(
-            head + whole if whole else head,
-            request.method,
-            stream,
-            body.chunked,
-            request.method in IDEMPOTENT,
-            self.interim,
-        )
+        if connector.h2:
+            te = request.fields.get(b"te")
+            if te is not None and b"trailers" in te.lower():
+                fields.append((b"te", b"trailers"))  # the client reads trailers (gRPC does)
+            d = connector.request_h2(
+                request.method,
+                target.base_path + path,
+                fields,
+                whole,
+                stream,
+                request.method in IDEMPOTENT,
+                self.interim,
+            )
+        else:
+            head = head_bytes(request_line(request.method, target.base_path + path), fields)
+            d = connector.request(
+                head + whole if whole else head,
+                request.method,
+                stream,
+                body.chunked,
+                request.method in IDEMPOTENT,
+                self.interim,
+            )
+        self.pending = d
         d.addCallbacks(self.got_response, self.no_response)
 
     def can_retry(self) -> bool:
@@ -257,8 +290,14 @@ class Exchange:
         assert target is not None
         status = response.status
         self.observe(target, status)
+        unavailable = False
+        if self.grpc:
+            code = grpc.status_of(response.fields)  # a trailers-only answer's
+            if code is not None and self.ctx is not None:
+                self.ctx.grpc_status = code
+            unavailable = code == grpc.UNAVAILABLE and response.length == 0
         if target.breaker is not None:
-            if status >= 500:
+            if status >= 500 or unavailable:
                 target.breaker.record_failure()
             else:
                 target.breaker.record_success()
@@ -266,7 +305,7 @@ class Exchange:
             response.abort()
             self.end_attempt()
             return
-        if status in _RETRYABLE_STATUS and self.can_retry():
+        if (status in _RETRYABLE_STATUS or unavailable) and self.can_retry():
             response.abort()  # its body is not wanted: the connection is not worth keeping
             self.end_attempt()
             self.retry()
@@ -295,7 +334,7 @@ class Exchange:
                 except PluginFailed:
                     response.abort()
                     self.end_attempt()
-                    self.fail(500, "internal error", through_plugins=False)
+                    self.fail(500, "internal error", through_plugins=False, error_type="plugin")
                     return
             if chain.body and length != 0 and request.method != b"HEAD":
                 self.transform = chain.body_transform(self.ctx)
@@ -323,7 +362,7 @@ class Exchange:
         if self.expired:
             if breaker is not None:
                 breaker.record_failure()
-            self.fail(504, "upstream timed out")
+            self.fail(504, "upstream timed out", error_type="timeout")
             return
         if failure.check(BodyFailed):
             # The client's body broke a rule or stopped: its fault, not the upstream's.
@@ -342,7 +381,12 @@ class Exchange:
                 route=self.route.name,
                 why=failure.getErrorMessage(),
             )
-            self.fail(503, "gateway out of connections", [(b"Retry-After", b"1")])
+            self.fail(
+                503,
+                "gateway out of connections",
+                [(b"Retry-After", b"1")],
+                error_type="local_exhaustion",
+            )
             return
         if breaker is not None:
             breaker.record_failure()
@@ -350,7 +394,7 @@ class Exchange:
             status, message = 504, "upstream connect timed out"
         elif failure.check(*_CONNECT_ERRORS):
             status, message = 502, "upstream unavailable"
-        elif failure.check(ProtocolViolation, CancelledError):
+        elif failure.check(ProtocolViolation, UpstreamReset, CancelledError):
             status, message = 502, "bad upstream response"
         else:
             status, message = 502, "bad upstream response"
@@ -365,7 +409,7 @@ class Exchange:
         if failure.check(*_RETRYABLE_ERRORS) and self.can_retry():
             self.retry()
             return
-        self.fail(status, message)
+        self.fail(status, message, error_type=_error_type(failure, False))
 
     # -- the response body (the IResponseSink of the upstream connection) --------------------
 
@@ -380,6 +424,13 @@ class Exchange:
             if not data:
                 return
         self.request.write(data)
+
+    def body_trailers(self, trailers: List[Pair]) -> None:
+        """The upstream's trailers (HTTP/2): on to the client, unchanged (gRPC's status)."""
+        if self.grpc and self.ctx is not None:
+            self.ctx.grpc_status = grpc.status_of(trailers)
+        if self.transform is None:  # a plugin rewriting the body makes them stale
+            self.request.set_trailers(trailers)
 
     def body_done(self) -> None:
         self.response = None
@@ -430,8 +481,21 @@ class Exchange:
         )
         if self.ctx is not None:
             self.ctx.error = f"upstream response body broken off: {why}"
+            self.ctx.error_type = "timeout" if self.expired else "upstream_body"
         self.done()
-        self.request.abort()
+        request = self.request
+        if self.grpc and request.version == b"2.0":
+            # A gRPC client reads the outcome from the trailers: the call ends with a status
+            # (never with what looks like success).
+            code = grpc.DEADLINE_EXCEEDED if self.expired else grpc.UNAVAILABLE
+            message = "deadline exceeded" if self.expired else "upstream broke off the call"
+            if self.ctx is not None:
+                self.ctx.grpc_status = code
+            request.unregister_producer()
+            request.set_trailers(grpc.trailers(code, message))
+            request.finish()
+            return
+        request.abort()
 
     # -- WebSocket ---------------------------------------------------------------------------
 
@@ -504,10 +568,15 @@ class Exchange:
         message: str,
         fields: Optional[List[Pair]] = None,
         through_plugins: bool = True,
+        error_type: Optional[str] = None,
     ) -> None:
         self.done()
-        if self.ctx is not None and (self.ctx.error is None or through_plugins):
-            self.ctx.error = message
+        ctx = self.ctx
+        if ctx is not None:
+            if ctx.error is None or through_plugins:
+                ctx.error = message
+            if error_type is not None:
+                ctx.error_type = error_type
         request = self.request
         if request.started:
             request.abort()
@@ -558,6 +627,8 @@ def _error_type(failure: Failure, expired: bool) -> str:
         return "upstream_closed"
     if failure.check(ProtocolViolation):
         return "upstream_protocol"
+    if failure.check(UpstreamReset):
+        return "upstream_reset"
     if failure.check(CancelledError):
         return "cancelled"
     return failure.type.__name__

@@ -43,6 +43,11 @@ class RuntimeRoute:
         self.retries = config.retries
         self.websocket = config.websocket
         self.websocket_idle_timeout_s = config.websocket_idle_timeout_ms / 1000.0
+        #: gRPC semantics (see :mod:`avx_twisted.grpc`): the deadline is the client's
+        #: ``grpc-timeout``, capped by the route's own ``timeout_ms`` (None: no cap).
+        self.grpc = config.grpc
+        cap = config.grpc_timeout_cap_ms
+        self.grpc_cap_s: float | None = cap / 1000.0 if cap is not None else None
         #: The route's filter chain (see filters.py), in order; set by the Runtime.
         self.filters: list[Filter] = []
         #: Request headers never forwarded on this route (credentials, client copies of claims).
@@ -245,7 +250,7 @@ class Runtime:
                 if checker is not None:
                     self.health_checkers.append(checker)
             else:
-                target.connector = self.clients.connector(target, tls)
+                target.connector = self.clients.connector(target, tls, up.protocol)
                 target.breaker = CircuitBreaker(
                     up.circuit_breaker, self.reactor, name=f"{route.name} {target.url}"
                 )
@@ -330,4 +335,12 @@ def _query_stripper(api_key: ApiKeyAuthenticator) -> Callable[[bytes], bytes]:
 
 def _target_key(route: RouteConfig, target: Target, tls: UpstreamTLS) -> tuple[Any, ...]:
     up = route.upstream
-    return (route.name, target.url, target.weight, tls, up.circuit_breaker, up.health_check)
+    return (
+        route.name,
+        target.url,
+        target.weight,
+        tls,
+        up.protocol,
+        up.circuit_breaker,
+        up.health_check,
+    )

@@ -37,6 +37,9 @@ from .tls import (
     expiry,
 )
 
+#: The protocols client connections speak, as ``avx_open_connections`` labels them.
+CONNECTION_PROTOCOLS = ("http/1.1", "h2")
+
 
 class ListenError(Exception):
     """A listener could not be opened (port in use, permission denied, no such address); the
@@ -180,11 +183,12 @@ class GatewayService(MultiService):
             self._tls_interval_s = float(min(intervals))
         if self.metrics is not None:
             gauge = self.metrics.open_connections
+            site = self.site
             if self.metrics.multiprocess_dir is None:
-                connections = self.site.connections
-                gauge.set_function(lambda: len(connections))
+                for name in CONNECTION_PROTOCOLS:
+                    gauge.labels(name).set_function(lambda name=name: site.count(name))
             else:
-                self.site.on_connection = lambda delta: gauge.inc(delta)
+                site.on_connection = lambda name, delta: gauge.labels(name).inc(delta)
         #: The data plane's listening ports.
         self.ports: list[IListeningPort] = []
         #: The private listeners' ports: ``[metrics] listen``, ``[health] listen``, by purpose.
@@ -517,6 +521,7 @@ class GatewayService(MultiService):
             )
         old, self.runtime = self.runtime, runtime
         self.handler.runtime = runtime
+        self.site.go_away()
         self.config = config
         old.handed_over(runtime)
         runtime.start()

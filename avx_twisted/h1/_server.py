@@ -126,6 +126,10 @@ class RequestSide:
             self.write(body)  # type: ignore[attr-defined]
         self.finish()  # type: ignore[attr-defined]
 
+    def set_trailers(self, trailers: List[Pair]) -> None:
+        """Fields to send after the body (an upstream's trailers). An HTTP/1.1 answer of the
+        gateway carries none: they are dropped (HTTP/2 streams send them)."""
+
     def client_lost(self, reason: Failure) -> None:
         """The connection (or the stream) went before the answer was complete."""
         if self.finished:
@@ -291,6 +295,7 @@ class ServerProtocol(Protocol):
     """
 
     factory: ServerFactory
+    protocol_name = "http/1.1"
 
     def __init__(self) -> None:
         self.state = ConnectionState.WAITING
@@ -783,8 +788,9 @@ class ServerFactory(Factory):
         self.draining = False
         self.connections: Set[ServerProtocol] = set()
         self._all_closed: List[Deferred[None]] = []
-        #: Called with +1/-1 as connections open and close (a gauge), or None.
-        self.on_connection: Optional[Callable[[int], None]] = None
+        #: Called with the protocol's name and +1/-1 as connections open and close (a gauge),
+        #: or None.
+        self.on_connection: Optional[Callable[[str, int], None]] = None
         #: Builds the HTTP/2 protocol a connection is handed to (ALPN h2, the h2c preface),
         #: with ``h2_limits``; None: HTTP/1.1 only.
         self.h2_protocol: Optional[Callable[[], Protocol]] = None
@@ -797,17 +803,28 @@ class ServerFactory(Factory):
     def connection_made(self, protocol: ServerProtocol) -> None:
         self.connections.add(protocol)
         if self.on_connection is not None:
-            self.on_connection(1)
+            self.on_connection(protocol.protocol_name, 1)
 
     def connection_lost(self, protocol: ServerProtocol) -> None:
         if protocol in self.connections:
             self.connections.discard(protocol)
             if self.on_connection is not None:
-                self.on_connection(-1)
+                self.on_connection(protocol.protocol_name, -1)
         if not self.connections and self._all_closed:
             waiting, self._all_closed = self._all_closed, []
             for d in waiting:
                 d.callback(None)
+
+    def count(self, protocol_name: str) -> int:
+        """Connections open now speaking ``protocol_name`` (``http/1.1``, ``h2``)."""
+        return sum(1 for c in self.connections if c.protocol_name == protocol_name)
+
+    def go_away(self) -> None:
+        """After a reload: HTTP/2 connections get GOAWAY (their open streams finish), so
+        clients come back on new connections; HTTP/1.1 ones go on."""
+        for protocol in list(self.connections):
+            if protocol.protocol_name == "h2":
+                protocol.close_idle()
 
     def close_all(self, timeout_s: float) -> Deferred[None]:
         """Close every connection once what was written to it went out (the end of a drain);

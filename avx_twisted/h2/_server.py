@@ -31,7 +31,7 @@ from h2.events import (
 )
 from h2.exceptions import ProtocolError, StreamClosedError, TooManyStreamsError
 from h2.settings import SettingCodes
-from hyperframe.frame import RstStreamFrame
+from hyperframe.frame import GoAwayFrame, RstStreamFrame
 from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -72,6 +72,18 @@ class _ServerConnection(H2Connection):
             refusal.error_code = ErrorCodes.REFUSED_STREAM
             return [refusal], []
 
+    #: The last stream id of the graceful GOAWAY sent (None: not sent).
+    goaway_last: Optional[int] = None
+
+    def graceful_goaway(self) -> None:
+        """GOAWAY NO_ERROR with the last stream id taken (RFC 9113 6.8), leaving the open
+        streams to finish: the library's ``close_connection`` would let nothing more be
+        sent on them."""
+        if self.goaway_last is not None:
+            return
+        self.goaway_last = self.highest_inbound_stream_id
+        self._prepare_for_sending([GoAwayFrame(0, last_stream_id=self.goaway_last)])
+
 
 class H2Request(RequestSide):
     """One stream: the request as the handler sees it, and its answer."""
@@ -85,6 +97,10 @@ class H2Request(RequestSide):
         self._pending: List[bytes] = []
         self._pending_size = 0
         self._end_pending = False
+        #: A head with no body waits for the end, to go in one frame with END_STREAM (a
+        #: gRPC trailers-only answer stays one); the trailers go last.
+        self._head: Optional[List[Pair]] = None
+        self._trailers: Optional[List[Pair]] = None
         self._producer: Any = None
         self._producer_paused = False
         #: Request DATA bytes received and not yet acknowledged (while the body is paused).
@@ -127,23 +143,46 @@ class H2Request(RequestSide):
         if server is not None:
             out.append((b"server", server))
         no_body = status in _NO_BODY_STATUS or self.method == b"HEAD"
-        if length is not None and status not in _NO_BODY_STATUS:
+        if length and status not in _NO_BODY_STATUS:
             out.append((b"content-length", b"%d" % length))
         self._no_body = no_body
+        if no_body or length == 0:
+            self._head = out
+            return
         channel.send_headers(self, out, end_stream=False)
 
     def write(self, data: bytes) -> None:
         if self.state is not ResponseState.STREAMING or self._no_body or not data:
             return
+        head, self._head = self._head, None
+        if head is not None:  # said to have no body, yet it has one: the head goes first
+            self.channel.send_headers(self, head, end_stream=False)
         self.sent_bytes += len(data)
         self._pending.append(data)
         self._pending_size += len(data)
         self.channel.flush(self)
 
+    def set_trailers(self, trailers: List[Pair]) -> None:
+        """Send ``trailers`` after the body (HEADERS with END_STREAM, RFC 9113 8.1)."""
+        self._trailers = [
+            (n.lower(), v)
+            for n, v in trailers
+            if n[:1] != b":" and n.lower() not in _CONNECTION_SPECIFIC
+        ]
+
     def finish(self) -> None:
         if self.state is not ResponseState.STREAMING:
             return
         self.state = ResponseState.DONE
+        head, self._head = self._head, None
+        if head is not None:
+            trailers = self._trailers
+            self.channel.send_headers(self, head, end_stream=not trailers)
+            if trailers:
+                self._trailers = None
+                self.channel.send_headers(self, trailers, end_stream=True)
+            self.channel.request_done(self, None)
+            return
         self._end_pending = True
         self.channel.flush(self)
         self.channel.request_done(self, None)
@@ -195,6 +234,7 @@ class H2ServerProtocol(Protocol):
     """One HTTP/2 client connection (after ALPN ``h2``, or the h2c preface)."""
 
     factory: Any
+    protocol_name = "h2"
 
     def __init__(self) -> None:
         self.streams: Dict[int, H2Request] = {}
@@ -228,14 +268,16 @@ class H2ServerProtocol(Protocol):
             normalize_outbound_headers=True,
         )
         conn = self.conn = _ServerConnection(config=config)
-        conn.local_settings.update(
+        conn.initiate_connection()
+        # After the preface: values given before initiate_connection would take effect
+        # here when acknowledged, without ever having been sent.
+        conn.update_settings(
             {
                 SettingCodes.MAX_CONCURRENT_STREAMS: self.h2_limits.max_concurrent_streams,
                 SettingCodes.MAX_HEADER_LIST_SIZE: self.h2_limits.max_header_list_bytes,
                 SettingCodes.ENABLE_PUSH: 0,
             }
         )
-        conn.initiate_connection()
         self.transport.registerProducer(self, True)
         factory.connection_made(self)
         self._flush_transport()
@@ -306,6 +348,11 @@ class H2ServerProtocol(Protocol):
 
     def _request(self, event: RequestReceived) -> None:
         stream_id = event.stream_id
+        last = self.conn.goaway_last
+        if last is not None and stream_id > last:
+            # Opened after our GOAWAY: not processed, the client may send it elsewhere.
+            self._ack_reset(stream_id, ErrorCodes.REFUSED_STREAM)
+            return
         method = target = authority = b""
         fields: List[Pair] = []
         cookies: List[bytes] = []
@@ -461,6 +508,12 @@ class H2ServerProtocol(Protocol):
         self._flush_transport()
         self._close()
 
+    def _ack_reset(self, stream_id: int, code: int) -> None:
+        try:
+            self.conn.reset_stream(stream_id, error_code=code)
+        except (StreamClosedError, ProtocolError):
+            pass
+
     def _stream_reset(self, stream_id: int) -> None:
         request = self.streams.pop(stream_id, None)
         self._blocked.pop(stream_id, None)
@@ -502,11 +555,13 @@ class H2ServerProtocol(Protocol):
                 self._touch(request)
             if not request._pending and request._end_pending:
                 request._end_pending = False
-                conn.end_stream(stream_id)
+                trailers, request._trailers = request._trailers, None
+                if trailers:
+                    conn.send_headers(stream_id, trailers, end_stream=True)
+                else:
+                    conn.end_stream(stream_id)
                 if request.on_done is None:  # answered: the stream is over once sent
-                    self.streams.pop(stream_id, None)
-                    self._forget(request)
-                    self._maybe_idle()
+                    self.stream_answered(request)
         except (StreamClosedError, ProtocolError):
             request._pending = []
             request._pending_size = 0
@@ -521,6 +576,12 @@ class H2ServerProtocol(Protocol):
                 request._resume_producer()
         if not self.transport_paused:
             self._flush_transport()
+
+    def stream_answered(self, request: H2Request) -> None:
+        """The answer is all sent: the stream is over."""
+        self.streams.pop(request.stream_id, None)
+        self._forget(request)
+        self._maybe_idle()
 
     def _window_opened(self, stream_id: int) -> None:
         if stream_id == 0:
@@ -573,13 +634,11 @@ class H2ServerProtocol(Protocol):
         self._close()
 
     def close_idle(self) -> bool:
-        """A drain: GOAWAY (the last stream id processed); close once no stream is open."""
+        """A drain (or a reload): GOAWAY with the last stream id taken; the open streams
+        finish, then the connection closes."""
         if self._closed:
             return True
-        try:
-            self.conn.close_connection(error_code=ErrorCodes.NO_ERROR)
-        except ProtocolError:
-            pass
+        self.conn.graceful_goaway()
         self._flush_transport()
         if not self.streams:
             self.transport.loseConnection()
@@ -603,7 +662,7 @@ class H2ServerProtocol(Protocol):
     def _maybe_idle(self) -> None:
         if self._closed or self.streams:
             return
-        if self.draining:
+        if self.draining or self.conn.goaway_last is not None:
             self.close_idle()
             return
         self._arm_idle()

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 import jsonschema
 import twisted.test
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from avx_twisted import _configparse, plugins
 from avx_twisted.config import ConfigError, GatewayConfig
@@ -749,8 +749,6 @@ class ValueTests(PluginTestCase):
         self.assertGreaterEqual(checked, 1)
 
     def test_environment_references_are_accepted(self) -> None:
-        if not hasattr(_configparse.Parser, "substitute_env"):
-            raise SkipTest("the parser does not substitute ${env.NAME} references")
         environ = {**os.environ, "AVX_T_STRATEGY": "random", "AVX_T_DIGEST": DIGEST}
         self.patch(os, "environ", environ)
         data = config_at("admin", {"token_sha256": "${env.AVX_T_DIGEST}"})
@@ -1018,8 +1016,13 @@ REFUSED: dict[str, str] = {
     "unknown top-level table": "[telemetry]\nexporter = 'otlp'\n" + ROUTE,
     "unknown server key": "[server]\nprot = 8080\n" + ROUTE,
     "unknown route key": ROUTE + "stirp_path = true\n",
-    "unknown upstream key": ROUTE.replace("] }", '], protocol = "h2" }'),
-    "unknown health check key": ROUTE.replace("] }", '], health_check = { kind = "http" } }'),
+    "unknown upstream key": ROUTE.replace("] }", '], protocl = "h2" }'),
+    "unknown health check key": ROUTE.replace("] }", '], health_check = { knd = "http" } }'),
+    "h2 to an http URL": ROUTE.replace("] }", '], protocol = "h2" }'),
+    "grpc over HTTP/1.1": ROUTE + "grpc = true\n",
+    "grpc health check over HTTP/1.1": ROUTE.replace(
+        "] }", '], health_check = { kind = "grpc" } }'
+    ),
     "rate_limit backend per route": ROUTE + 'rate_limit = { backend = "redis" }\n',
     "unknown jwt key": ROUTE + '[auth.jwt]\nsecret = "s"\njwks_uri = "https://idp/"\n',
     "unknown api key field": ROUTE + f'[auth.api_key]\nkeys = [{{ name = "a", sha256 = "{DIGEST}", '

@@ -319,7 +319,7 @@ class AnswerTests(SynchronousTestCase):
     def test_connection_gauge(self) -> None:
         counts: List[int] = []
         factory = ServerFactory(FakeHandler(), MemoryReactorClock(), LIMITS)
-        factory.on_connection = counts.append
+        factory.on_connection = lambda name, delta: counts.append(delta)
         conn = Connection(factory=factory)
         self.assertEqual(factory.connections, {conn.protocol})
         conn.lose()

@@ -20,6 +20,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from avx_twisted.h1 import ServerFactory, ServerLimits
 from avx_twisted.h2 import PREFACE, H2Limits, H2ServerProtocol
+from avx_twisted.h2._client import _ClientConnection
 
 
 class Handler:
@@ -56,7 +57,12 @@ class Producer:
 class Pair:
     """A client H2Connection wired to a server protocol through byte buffers."""
 
-    def __init__(self, limits: ServerLimits | None = None, window: int | None = None) -> None:
+    def __init__(
+        self,
+        limits: ServerLimits | None = None,
+        window: int | None = None,
+        client: type[H2Connection] = H2Connection,
+    ) -> None:
         self.clock = MemoryReactorClock()
         self.handler = Handler()
         factory = ServerFactory(self.handler, self.clock, limits or ServerLimits())
@@ -67,7 +73,7 @@ class Pair:
         self.server.factory = factory
         self.transport = StringTransport()
         self.server.makeConnection(self.transport)
-        self.client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        self.client = client(H2Configuration(client_side=True, header_encoding=None))
         self.client.initiate_connection()
         if window is not None:
             self.client.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: window})
@@ -230,6 +236,36 @@ def test_drain_sends_goaway_and_closes_when_idle():
     assert p.transport.disconnecting
 
 
+def test_goaway_lets_open_streams_finish_and_refuses_later_ones():
+    # The client side must read on after a graceful GOAWAY (the gateway's own client does).
+    p = Pair(client=_ClientConnection)
+    p.handler.answer = False
+    first = p.get(b"/slow")
+    assert not p.server.close_idle()  # a stream is open: GOAWAY now, close later
+    p.pump()
+    (goaway,) = of(p.events, ConnectionTerminated)
+    assert goaway.last_stream_id == first
+    later = p.get(b"/later")  # opened after the GOAWAY: refused, never handled
+    assert [e.stream_id for e in of(p.events, StreamReset)] == [later]
+    assert len(p.handler.requests) == 1
+    assert not p.transport.disconnecting
+    p.handler.requests[0].respond(200, [], b"finished")
+    p.pump()
+    assert b"".join(e.data for e in of(p.events, DataReceived)) == b"finished"
+    assert p.transport.disconnecting
+
+
+def test_a_reload_sends_goaway_to_http2_connections_only():
+    p = Pair(client=_ClientConnection)
+    p.get(b"/")
+    p.factory.connections.add(p.server)
+    p.factory.go_away()
+    p.pump()
+    assert of(p.events, ConnectionTerminated)
+    assert p.transport.disconnecting  # nothing was open
+    assert p.factory.count("h2") == 1 and p.factory.count("http/1.1") == 0
+
+
 def test_a_protocol_error_closes_the_connection():
     p = Pair()
     p.server.dataReceived(b"\x00\x00\x04\x08\x00\x00\x00\x00\x00\x00\x00\x00\x00")  # bad frame
@@ -344,11 +380,19 @@ def test_answered_streams_leave_no_timer_behind():
     assert [c for c in p.clock.getDelayedCalls() if c.active()] == [p.server._idle_timer]
 
 
+def test_the_limits_are_advertised():
+    p = Pair()
+    assert p.client.remote_settings.max_concurrent_streams == 5
+    assert p.client.remote_settings.max_header_list_size == H2Limits().max_header_list_bytes
+    assert p.client.remote_settings.enable_push == 0
+
+
 def test_streams_over_the_limit_are_refused_one_by_one():
     p = Pair()  # max_concurrent_streams = 5
     p.handler.answer = False
     # A client that ignores the limit we advertised (this one is told it is 1000).
     p.client.remote_settings[SettingCodes.MAX_CONCURRENT_STREAMS] = 1000
+    p.client.remote_settings.acknowledge()
     streams = [p.get(b"/%d" % i) for i in range(7)]
     refused = [e.stream_id for e in of(p.events, StreamReset)]
     assert refused == streams[5:]

@@ -43,6 +43,8 @@ class FakeAgent:
 class FakeConnector:
     """A target's connector handing requests to the FakeAgent with the full URI."""
 
+    h2 = False
+
     def __init__(self, agent: FakeAgent, target: Any) -> None:
         self.agent = agent
         self.origin = target.scheme + b"://" + target.netloc
