@@ -1130,10 +1130,12 @@ def h2_section(results: Json, partial: bool = False) -> str:
                 f", load average {' '.join(machine['loadavg_at_start'])} at the start and "
                 f"{' '.join(machine['loadavg_at_end'])} at the end"
             )
+        commit = f", avx-gateway `{machine['gateway_git']}`" if machine.get("gateway_git") else ""
         add(
             f"Measured in a partial run ({meta.get('started', '?')}, `--only {','.join(rows)}`, "
             f"{settings.get('duration_s', 0):g} s cells after {settings.get('warmup_s', 0):g} s "
-            f"warm-up{load}); its ratios take the nginx h2c row and the HTTP/1.1 rows of that run "
+            f"warm-up{load}{commit}); its ratios take the nginx h2c row and the HTTP/1.1 rows of "
+            "that run "
             "(– when it had none): compare the ratios, not these req/s with the Results table "
             "above, which is another run.\n"
         )
