@@ -93,7 +93,12 @@ async def test_connection_level_refusals_are_counted_and_logged(closer, tmp_path
     gw = closer.add(
         gateway(
             {
-                "server": {"host": "127.0.0.1", "port": 0, "max_body_bytes": 10},
+                "server": {
+                    "host": "127.0.0.1",
+                    "port": 0,
+                    "max_body_bytes": 10,
+                    "client_header_timeout_ms": 300,
+                },
                 "routes": [{"path": "/*", "upstream": {"urls": [up.url]}}],
                 "logging": {"access_log": str(log_path)},
             }
@@ -107,14 +112,35 @@ async def test_connection_level_refusals_are_counted_and_logged(closer, tmp_path
     assert bad.startswith(b"HTTP/1.1 400 Bad Request")
     body = json.loads(bad.partition(b"\r\n\r\n")[2])
     assert body["request_id"] == head_of(bad)[1][b"x-request-id"].decode()
+    # A head that never ends (slowloris): 408 once client_header_timeout_ms is over.
+    slow = await raw_request(gw.port, b"GET /slow HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n")
+    assert slow.startswith(b"HTTP/1.1 408 "), slow[:100]
+    # A request line over 8 KiB: 414; over 100 header fields: 431.
+    long_line = await raw_request(gw.port, get(b"/" + b"a" * 9000))
+    assert long_line.startswith(b"HTTP/1.1 414 "), long_line[:100]
+    many = b"".join(b"X-F%d: v\r\n" % n for n in range(120))
+    fields = await raw_request(gw.port, get(b"/fields", extra=many))
+    assert fields.startswith(b"HTTP/1.1 431 "), fields[:100]
     text = await metrics(gw)
     assert 'avx_requests_total{method="POST",route="unmatched",status="413"} 1.0' in text
     assert 'avx_requests_total{method="GET",route="unmatched",status="400"} 1.0' in text
+    for status in (408, 414, 431):  # no method was parsed: "OTHER"
+        series = f'avx_requests_total{{method="OTHER",route="unmatched",status="{status}"}}'
+        assert series + " 1.0" in text, status
     await gw.stopService()
     lines = [json.loads(line) for line in log_path.read_text().splitlines()]
     assert [(r["method"], r["path"], r["status"]) for r in lines] == [
         ("POST", "/x", 413),
         ("GET", "/x", 400),
+        # Refused before the head was parsed: nothing of it is trusted, not even the method.
+        ("-", "-", 408),
+        ("-", "-", 414),
+        ("-", "-", 431),
+    ]
+    assert [r["error"] for r in lines[2:]] == [
+        "request head not received in time",
+        "request line too long",
+        "too many header fields",
     ]
     # The record says why (the core's own reason, more precise than the client's message).
     assert all(r["error"] and r["upstream"] is None for r in lines), lines

@@ -7,10 +7,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pwd
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -39,7 +42,11 @@ class Twistd:
     """``twistd -n avx-gateway`` with stdout and stderr kept apart, as a container runtime or
     systemd would see them."""
 
-    def __init__(self, tmp_path: Path, config: str, *twistd_args: str) -> None:
+    def __init__(
+        self, tmp_path: Path, config: str, *twistd_args: str, env: dict[str, str] | None = None
+    ) -> None:
+        #: Environment variables added to the test's own for the twistd process.
+        self.env = env
         self.dir = tmp_path
         self.config = tmp_path / "gateway.toml"
         self.config.write_text(textwrap.dedent(config))
@@ -52,9 +59,19 @@ class Twistd:
         self._out = open(self.stdout_path, "wb")  # noqa: SIM115
         self._err = open(self.stderr_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [TWISTD, "--pidfile=", "-n", *self.twistd_args, "avx-gateway",
-             "--config", str(self.config)],
-            cwd=self.dir, stdout=self._out, stderr=self._err,
+            [
+                TWISTD,
+                "--pidfile=",
+                "-n",
+                *self.twistd_args,
+                "avx-gateway",
+                "--config",
+                str(self.config),
+            ],
+            cwd=self.dir,
+            stdout=self._out,
+            stderr=self._err,
+            env=None if self.env is None else {**os.environ, **self.env},
         )
         return self
 
@@ -131,7 +148,9 @@ async def wait_for(predicate, timeout: float = 10.0) -> bool:
 async def _rotate_and_check(tmp_path, closer, workers: int) -> None:
     up = closer.add(upstream(EchoResource("svc")))
     port = free_port()
-    gw = Twistd(tmp_path, f"""
+    gw = Twistd(
+        tmp_path,
+        f"""
         [server]
         host = "127.0.0.1"
         port = {port}
@@ -139,7 +158,9 @@ async def _rotate_and_check(tmp_path, closer, workers: int) -> None:
         [logging]
         access_log = "access.log"
         {route(up.url)}
-    """, "--logfile=events.log").start()
+    """,
+        "--logfile=events.log",
+    ).start()
     try:
         base = f"http://127.0.0.1:{port}"
         await gw.until(base + "/healthz")
@@ -183,12 +204,15 @@ async def test_sigusr1_reopens_logs_of_every_worker(tmp_path, closer):
 async def test_sigusr1_without_a_logfile_does_not_kill(tmp_path, closer):
     up = closer.add(upstream(EchoResource("svc")))
     port = free_port()
-    gw = Twistd(tmp_path, f"""
+    gw = Twistd(
+        tmp_path,
+        f"""
         [server]
         host = "127.0.0.1"
         port = {port}
         {route(up.url)}
-    """).start()
+    """,
+    ).start()
     try:
         await gw.until(f"http://127.0.0.1:{port}/healthz")
         for _ in range(3):
@@ -206,7 +230,9 @@ async def test_sigusr1_without_a_logfile_does_not_kill(tmp_path, closer):
 async def test_target_gauges_are_right_whichever_worker_answers(tmp_path, closer):
     up = closer.add(upstream(EchoResource("svc")))
     port = free_port()
-    gw = Twistd(tmp_path, f"""
+    gw = Twistd(
+        tmp_path,
+        f"""
         [server]
         host = "127.0.0.1"
         port = {port}
@@ -215,7 +241,8 @@ async def test_target_gauges_are_right_whichever_worker_answers(tmp_path, closer
         [routes.upstream.health_check]
         path = "/health"
         interval_ms = 200
-    """).start()
+    """,
+    ).start()
     try:
         await gw.until(f"http://127.0.0.1:{port}/healthz")
         assert await wait_for(lambda: "ready (2 of 2)" in gw.stderr(), timeout=30)
@@ -243,12 +270,24 @@ async def test_target_gauges_are_right_whichever_worker_answers(tmp_path, closer
                 ("avx_requests_in_flight", ())
             ]
             assert values[("avx_requests_in_flight", ())] == 0  # scrapes are not requests
-            assert values[("avx_build_info", (
-                ("implementation", sys.implementation.name.replace("cpython", "CPython")
-                 .replace("pypy", "PyPy")),
-                ("python", ".".join(map(str, sys.version_info[:3]))),
-                ("version", __version__),
-            ))] == 1
+            assert (
+                values[
+                    (
+                        "avx_build_info",
+                        (
+                            (
+                                "implementation",
+                                sys.implementation.name.replace("cpython", "CPython").replace(
+                                    "pypy", "PyPy"
+                                ),
+                            ),
+                            ("python", ".".join(map(str, sys.version_info[:3]))),
+                            ("version", __version__),
+                        ),
+                    )
+                ]
+                == 1
+            )
         assert len(pids) == 2, "both workers answered"
     finally:
         assert await gw.stop() == 0
@@ -266,15 +305,18 @@ def test_check_refuses_what_start_up_would_refuse(tmp_path):
         'host = "true"': "server.host: cannot listen on 'true': the name does not resolve",
         'host = "no-such-host.invalid"': "server.host: cannot listen on 'no-such-host.invalid'",
         'host = "999.1.1.1"': "server.host: '999.1.1.1' is not a valid IP address",
-        'workers = 2\nlisten = ["unix:/tmp/avx-check.sock"]':
-            "server.listen: 'unix:/tmp/avx-check.sock' cannot be shared by 2 worker processes",
+        'workers = 2\nlisten = ["unix:/tmp/avx-check.sock"]': (
+            "server.listen: 'unix:/tmp/avx-check.sock' cannot be shared by 2 worker processes"
+        ),
     }
     for server, message in cases.items():
         path = tmp_path / "gw.toml"
         path.write_text(f"[server]\n{server}\n{route('http://127.0.0.1:9')}")
-        for command in ([TWISTD, "avx-gateway", "--config", str(path), "--check"],
-                        [CLI, "check", "--config", str(path)],
-                        [TWISTD, "--pidfile=", "-n", "avx-gateway", "--config", str(path)]):
+        for command in (
+            [TWISTD, "avx-gateway", "--config", str(path), "--check"],
+            [CLI, "check", "--config", str(path)],
+            [TWISTD, "--pidfile=", "-n", "avx-gateway", "--config", str(path)],
+        ):
             result = run(*command)
             assert result.returncode == 2, (command, result)
             assert message in result.stderr, (command, result.stderr)
@@ -286,11 +328,14 @@ def test_a_redis_ca_file_that_does_not_load_is_a_config_error(tmp_path):
     """``rediss://...?ssl_ca_certs=`` naming a missing or non-PEM file: --check and start-up
     both refuse it, naming the key, the file and why (it used to pass --check, then crash)."""
     (tmp_path / "not-pem.pem").write_text("a CA, surely\n")
-    for name, why in [("missing.pem", "cannot be read: No such file or directory"),
-                      ("not-pem.pem", "holds no PEM certificate")]:
+    for name, why in [
+        ("missing.pem", "cannot be read: No such file or directory"),
+        ("not-pem.pem", "holds no PEM certificate"),
+    ]:
         ca = tmp_path / name
         path = tmp_path / "gw.toml"
-        path.write_text(textwrap.dedent(f"""
+        path.write_text(
+            textwrap.dedent(f"""
             [server]
             host = "127.0.0.1"
             port = {free_port()}
@@ -299,11 +344,15 @@ def test_a_redis_ca_file_that_does_not_load_is_a_config_error(tmp_path):
             [rate_limiting]
             backend = "redis"
             redis_url = "rediss://127.0.0.1:6380/0?ssl_ca_certs={ca}"
-        """) + route("http://127.0.0.1:9"))
+        """)
+            + route("http://127.0.0.1:9")
+        )
         message = f"  rate_limiting.redis_url: ssl_ca_certs {str(ca)!r} {why}\n"
-        for command in ([CLI, "check", "--config", str(path)],
-                        [TWISTD, "avx-gateway", "--config", str(path), "--check"],
-                        [TWISTD, "--pidfile=", "-n", "avx-gateway", "--config", str(path)]):
+        for command in (
+            [CLI, "check", "--config", str(path)],
+            [TWISTD, "avx-gateway", "--config", str(path), "--check"],
+            [TWISTD, "--pidfile=", "-n", "avx-gateway", "--config", str(path)],
+        ):
             result = run(*command, cwd=tmp_path)
             assert result.returncode == 2, (command, result)
             assert result.stderr.startswith("avx-gateway: invalid configuration\n")
@@ -317,7 +366,9 @@ async def test_what_check_accepts_starts(tmp_path, closer):
     unix: listener with one worker."""
     up = closer.add(upstream(EchoResource("svc")))
     sock = tmp_path / "gw.sock"
-    gw = Twistd(tmp_path, f"""
+    gw = Twistd(
+        tmp_path,
+        f"""
         [server]
         listen = ["unix:{sock}"]
         [middleware]
@@ -326,7 +377,8 @@ async def test_what_check_accepts_starts(tmp_path, closer):
         backend = "redis"
         redis_url = "unix:///{tmp_path}/no-redis.sock?db=1"
         {route(up.url)}
-    """)
+    """,
+    )
     result = run(CLI, "check", "--config", str(gw.config))
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"{gw.config}: OK (1 routes")
@@ -334,8 +386,9 @@ async def test_what_check_accepts_starts(tmp_path, closer):
     try:
         # The socket is bound before the reactor runs (and installs its signal handlers): wait
         # for an answer.
-        assert await wait_for(lambda: unix_get(sock, "/healthz").startswith(b"HTTP/1.1 200"),
-                              timeout=20), gw.stderr()
+        assert await wait_for(
+            lambda: unix_get(sock, "/healthz").startswith(b"HTTP/1.1 200"), timeout=20
+        ), gw.stderr()
         assert gw.proc is not None and gw.proc.poll() is None
     finally:
         assert await gw.stop() == 0
@@ -366,8 +419,16 @@ def test_a_port_in_use_is_one_line(tmp_path):
                 f'[server]\nhost = "127.0.0.1"\nport = {port}\nworkers = {workers}\n'
                 + route("http://127.0.0.1:9")
             )
-            result = run(TWISTD, "--pidfile=", "-n", "--logfile=events.log", "avx-gateway",
-                         "--config", str(path), cwd=tmp_path)
+            result = run(
+                TWISTD,
+                "--pidfile=",
+                "-n",
+                "--logfile=events.log",
+                "avx-gateway",
+                "--config",
+                str(path),
+                cwd=tmp_path,
+            )
             assert result.returncode == 1
             assert result.stderr == (
                 f"avx-gateway: server.host/port: cannot listen on tcp:{port}:interface=127.0.0.1: "
@@ -379,6 +440,56 @@ def test_a_port_in_use_is_one_line(tmp_path):
             assert "cannot listen" in (tmp_path / "events.log").read_text()
     finally:
         holder.close()
+
+
+def test_a_permission_denied_bind_is_one_line():
+    """A port below the unprivileged range, bound by a gateway that is not root (the tests run
+    as root: twistd runs as ``nobody`` here, as a systemd unit with ``User=`` would)."""
+    nobody = pwd.getpwnam("nobody")
+    # util-linux's setpriv (in every Debian base image): the real uid, gid and groups changed,
+    # every capability gone.
+    setpriv = shutil.which("setpriv")
+    assert setpriv is not None, "setpriv (util-linux) is needed to run twistd as nobody"
+    as_nobody = [setpriv, f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups"]
+    first_free = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    # Every user may bind any port when the range starts at 0: then a unix socket in a
+    # directory the user cannot write to refuses it just the same.
+    with tempfile.TemporaryDirectory() as top:
+        work = Path(top)
+        work.chmod(0o777)  # readable config, writable event log, for nobody
+        locked = work / "locked"
+        locked.mkdir(mode=0o755)
+        if first_free > 1:
+            port = min(80, first_free - 1)
+            server = f'host = "127.0.0.1"\nport = {port}'
+            key, endpoint = "server.host/port", f"tcp:{port}:interface=127.0.0.1"
+        else:
+            server = f'listen = ["unix:{locked}/gw.sock"]'
+            key, endpoint = "server.listen", f"unix:{locked}/gw.sock"
+        path = work / "gw.toml"
+        path.write_text(f"[server]\n{server}\n" + route("http://127.0.0.1:9"))
+        path.chmod(0o644)
+        result = subprocess.run(
+            [
+                *as_nobody,
+                TWISTD,
+                "--pidfile=",
+                "-n",
+                "--logfile=events.log",
+                "avx-gateway",
+                "--config",
+                str(path),
+            ],
+            cwd=work,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 1, result
+        assert result.stderr == (
+            f"avx-gateway: {key}: cannot listen on {endpoint}: Permission denied\n"
+        ), result.stderr
+        assert "Permission denied" in (work / "events.log").read_text()
 
 
 def test_the_demo_upstreams_port_in_use_is_one_line():
@@ -415,8 +526,10 @@ def test_a_private_listener_in_use_names_its_key(tmp_path):
         assert result.returncode == 1
         lines = result.stderr.strip().splitlines()
         assert "Traceback" not in result.stderr
-        assert f"cannot listen on tcp:{busy}:interface=127.0.0.1 (metrics.listen): Address " \
-               "already in use" in lines[-1]
+        assert (
+            f"cannot listen on tcp:{busy}:interface=127.0.0.1 (metrics.listen): Address "
+            "already in use" in lines[-1]
+        )
     finally:
         holder.close()
 
@@ -428,7 +541,9 @@ def test_a_private_listener_in_use_names_its_key(tmp_path):
 async def test_metrics_and_probes_on_their_own_listeners(tmp_path, closer):
     up = closer.add(upstream(EchoResource("svc")))
     port, metrics_port, health_port = free_port(), free_port(), free_port()
-    gw = Twistd(tmp_path, f"""
+    gw = Twistd(
+        tmp_path,
+        f"""
         [server]
         host = "127.0.0.1"
         port = {port}
@@ -441,7 +556,8 @@ async def test_metrics_and_probes_on_their_own_listeners(tmp_path, closer):
         path = "/api/*"
         [routes.upstream]
         urls = ["{up.url}"]
-    """).start()
+    """,
+    ).start()
     try:
         await gw.until(f"http://127.0.0.1:{health_port}/healthz")
         data = f"http://127.0.0.1:{port}"
@@ -485,14 +601,17 @@ def test_hash_prints_the_sha256_for_the_config():
 async def test_stdout_carries_only_access_records_and_events_are_json(tmp_path, closer):
     up = closer.add(upstream(EchoResource("svc")))
     port = free_port()
-    gw = Twistd(tmp_path, f"""
+    gw = Twistd(
+        tmp_path,
+        f"""
         [server]
         host = "127.0.0.1"
         port = {port}
         [logging]
         event_format = "json"
         {route(up.url)}
-    """).start()
+    """,
+    ).start()
     try:
         await gw.until(f"http://127.0.0.1:{port}/healthz")
         assert (await get(f"http://127.0.0.1:{port}/a"))[0] == 200
@@ -517,13 +636,16 @@ async def test_stdout_carries_only_access_records_and_events_are_json(tmp_path, 
 async def test_shutdown_delay_keeps_serving_while_not_ready(tmp_path, closer):
     up = closer.add(upstream(EchoResource("svc")))
     port = free_port()
-    gw = Twistd(tmp_path, f"""
+    gw = Twistd(
+        tmp_path,
+        f"""
         [server]
         host = "127.0.0.1"
         port = {port}
         shutdown_delay_ms = 1500
         {route(up.url)}
-    """).start()
+    """,
+    ).start()
     base = f"http://127.0.0.1:{port}"
     await gw.until(base + "/healthz")
     assert (await get(base + "/ready"))[0] == 200
