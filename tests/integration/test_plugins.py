@@ -11,7 +11,10 @@ import pytest
 import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
+from twisted.logger import globalLogPublisher
+from twisted.web.resource import Resource
 
 from avx_twisted import plugins
 from avx_twisted.demo import EchoResource
@@ -62,8 +65,9 @@ class Boom:
     api_version = 1
 
     def __init__(self, config: plugins.PluginConfig) -> None:
-        self.phase = config.str("phase", choices=("request", "deferred", "upstream", "response",
-                                                  "body", "log"))
+        self.phase = config.str(
+            "phase", choices=("request", "deferred", "upstream", "response", "body", "log", "error")
+        )
 
     def on_request(self, request: Any, ctx: Any) -> Any:
         if self.phase == "request":
@@ -88,6 +92,53 @@ class Boom:
     def on_log(self, ctx: Any, summary: dict[str, Any]) -> None:
         if self.phase == "log":
             raise RuntimeError("secret internals of the plugin")
+
+    def on_error(self, ctx: Any, error: str) -> None:
+        if self.phase == "error":
+            raise RuntimeError("secret internals of the plugin")
+
+
+class Waits:
+    """Uses ``ctx.clock`` to wait a little (callLater) and ``ctx.log`` to say so."""
+
+    api_version = 1
+    clocks: list[Any] = []
+
+    def __init__(self, config: plugins.PluginConfig) -> None:
+        pass
+
+    def on_request(self, request: Any, ctx: Any) -> Any:
+        Waits.clocks.append(ctx.clock)
+        asked = ctx.clock.seconds()
+        done: Deferred[None] = Deferred()
+
+        def later() -> None:
+            request.headers.set("X-Waited", "yes")
+            ctx.log.info(
+                "waited for {path} since {asked}",
+                path=request.path,
+                asked=asked,
+                request_id=ctx.request_id,
+            )
+            done.callback(None)
+
+        ctx.clock.callLater(0.01, later)
+        return done
+
+
+class SeenResource(Resource):
+    """A resource route's answer: the X-Mark header it was given; records each call."""
+
+    isLeaf = True
+    calls: list[str] = []
+
+    def render_GET(self, request: Any) -> bytes:
+        SeenResource.calls.append(request.uri.decode())
+        request.setHeader(b"Content-Type", b"text/plain")
+        return b"resource saw X-Mark=" + (request.getHeader(b"x-mark") or b"-")
+
+
+seen_resource = SeenResource()
 
 
 class Rewrite:
@@ -156,28 +207,70 @@ class Recorder:
 
 @pytest.fixture(autouse=True)
 def registered():
-    for name, factory in [("mark", Mark), ("mark2", Mark), ("deny", Deny), ("boom", Boom),
-                          ("rewrite", Rewrite), ("upper", Upper), ("recorder", Recorder),
-                          ("side-call", SideCall)]:
+    factories = [
+        ("mark", Mark),
+        ("mark2", Mark),
+        ("deny", Deny),
+        ("boom", Boom),
+        ("rewrite", Rewrite),
+        ("upper", Upper),
+        ("recorder", Recorder),
+        ("side-call", SideCall),
+        ("waits", Waits),
+    ]
+    for name, factory in factories:
         plugins.register(name, factory)
     SEEN.clear()
     Recorder.logged.clear()
     Recorder.errors.clear()
+    Waits.clocks.clear()
+    SeenResource.calls.clear()
     yield
-    for name in ("mark", "mark2", "deny", "boom", "rewrite", "upper", "recorder", "side-call"):
+    for name, _ in factories:
         plugins.unregister(name)
 
 
+@pytest.fixture
+def events():
+    """Every event logged while the test runs (the in-process gateway logs here)."""
+    logged: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(logged.append)
+    yield logged
+    globalLogPublisher.removeObserver(logged.append)
+
+
+async def scrape(gw) -> dict[tuple[str, str, str], float]:
+    """The gateway's plugin series from a real /metrics scrape: (sample, plugin, phase) ->
+    value."""
+    response = await http("GET", f"http://127.0.0.1:{gw.port}/metrics")
+    text = (await response.content()).decode()
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith("avx_plugin_") and "le" not in sample.labels:
+                found[(sample.name, sample.labels["plugin"], sample.labels["phase"])] = sample.value
+    return found
+
+
 def gw_for(closer, url: str, route_plugins: list, global_plugins: list = (), **route: Any):
-    return closer.add(gateway({
-        "server": {"host": "127.0.0.1", "port": 0},
-        "plugins": {"global": list(global_plugins)},
-        "routes": [
-            {"name": "plain", "path": "/plain/*", "upstream": {"urls": [url]}},
-            {"name": "api", "path": "/api/{id}/*", "plugins": route_plugins,
-             "upstream": {"urls": [url]}, **route},
-        ],
-    }))
+    return closer.add(
+        gateway(
+            {
+                "server": {"host": "127.0.0.1", "port": 0},
+                "plugins": {"global": list(global_plugins)},
+                "routes": [
+                    {"name": "plain", "path": "/plain/*", "upstream": {"urls": [url]}},
+                    {
+                        "name": "api",
+                        "path": "/api/{id}/*",
+                        "plugins": route_plugins,
+                        "upstream": {"urls": [url]},
+                        **route,
+                    },
+                ],
+            }
+        )
+    )
 
 
 async def call(gw, method: str, path: str, **kw):
@@ -195,8 +288,10 @@ async def test_request_phases_in_order_response_phases_in_reverse(closer):
     gw = gw_for(
         closer,
         up.url,
-        [{"name": "mark2", "config": {"name": "route", "delay": 0.01}},
-         {"name": "deny", "config": {"header": "X-Nope"}}],
+        [
+            {"name": "mark2", "config": {"name": "route", "delay": 0.01}},
+            {"name": "deny", "config": {"header": "X-Nope"}},
+        ],
         global_plugins=[mark("global"), {"name": "recorder"}],
     )
     response, body = await call(gw, "GET", "/api/7/x")
@@ -204,8 +299,12 @@ async def test_request_phases_in_order_response_phases_in_reverse(closer):
     assert json.loads(body)["headers"]["X-Mark"] == ["global", "route"]
     assert response.headers.getRawHeaders("x-mark-back") == ["route", "global"]
     assert response.headers.getRawHeaders("x-marks-seen") == ["global,route"]
-    assert SEEN == [("request", "global"), ("request", "route"), ("response", "route"),
-                    ("response", "global")]
+    assert SEEN == [
+        ("request", "global"),
+        ("request", "route"),
+        ("response", "route"),
+        ("response", "global"),
+    ]
     # A short-circuit goes back through the response phases of the plugins before it.
     SEEN.clear()
     response, body = await call(gw, "GET", "/api/7/x", headers={"X-Nope": "1"})
@@ -223,12 +322,17 @@ async def test_request_phases_in_order_response_phases_in_reverse(closer):
 @ensure
 async def test_global_plugins_run_before_the_routes_own(closer):
     up = closer.add(upstream(EchoResource("svc")))
-    gw = closer.add(gateway({
-        "server": {"host": "127.0.0.1", "port": 0},
-        "plugins": {"global": [{"name": "mark", "config": {"name": "global"}}]},
-        "routes": [{"path": "/*", "plugins": [{"name": "upper"}], "upstream": {"urls": [up.url]}},
-                   ],
-    }))
+    gw = closer.add(
+        gateway(
+            {
+                "server": {"host": "127.0.0.1", "port": 0},
+                "plugins": {"global": [{"name": "mark", "config": {"name": "global"}}]},
+                "routes": [
+                    {"path": "/*", "plugins": [{"name": "upper"}], "upstream": {"urls": [up.url]}},
+                ],
+            }
+        )
+    )
     response, body = await call(gw, "GET", "/x")
     assert response.code == 200
     assert b'"X-MARK": [' in body  # upper-cased by the route's plugin, marked by the global one
@@ -248,10 +352,16 @@ async def test_exceptions_answer_500_and_never_leak(closer):
         assert (await call(gw, "GET", "/plain/x"))[0].code == 200
         _, text = await call(gw, "GET", "/metrics")
         families = {f.name: f for f in text_string_to_metric_families(text.decode())}
-        errors = {(s.labels["plugin"], s.labels["phase"]): s.value
-                  for s in families["avx_plugin_errors"].samples}
-        want = {"request": "request", "deferred": "request", "upstream": "upstream_request",
-                "response": "response"}[phase]
+        errors = {
+            (s.labels["plugin"], s.labels["phase"]): s.value
+            for s in families["avx_plugin_errors"].samples
+        }
+        want = {
+            "request": "request",
+            "deferred": "request",
+            "upstream": "upstream_request",
+            "response": "response",
+        }[phase]
         assert errors[("boom", want)] == 1, errors
 
 
@@ -265,11 +375,86 @@ async def test_a_failing_body_plugin_cuts_the_response(closer):
 
 
 @ensure
-async def test_a_failing_log_plugin_changes_nothing(closer):
+async def test_a_failing_log_plugin_changes_nothing(closer, events):
     up = closer.add(upstream(EchoResource("svc")))
-    gw = gw_for(closer, up.url, [{"name": "boom", "config": {"phase": "log"}}])
-    assert (await call(gw, "GET", "/api/1/x"))[0].code == 200
-    assert (await call(gw, "GET", "/api/1/x"))[0].code == 200
+    gw = gw_for(
+        closer, up.url, [{"name": "recorder"}, {"name": "boom", "config": {"phase": "log"}}]
+    )
+    for _ in range(2):
+        response, body = await call(gw, "GET", "/api/1/x")
+        assert response.code == 200 and json.loads(body)["uri"] == "/api/1/x"
+    # Logged with the plugin's name and the request, counted; the next plugin's on_log ran.
+    failures = [e for e in events if e.get("log_format") == "plugin {plugin} failed in on_log"]
+    assert [e["plugin"] for e in failures] == ["boom", "boom"]
+    assert all(e["log_failure"].check(RuntimeError) for e in failures)
+    assert [r["request_id"] for r in Recorder.logged] == [
+        e["request_id"].decode() for e in failures
+    ]
+    values = await scrape(gw)
+    assert values[("avx_plugin_calls_total", "boom", "log")] == 2
+    assert values[("avx_plugin_errors_total", "boom", "log")] == 2
+    assert values[("avx_plugin_errors_total", "recorder", "log")] == 0
+
+
+@ensure
+async def test_a_failing_error_plugin_is_isolated(closer, events):
+    dead = f"http://127.0.0.1:{free_port()}"
+    gw = gw_for(
+        closer, dead, [{"name": "recorder"}, {"name": "boom", "config": {"phase": "error"}}]
+    )
+    response, body = await call(gw, "GET", "/api/1/x")
+    # The answer is the gateway's usual one, and the other plugin's on_error still ran.
+    assert response.code == 502
+    assert json.loads(body)["error"] == "upstream unavailable"
+    assert b"secret" not in body
+    assert Recorder.errors == ["upstream unavailable"]
+    failures = [e for e in events if e.get("log_format") == "plugin {plugin} failed in on_error"]
+    assert [e["plugin"] for e in failures] == ["boom"]
+    values = await scrape(gw)
+    assert values[("avx_plugin_calls_total", "boom", "error")] == 1
+    assert values[("avx_plugin_errors_total", "boom", "error")] == 1
+    # A request without an error calls no on_error; the gateway goes on.
+    assert (await call(gw, "GET", "/metrics"))[0].code == 200
+    assert (await scrape(gw))[("avx_plugin_calls_total", "boom", "error")] == 1
+
+
+@ensure
+async def test_calls_and_durations_per_plugin_and_phase_in_a_real_scrape(closer):
+    up = closer.add(upstream(EchoResource("svc")))
+    gw = gw_for(closer, up.url, [mark("route"), {"name": "rewrite"}])
+    for _ in range(3):
+        assert (await call(gw, "GET", "/api/1/x"))[0].code == 200
+    values = await scrape(gw)
+    for plugin, phase in [
+        ("mark", "request"),
+        ("mark", "response"),
+        ("rewrite", "upstream_request"),
+    ]:
+        assert values[("avx_plugin_calls_total", plugin, phase)] == 3, (plugin, phase)
+        assert values[("avx_plugin_errors_total", plugin, phase)] == 0
+        assert values[("avx_plugin_duration_seconds_count", plugin, phase)] == 3
+        assert values[("avx_plugin_duration_seconds_sum", plugin, phase)] >= 0
+    # Only implemented phases have series at all.
+    assert {(p, ph) for (_, p, ph) in values} == {
+        ("mark", "request"),
+        ("mark", "response"),
+        ("rewrite", "upstream_request"),
+    }
+
+
+@ensure
+async def test_ctx_clock_and_ctx_log(closer, events):
+    up = closer.add(upstream(EchoResource("svc")))
+    gw = gw_for(closer, up.url, [{"name": "waits"}])
+    response, body = await call(gw, "GET", "/api/1/x", headers={"X-Request-ID": "clock-1"})
+    assert response.code == 200
+    # The header was set in the callLater'd function, before the request went on upstream.
+    assert json.loads(body)["headers"]["X-Waited"] == ["yes"]
+    assert Waits.clocks == [reactor]
+    [said] = [e for e in events if e.get("log_format") == "waited for {path} since {asked}"]
+    assert said["log_namespace"] == "avx_twisted.plugins"
+    assert said["path"] == "/api/1/x" and said["request_id"] == "clock-1"
+    assert isinstance(said["asked"], float)
 
 
 @ensure
@@ -300,6 +485,45 @@ async def test_response_body_streamed_and_buffered(closer):
     assert response.code == 200 and body == big
     response, _ = await call(gw3, "HEAD", "/api/1/x")
     assert response.code == 200
+    # The body over the cap is counted as an error of the phase (and the plugin was never
+    # called: it would have wrapped the body in <>); a HEAD calls nothing.
+    values = await scrape(gw3)
+    assert values[("avx_plugin_errors_total", "upper", "response_body")] == 1
+    assert values[("avx_plugin_calls_total", "upper", "response_body")] == 0
+
+
+@ensure
+async def test_plugins_run_before_a_resource_route_answers(closer):
+    gw = closer.add(
+        gateway(
+            {
+                "server": {"host": "127.0.0.1", "port": 0},
+                "routes": [
+                    {
+                        "name": "res",
+                        "path": "/res/*",
+                        "resource": "tests.integration.test_plugins:seen_resource",
+                        "plugins": [
+                            mark("first"),
+                            {"name": "deny", "config": {"header": "X-Nope"}},
+                        ],
+                    }
+                ],
+            }
+        )
+    )
+    # A header-setting plugin's change is what the resource sees.
+    response, body = await call(gw, "GET", "/res/a")
+    assert response.code == 200, body
+    assert body == b"resource saw X-Mark=first"
+    assert SeenResource.calls == ["/res/a"]
+    # A plugin's short-circuit answers, and the resource never runs.
+    response, body = await call(gw, "GET", "/res/b", headers={"X-Nope": "1"})
+    assert response.code == 403
+    assert json.loads(body)["error"] == "forbidden header"
+    assert SeenResource.calls == ["/res/a"]
+    # As documented, the resource's own answer skips on_response; the short-circuit does not.
+    assert SEEN == [("request", "first"), ("request", "first"), ("response", "first")]
 
 
 @ensure
