@@ -30,9 +30,14 @@ def config(up_url: str, redis_url: str, on_error: str = "allow", burst: int = 5)
         "server": {"host": "127.0.0.1", "port": 0},
         "routes": [{"name": "api", "path": "/*", "upstream": {"urls": [up_url]}}],
         "middleware": {"enable_rate_limiting": True, "enable_logging": False},
-        "rate_limiting": {"requests_per_second": 0.01, "burst_size": burst, "key": "route",
-                          "backend": "redis", "redis_url": redis_url,
-                          "on_backend_error": on_error},
+        "rate_limiting": {
+            "requests_per_second": 0.01,
+            "burst_size": burst,
+            "key": "route",
+            "backend": "redis",
+            "redis_url": redis_url,
+            "on_backend_error": on_error,
+        },
     }
 
 
@@ -130,7 +135,8 @@ async def test_two_real_twistd_processes_hold_one_shared_limit(tmp_path, closer)
         for n in range(2):
             port = free_port()
             path = tmp_path / f"gw{n}.toml"
-            path.write_text(textwrap.dedent(f"""
+            path.write_text(
+                textwrap.dedent(f"""
                 [server]
                 host = "127.0.0.1"
                 port = {port}
@@ -148,7 +154,8 @@ async def test_two_real_twistd_processes_hold_one_shared_limit(tmp_path, closer)
                 key = "route"
                 backend = "redis"
                 redis_url = "{redis.url}"
-            """))
+            """)
+            )
             gateways.append(await GatewayProcess(path, port).start())
         codes = []
         for i in range(20):
@@ -210,23 +217,37 @@ async def test_wrong_or_missing_password_is_a_backend_error(tmp_path, closer):
     finally:
         globalLogPublisher.removeObserver(events.append)
     logged = [formatEvent(e) for e in events]
-    assert any(f"Redis redis://:***@127.0.0.1:{redis.port}/0) unavailable" in line
-               for line in logged), logged
+    assert any(
+        f"Redis redis://:***@127.0.0.1:{redis.port}/0) unavailable" in line for line in logged
+    ), logged
     assert not any("wrong-pw" in line for line in logged)
 
 
 @ensure
 async def test_acl_user_logs_in_with_its_name(tmp_path, closer):
-    redis = start(closer, tmp_path, args=[
-        "--user", "default", "off",
-        "--user", "gw", "on", ">gw-pw", "~avx:rl:*", "+@all",
-    ])
+    redis = start(
+        closer,
+        tmp_path,
+        args=[
+            "--user",
+            "default",
+            "off",
+            "--user",
+            "gw",
+            "on",
+            ">gw-pw",
+            "~avx:rl:*",
+            "+@all",
+        ],
+    )
     s = store(closer, f"redis://gw:gw-pw@127.0.0.1:{redis.port}/0")
     assert await take(s)
     assert redis.call("EXISTS", "avx:rl:k", user="gw", password="gw-pw") == b":1\r\n"
     # the same password without the user name is the (disabled) default user's
-    for url in [f"redis://:gw-pw@127.0.0.1:{redis.port}/0",
-                f"redis://gw:wrong@127.0.0.1:{redis.port}/0"]:
+    for url in [
+        f"redis://:gw-pw@127.0.0.1:{redis.port}/0",
+        f"redis://gw:wrong@127.0.0.1:{redis.port}/0",
+    ]:
         refused = store(closer, url)
         assert not await take(refused)
         assert refused.errors == 1
@@ -263,8 +284,10 @@ async def test_rediss_refuses_a_server_whose_ca_is_not_trusted(tmp_path, closer)
     other = tmp_path / "other"
     other.mkdir()
     other_ca = make_ca_and_server(other)["ca"]
-    for url in [f"rediss://127.0.0.1:{redis.port}/0?ssl_ca_certs={other_ca}",
-                f"rediss://127.0.0.1:{redis.port}/0"]:  # the system trust store
+    for url in [
+        f"rediss://127.0.0.1:{redis.port}/0?ssl_ca_certs={other_ca}",
+        f"rediss://127.0.0.1:{redis.port}/0",
+    ]:  # the system trust store
         s = store(closer, url)
         assert not await take(s)
         assert s.errors == 1
@@ -298,15 +321,15 @@ async def test_rediss_with_ssl_cert_reqs_none_takes_any_certificate(tmp_path, cl
 def test_rediss_with_a_ca_file_that_does_not_load_is_a_config_error(tmp_path):
     (tmp_path / "empty.pem").write_text("")
     (tmp_path / "bad.pem").write_text("-----BEGIN CERTIFICATE-----\nAA\n-----END CERTIFICATE-----")
-    for name, why in [("missing.pem", "cannot be read: No such file or directory"),
-                      ("empty.pem", "holds no PEM certificate"),
-                      ("bad.pem", "holds a certificate that does not load")]:
+    for name, why in [
+        ("missing.pem", "cannot be read: No such file or directory"),
+        ("empty.pem", "holds no PEM certificate"),
+        ("bad.pem", "holds a certificate that does not load"),
+    ]:
         path = tmp_path / name
         with pytest.raises(ConfigError) as caught:
             RedisStore(f"rediss://127.0.0.1:1/0?ssl_ca_certs={path}", reactor)
-        assert caught.value.errors == [
-            f"rate_limiting.redis_url: ssl_ca_certs {str(path)!r} {why}"
-        ]
+        assert caught.value.errors == [f"rate_limiting.redis_url: ssl_ca_certs {str(path)!r} {why}"]
 
 
 async def tls_handshake(url: str) -> bytes | Failure:

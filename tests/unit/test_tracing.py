@@ -208,7 +208,10 @@ class ServerSpanTests(TracingTestCase):
         fields = [(b"Authorization", b"Bearer secret-token")]
         attempt = trace.start_attempt(
             "http://user:secret-pass@10.0.0.5:8001/api/users/42?token=secret-query",
-            "10.0.0.5", 8001, b"GET", fields,
+            "10.0.0.5",
+            8001,
+            b"GET",
+            fields,
         )
         attempt.end(200)
         trace.end(200)
@@ -253,9 +256,7 @@ class ServerSpanTests(TracingTestCase):
         ]
         tracer, exporter = self.tracer()
         for status, reason, error_type in cases:
-            tracer.start_request(FakeRequest(), context(error_type=error_type)).end(
-                status, reason
-            )
+            tracer.start_request(FakeRequest(), context(error_type=error_type)).end(status, reason)
         spans = exporter.get_finished_spans()
         self.assertEqual(len(spans), len(cases))
         for span, (status, _, _) in zip(spans, cases):
@@ -299,8 +300,9 @@ class ServerSpanTests(TracingTestCase):
         self.assertIsNot(trace_api.get_tracer_provider(), tracer._provider)
 
     def test_response_header_name_as_bytes(self) -> None:
-        self.assertEqual(self.tracer(response_header="X-Trace-Id")[0].response_header,
-                         b"X-Trace-Id")
+        self.assertEqual(
+            self.tracer(response_header="X-Trace-Id")[0].response_header, b"X-Trace-Id"
+        )
         self.assertEqual(self.tracer()[0].response_header, b"")
 
 
@@ -373,9 +375,7 @@ class ClientSpanTests(TracingTestCase):
             self.assertEqual(len(client), 1)
             self.assertEqual(client[0].status.status_code, code, (status, error_type))
             self.assertEqual(client[0].attributes.get("error.type"), expected_type)
-            self.assertEqual(
-                client[0].attributes.get("http.response.status_code"), status or None
-            )
+            self.assertEqual(client[0].attributes.get("http.response.status_code"), status or None)
 
     def test_request_end_ends_open_attempts(self) -> None:
         tracer, exporter = self.tracer()
@@ -618,15 +618,13 @@ class DroppedSpanTests(SynchronousTestCase):
     def test_shutdown_waits_only_so_long_for_a_stuck_collector(self) -> None:
         blocking = Blocking()
         self.addCleanup(blocking.release.set)
-        tracer = Tracing(TracingConfig(), exporter=blocking, batch=True,
-                         schedule_delay_millis=1)
+        tracer = Tracing(TracingConfig(), exporter=blocking, batch=True, schedule_delay_millis=1)
         tracer.start_request(FakeRequest(), context()).end(200)
         self.assertTrue(blocking.entered.wait(10))
         started = time.perf_counter()
         tracer.shutdown(timeout=0.2)
         self.assertLess(time.perf_counter() - started, 2.0)
-        self.assertTrue(any("not exported within" in e.get("log_format", "")
-                            for e in self.events))
+        self.assertTrue(any("not exported within" in e.get("log_format", "") for e in self.events))
         tracer.shutdown()  # once is enough
 
 
