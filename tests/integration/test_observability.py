@@ -135,7 +135,9 @@ async def test_metrics_count_a_known_mix_exactly(tmp_path, closer):
     assert value(s, "avx_upstream_healthy", route="users", upstream=up.url) == 1
     assert value(s, "avx_circuit_state", route="broken", upstream=dead) == 0
     assert value(s, "avx_requests_in_flight") == 0
-    assert value(s, "avx_open_connections") == 1  # the scrape's own connection
+    # The scrape's own connection.
+    assert value(s, "avx_open_connections", protocol="http/1.1") == 1
+    assert value(s, "avx_open_connections", protocol="h2") == 0
     assert value(s, "process_resident_memory_bytes") > 0
     # Buckets run from 0.5 ms to 30 s.
     get_200 = {"route": "users", "method": "GET", "status_class": "2xx"}
