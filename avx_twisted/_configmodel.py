@@ -94,7 +94,7 @@ class ListenerConfig:
     tls: ListenerTlsConfig | None = None
     proxy_protocol: bool = False
     #: h2 by ALPN on TLS, h2c with prior knowledge on cleartext.
-    http2: bool = False
+    http2: bool = True
 
 
 @dataclass(frozen=True)

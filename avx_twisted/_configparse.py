@@ -495,7 +495,7 @@ class Parser:
             if not lt.has("endpoint"):
                 self.error(lt.key("endpoint"), "is required (a Twisted endpoint string)")
             endpoint = lt.get("endpoint", "str", None, _plain_endpoint)
-            http2 = lt.get("http2", "bool", False)
+            http2 = lt.get("http2", "bool", True)
             tls_t = lt.table("tls", _LISTENER_TLS_KEYS)
             tls = self.listener_tls(tls_t) if tls_t is not None else None
             proxy = lt.get("proxy_protocol", "bool", False)

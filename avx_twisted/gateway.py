@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from . import grpc
 from .context import RequestContext
 from .errors import REFUSALS, Answer, error_answer
 from .filters import body_size, run_filters, send_answer
@@ -143,6 +144,8 @@ class GatewayHandler:
             return
         route = match.value
         ctx.route = route.name
+        if route.grpc:
+            ctx.grpc = grpc.is_call(request.fields)
         target = match.upstream_target
         if route.rewrite_target is not None:
             target = route.rewrite_target(target)
@@ -253,11 +256,17 @@ class GatewayHandler:
                 route.request_bytes.inc(received)
             if sent:
                 route.response_bytes.inc(sent)
+            if ctx.grpc:
+                service, method = grpc.service_method(request.path)
+                code = grpc.code_name(_grpc_status(ctx, failure))
+                calls, call_durations = route.grpc(service or "other", method or "other", code)
+                calls.inc()
+                call_durations.observe(duration)
         if failure is not None and ctx.error is None:
             ctx.error = "client closed the connection"
         trace = ctx.trace
         if trace is not None:
-            trace.end(status, ctx.error)
+            trace.end(status)
         record: list[dict[str, Any]] = []  # made once, for on_log and the access log
         chain = ctx.chain
         if chain is not None:
@@ -314,6 +323,7 @@ class GatewayHandler:
             tls_version=tls.version if tls is not None else None,
             client_cert_subject=cert.subject if cert is not None else None,
             client_cert_sha256=cert.sha256 if cert is not None else None,
+            **_grpc_fields(request, ctx),
         )
 
     def _preflight(self, request: Any, ctx: RequestContext) -> Optional[Answer]:
@@ -343,6 +353,23 @@ def trace_id(traceparent: Optional[bytes]) -> Optional[str]:
     if match is None or match.group(1) == b"0" * 32:
         return None
     return match.group(1).decode("ascii")
+
+
+def _grpc_status(ctx: RequestContext, failure: Optional[Failure]) -> Optional[int]:
+    """A call's outcome: its ``grpc-status``; a client that went away cancelled it."""
+    if ctx.grpc_status is None and failure is not None:
+        return 1  # CANCELLED
+    return ctx.grpc_status
+
+
+_NO_GRPC = {"grpc_service": None, "grpc_method": None, "grpc_status": None}
+
+
+def _grpc_fields(request: Any, ctx: RequestContext) -> dict[str, Any]:
+    if not ctx.grpc and ctx.grpc_status is None:
+        return _NO_GRPC
+    service, method = grpc.service_method(request.path)
+    return {"grpc_service": service, "grpc_method": method, "grpc_status": ctx.grpc_status}
 
 
 def _text(value: Optional[bytes]) -> Optional[str]:

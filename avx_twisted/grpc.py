@@ -136,3 +136,70 @@ def answer_fields(status: int, fields: Iterable[Pair], message: str) -> Tuple[in
     out += [(n, v) for n, v in fields if n.lower() in _KEPT]
     out += trailers(code, message)
     return code, out
+
+
+#: grpc.health.v1.Health/Check (grpc/doc/health-checking.md) and its SERVING status.
+HEALTH_CHECK_PATH = b"/grpc.health.v1.Health/Check"
+SERVING = 1
+
+
+def health_request(service: str) -> bytes:
+    """A ``HealthCheckRequest{service}`` as one length-prefixed gRPC message (the message has
+    one field, ``string service = 1``: its protobuf encoding is the tag, a varint length and
+    the UTF-8 bytes)."""
+    name = service.encode("utf-8")
+    message = b"\x0a" + _varint(len(name)) + name if name else b""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+def health_status(body: bytes) -> Optional[int]:
+    """The ``status`` (field 1, an enum) of the ``HealthCheckResponse`` in ``body`` (one
+    length-prefixed, uncompressed message); None when ``body`` is not one."""
+    if len(body) < 5 or body[0] != 0:
+        return None
+    size = int.from_bytes(body[1:5], "big")
+    message = body[5 : 5 + size]
+    if len(message) != size:
+        return None
+    at = 0
+    status = 0  # proto3: an absent enum is its zero value (UNKNOWN)
+    while at < len(message):
+        key, at = _read_varint(message, at)
+        if key is None:
+            return None
+        field, kind = key >> 3, key & 7
+        if kind == 0:
+            value, at = _read_varint(message, at)
+            if value is None:
+                return None
+            if field == 1:
+                status = value
+        elif kind == 2:
+            length, at = _read_varint(message, at)
+            if length is None or at + length > len(message):
+                return None
+            at += length
+        else:
+            return None
+    return status
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _read_varint(data: bytes, at: int) -> Tuple[Optional[int], int]:
+    value = shift = 0
+    while at < len(data) and shift < 64:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, at
+        shift += 7
+    return None, at

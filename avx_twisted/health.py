@@ -16,6 +16,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 
+from avx_twisted import grpc
 from avx_twisted.config import HealthCheckConfig
 from avx_twisted.upstream import Target
 
@@ -95,13 +96,43 @@ class HealthChecker:
         return waiter
 
     def _send(self) -> Deferred[bool]:
-        d = maybeDeferred(self._agent.request, b"GET", self._uri, self._headers.copy())
-        d.addCallback(self._read)
+        if self.config.kind == "grpc":
+            d = maybeDeferred(self._ask_grpc)
+        else:
+            d = maybeDeferred(self._agent.request, b"GET", self._uri, self._headers.copy())
+            d.addCallback(self._read)
         # A real Agent fails a cancelled request with e.g. ResponseNeverReceived, not
         # CancelledError, so who cancelled is remembered rather than read off the failure.
         d.addTimeout(self.config.timeout_ms / 1000.0, self._clock, self._on_timeout)
         d.addCallbacks(self._got_status, self._failed)
         return d
+
+    def _ask_grpc(self) -> Deferred[int]:
+        """``grpc.health.v1.Health/Check`` over the target's HTTP/2 connections: SERVING
+        counts as status 200, anything else (another status, a gRPC error) as 503."""
+        target = self.target
+        fields = [
+            (b"host", target.netloc),
+            (b"content-type", b"application/grpc"),
+            (b"te", b"trailers"),
+            (b"user-agent", _USER_AGENT),
+        ]
+        d = target.connector.request_h2(
+            b"POST",
+            target.base_path + grpc.HEALTH_CHECK_PATH,
+            fields,
+            grpc.health_request(self.config.service),
+        )
+        return d.addCallback(_read_grpc_health)
+
+    def _got_status(self, code: int) -> bool:
+        if self.config.kind == "grpc":
+            if code == _SERVING:
+                self._record_success()
+                return True
+            self._record_failure(_GRPC_WHY.get(code, "not SERVING"))
+            return False
+        return self._got_http_status(code)
 
     def _read(self, response: IResponse) -> Deferred[int]:
         # Read the body even when the status is wrong so the pooled connection is reusable.
@@ -111,7 +142,7 @@ class HealthChecker:
         self._timed_out = True
         return result
 
-    def _got_status(self, code: int) -> bool:
+    def _got_http_status(self, code: int) -> bool:
         if code in self.config.expected_status:
             self._record_success()
             return True
@@ -171,6 +202,48 @@ class HealthChecker:
                 fn(self.target, healthy)
             except Exception:
                 self.log.failure("health listener {fn!r} failed", fn=fn)
+
+
+#: What a gRPC check's answer is mapped to: SERVING, another serving status, a gRPC error.
+_SERVING, _NOT_SERVING, _GRPC_ERROR = 200, 503, 502
+_GRPC_WHY = {_NOT_SERVING: "not SERVING", _GRPC_ERROR: "gRPC error"}
+
+
+class _Collect:
+    """A response body and its trailers, whole (a health answer is a few bytes)."""
+
+    def __init__(self, response: Any) -> None:
+        self.response = response
+        self.data: list[bytes] = []
+        self.trailers: list[tuple[bytes, bytes]] = []
+        self.done: Deferred[int] = Deferred(lambda _: response.abort())  # the check's timeout
+
+    def body_data(self, data: bytes) -> None:
+        if sum(map(len, self.data)) < 4096:
+            self.data.append(data)
+
+    def body_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        self.trailers = trailers
+
+    def body_done(self) -> None:
+        response = self.response
+        code = grpc.status_of(self.trailers) if self.trailers else None
+        if code is None:
+            code = grpc.status_of(response.fields)  # a trailers-only answer
+        if response.status != 200 or code != 0:
+            self.done.callback(_GRPC_ERROR)
+            return
+        status = grpc.health_status(b"".join(self.data))
+        self.done.callback(_SERVING if status == grpc.SERVING else _NOT_SERVING)
+
+    def body_failed(self, reason: Failure) -> None:
+        self.done.errback(reason)
+
+
+def _read_grpc_health(response: Any) -> Deferred[int]:
+    sink = _Collect(response)
+    response.deliver(sink)
+    return sink.done
 
 
 class HealthCheckers:

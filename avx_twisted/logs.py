@@ -57,6 +57,9 @@ FIELDS = (
     "tls_version",
     "client_cert_subject",
     "client_cert_sha256",
+    "grpc_service",
+    "grpc_method",
+    "grpc_status",
 )
 #: ``logging.level`` names and their twisted.logger levels.
 LEVELS = {

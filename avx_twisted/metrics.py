@@ -54,6 +54,10 @@ _CIRCUIT_GAUGE = {"closed": 0, "half_open": 1, "open": 2}
 _STATUS_CLASS = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 
 
+#: Distinct gRPC (service, method) label pairs per route.
+_MAX_GRPC_METHODS = 256
+
+
 class RouteMetrics:
     """The children of one route, bound once; per-request work is a dict lookup and an inc."""
 
@@ -67,6 +71,25 @@ class RouteMetrics:
         self._upstreams: dict[tuple[str, bytes, int], Any] = {}
         self._upstream_status: dict[tuple[str, int], Any] = {}
         self._websocket: Any = None
+        self._grpc: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+    def grpc(self, service: str, method: str, code: str) -> tuple[Any, Any]:
+        """The ``avx_grpc_requests_total`` and ``avx_grpc_request_duration_seconds`` children
+        of one gRPC method and status name. Methods are the client's to name: past
+        ``_MAX_GRPC_METHODS`` per route, new ones count as ``other``."""
+        key = (service, method, code)
+        children = self._grpc.get(key)
+        if children is None:
+            methods = {(s, m) for s, m, _ in self._grpc}
+            if (service, method) not in methods and len(methods) >= _MAX_GRPC_METHODS:
+                return self.grpc("other", "other", code)
+            m = self._metrics
+            children = (
+                m.grpc_requests.labels(self.route, service, method, code),
+                m.grpc_duration.labels(self.route, service, method),
+            )
+            self._grpc[key] = children
+        return children
 
     def request(self, method: bytes, status: int) -> tuple[Any, Any]:
         """The ``avx_requests_total`` and ``avx_request_duration_seconds`` children for this
@@ -141,6 +164,19 @@ class GatewayMetrics:
             "avx_requests_total",
             "Requests answered, by route, method and status.",
             ["route", "method", "status"],
+            registry=r,
+        )
+        self.grpc_requests = Counter(
+            "avx_grpc_requests_total",
+            "gRPC calls on gRPC routes, by route, service, method and grpc-status name.",
+            ["route", "grpc_service", "grpc_method", "grpc_code"],
+            registry=r,
+        )
+        self.grpc_duration = Histogram(
+            "avx_grpc_request_duration_seconds",
+            "Time from a gRPC call's start to its end, by route, service and method.",
+            ["route", "grpc_service", "grpc_method"],
+            buckets=DURATION_BUCKETS,
             registry=r,
         )
         self.request_duration = Histogram(

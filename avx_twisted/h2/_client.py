@@ -296,6 +296,7 @@ class H2ClientProtocol(Protocol):
         if extra > 0:
             conn.increment_flow_control_window(extra)
         self.transport.registerProducer(self, True)
+        self._registered = True
         self._write()
         self._became_idle()
 
@@ -587,6 +588,12 @@ class H2ClientProtocol(Protocol):
         if data and self.transport is not None:
             self.transport.write(data)
 
+    def _unregister(self) -> None:
+        """Before a close: TLS sends its close_notify only once no producer is registered."""
+        if getattr(self, "_registered", False):
+            self._registered = False
+            self.transport.unregisterProducer()
+
     def pauseProducing(self) -> None:
         """The upstream's socket is full: every stream's request body waits."""
         self.transport_paused = True
@@ -625,6 +632,7 @@ class H2ClientProtocol(Protocol):
             self._write()
         except ProtocolError:
             pass
+        self._unregister()
         self.transport.loseConnection()
         return d
 

@@ -279,6 +279,7 @@ class H2ServerProtocol(Protocol):
             }
         )
         self.transport.registerProducer(self, True)
+        self._registered = True
         factory.connection_made(self)
         self._flush_transport()
         self._arm_idle()
@@ -617,6 +618,12 @@ class H2ServerProtocol(Protocol):
         if data and self.transport is not None:
             self.transport.write(data)
 
+    def _unregister(self) -> None:
+        """Before a close: TLS sends its close_notify only once no producer is registered."""
+        if getattr(self, "_registered", False):
+            self._registered = False
+            self.transport.unregisterProducer()
+
     def pauseProducing(self) -> None:
         """The client's socket is full: every stream's upstream waits."""
         self.transport_paused = True
@@ -641,6 +648,7 @@ class H2ServerProtocol(Protocol):
         self.conn.graceful_goaway()
         self._flush_transport()
         if not self.streams:
+            self._unregister()
             self.transport.loseConnection()
             return True
         return False
@@ -648,6 +656,7 @@ class H2ServerProtocol(Protocol):
     def _close(self) -> None:
         if not self._closed and self.transport is not None:
             self._closed = True
+            self._unregister()
             self.transport.loseConnection()
 
     def _arm_idle(self) -> None:

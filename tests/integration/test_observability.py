@@ -239,11 +239,15 @@ async def test_json_access_log_has_one_line_per_request_with_every_field(tmp_pat
         "tls_version",
         "client_cert_subject",
         "client_cert_sha256",
+        "grpc_service",
+        "grpc_method",
+        "grpc_status",
     ]
     assert first["host"] == f"127.0.0.1:{port}" and first["protocol"] == "HTTP/1.1"
     assert first["upstream_status"] == 200 and first["retries"] == 0
     assert first["error"] is None and first["trace_id"] is None
     assert first["tls_version"] is None and first["client_cert_sha256"] is None  # cleartext
+    assert first["grpc_status"] is None  # not a gRPC call
     assert first["method"] == "GET" and first["path"] == "/users/1"
     assert first["route"] == "users" and first["upstream"] == up.url
     assert first["status"] == 200 and first["client_ip"] == "127.0.0.1"

@@ -75,12 +75,13 @@ class ListenerTests(SynchronousTestCase):
             self.assertEqual(load(server={"host": good}).server.host, good)
 
     def test_workers_need_shareable_listeners(self) -> None:
-        for endpoint in ("unix:/tmp/avx.sock", "systemd:domain=INET:index=0",
-                         "haproxy:tcp:8080"):
+        for endpoint in ("unix:/tmp/avx.sock", "systemd:domain=INET:index=0", "haproxy:tcp:8080"):
             found = errors(server={"workers": 2, "listen": [endpoint]})
             self.assertTrue(
-                any(e.startswith(f"server.listen: {endpoint!r} cannot be shared by 2 worker")
-                    for e in found),
+                any(
+                    e.startswith(f"server.listen: {endpoint!r} cannot be shared by 2 worker")
+                    for e in found
+                ),
                 found,
             )
             load(server={"workers": 1, "listen": [endpoint]})
@@ -107,9 +108,11 @@ class ListenerTests(SynchronousTestCase):
         private = load(
             metrics={"listen": "tcp:9090:interface=127.0.0.1"},
             health={"listen": "tcp:8081"},
-            routes=[{"path": "/*", "upstream": {"urls": ["http://a"]}},
-                    {"path": "/metrics", "upstream": {"urls": ["http://a"]}},
-                    {"path": "/healthz", "upstream": {"urls": ["http://a"]}}],
+            routes=[
+                {"path": "/*", "upstream": {"urls": ["http://a"]}},
+                {"path": "/metrics", "upstream": {"urls": ["http://a"]}},
+                {"path": "/healthz", "upstream": {"urls": ["http://a"]}},
+            ],
         )
         self.assertEqual(private.internal_paths(), {})
         self.assertEqual(private.metrics.listen, "tcp:9090:interface=127.0.0.1")

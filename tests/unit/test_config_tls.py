@@ -139,7 +139,7 @@ class ListenerTests(ConfigTestCase):
         listener = c.server.listeners[0]
         self.assertIsNone(listener.tls)
         self.assertFalse(listener.proxy_protocol)
-        self.assertFalse(listener.http2)
+        self.assertTrue(listener.http2)  # the contract: on by default
 
     def test_listeners_replace_host_and_port(self) -> None:
         c = self.load(self.listeners({"endpoint": "tcp:8443"}, host="10.0.0.1", port=9000))

@@ -35,6 +35,4 @@ class ClientAddressTests(SynchronousTestCase):
 
     def test_garbage_is_never_trusted(self):
         self.assertFalse(self.addresses.is_trusted("not-an-ip"))
-        self.assertEqual(
-            self.addresses.client_ip("127.0.0.1", [b"1.1.1.1, garbage"]), "garbage"
-        )
+        self.assertEqual(self.addresses.client_ip("127.0.0.1", [b"1.1.1.1, garbage"]), "garbage")

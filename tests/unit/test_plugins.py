@@ -52,8 +52,12 @@ class Idle:
 
 class PluginTestCase(SynchronousTestCase):
     def setUp(self) -> None:
-        for name, factory in [("tagger", Tagger), ("refuser", Refuser), ("future", Future),
-                              ("idle", Idle)]:
+        for name, factory in [
+            ("tagger", Tagger),
+            ("refuser", Refuser),
+            ("future", Future),
+            ("idle", Idle),
+        ]:
             plugins.register(name, factory)
             self.addCleanup(plugins.unregister, name)
 
@@ -88,8 +92,9 @@ class LoadTests(PluginTestCase):
         _, errors = plugins.load("nope", {}, "plugins.global[0]")
         self.assertEqual(len(errors), 1)
         self.assertTrue(
-            errors[0].startswith("plugins.global[0].name: 'nope' is not an installed plugin "
-                                 "(installed: "),
+            errors[0].startswith(
+                "plugins.global[0].name: 'nope' is not an installed plugin (installed: "
+            ),
             errors,
         )
         for name in ("tagger", "refuser", "idle"):
@@ -99,14 +104,18 @@ class LoadTests(PluginTestCase):
         _, errors = plugins.load("future", {}, "p")
         self.assertEqual(
             errors,
-            ["p.name: plugin 'future' declares plugin API version 2; this gateway implements "
-             "version 1"],
+            [
+                "p.name: plugin 'future' declares plugin API version 2; this gateway implements "
+                "version 1"
+            ],
         )
 
     def test_a_factory_that_raises_is_a_config_error_of_one_line(self) -> None:
         _, errors = plugins.load("refuser", {}, "p")
-        self.assertEqual(errors, ["p.config: plugin 'refuser' refused it: RuntimeError: cannot "
-                                  "start: no license"])
+        self.assertEqual(
+            errors,
+            ["p.config: plugin 'refuser' refused it: RuntimeError: cannot start: no license"],
+        )
 
     def test_a_plugin_without_phases_is_refused(self) -> None:
         _, errors = plugins.load("idle", {}, "p")
@@ -147,8 +156,9 @@ class ViewTests(SynchronousTestCase):
             request_id = "abc"
 
         err = plugins.error(403, "forbidden header", Ctx())
-        self.assertEqual(err.body, b'{"error": "forbidden header", "status": 403, '
-                                   b'"request_id": "abc"}\n')
+        self.assertEqual(
+            err.body, b'{"error": "forbidden header", "status": 403, "request_id": "abc"}\n'
+        )
 
 
 def config(**extra: Any) -> GatewayConfig:
@@ -174,46 +184,73 @@ class ConfigKeyTests(PluginTestCase):
         with self.assertRaises(ConfigError) as e:
             config(
                 server={"port": "x"},
-                route={"plugins": [{"name": "tagger", "config": {"header": 1}},
-                                   {"config": {}}, {"name": "nope"}]},
+                route={
+                    "plugins": [
+                        {"name": "tagger", "config": {"header": 1}},
+                        {"config": {}},
+                        {"name": "nope"},
+                    ]
+                },
             )
         errors = e.exception.errors
         self.assertIn("server.port: 'x' is not an integer", errors)
         self.assertIn("routes[0].plugins[0].config.header: 1 is not a string", errors)
         self.assertIn("routes[0].plugins[1].name: is required", errors)
-        self.assertTrue(any(x.startswith("routes[0].plugins[2].name: 'nope' is not an installed")
-                            for x in errors))
+        self.assertTrue(
+            any(
+                x.startswith("routes[0].plugins[2].name: 'nope' is not an installed")
+                for x in errors
+            )
+        )
 
     def test_the_same_plugin_twice_on_a_route_is_an_error(self) -> None:
         tag = {"name": "tagger", "config": {"header": "X-T"}}
         with self.assertRaises(ConfigError) as e:
             config(route={"plugins": [tag, tag]})
-        self.assertTrue(any(x.startswith("routes[0].plugins[1].name: plugin 'tagger' is already "
-                                         "on this route") for x in e.exception.errors))
+        self.assertTrue(
+            any(
+                x.startswith("routes[0].plugins[1].name: plugin 'tagger' is already on this route")
+                for x in e.exception.errors
+            )
+        )
         with self.assertRaises(ConfigError) as e:
             config(plugins={"global": [tag]}, route={"plugins": [tag]})
-        self.assertTrue(any(x.startswith("routes[0].plugins[0].name: plugin 'tagger' is already")
-                            for x in e.exception.errors))
+        self.assertTrue(
+            any(
+                x.startswith("routes[0].plugins[0].name: plugin 'tagger' is already")
+                for x in e.exception.errors
+            )
+        )
 
     def test_bad_shapes(self) -> None:
         with self.assertRaises(ConfigError) as e:
-            config(route={"plugins": {"name": "tagger"}}, plugins={"global": [{"name": "tagger",
-                   "config": 3, "x": 1}]})
+            config(
+                route={"plugins": {"name": "tagger"}},
+                plugins={"global": [{"name": "tagger", "config": 3, "x": 1}]},
+            )
         errors = e.exception.errors
-        self.assertIn("routes[0].plugins: must be a list of { name = ..., config = {...} } "
-                      "tables", errors)
+        self.assertIn(
+            "routes[0].plugins: must be a list of { name = ..., config = {...} } tables", errors
+        )
         self.assertIn("plugins.global[0].config: 3 is not a table", errors)
         self.assertTrue(any(x.startswith("plugins.global[0].x: unknown key") for x in errors))
 
     def test_tracing_keys(self) -> None:
         self.assertIsNone(config().tracing)
-        loaded = config(tracing={"exporter": "console", "sample_ratio": 0.5,
-                                 "response_header": "X-Trace-Id"})
+        loaded = config(
+            tracing={"exporter": "console", "sample_ratio": 0.5, "response_header": "X-Trace-Id"}
+        )
         self.assertEqual(loaded.tracing.exporter, "console")
         self.assertEqual(loaded.tracing.sample_ratio, 0.5)
         with self.assertRaises(ConfigError) as e:
-            config(tracing={"exporter": "jaeger", "sample_ratio": 2, "endpoint": "nope",
-                            "response_header": "bad header"})
+            config(
+                tracing={
+                    "exporter": "jaeger",
+                    "sample_ratio": 2,
+                    "endpoint": "nope",
+                    "response_header": "bad header",
+                }
+            )
         errors = e.exception.errors
         self.assertIn("tracing.exporter: 'jaeger' is not one of otlp, console", errors)
         self.assertIn("tracing.sample_ratio: 2 is not between 0 and 1", errors)

@@ -422,9 +422,11 @@ def test_no_proxy_header_closes():
 def test_listener_factory_wraps_tls_inside_proxy(pki):
     tls = ServerTLS(listener_tls(pki), "tcp:8443")
     site = _Factory()
-    plain = listener_factory(site, ListenerConfig("tcp:8443"), None)
+    plain = listener_factory(site, ListenerConfig("tcp:8443", http2=False), None)
     assert plain is site
-    both = listener_factory(site, ListenerConfig("tcp:8443", proxy_protocol=True), tls)
+    both = listener_factory(
+        site, ListenerConfig("tcp:8443", proxy_protocol=True, http2=False), tls
+    )
     assert isinstance(both, ProxyProtocolFactory)
     assert isinstance(both.wrappedFactory, TLSServerFactory)
     assert both.wrappedFactory.wrappedFactory is site
