@@ -50,7 +50,12 @@ def start(config: dict[str, Any], closer: Any) -> GatewayService:
 
 
 def tls_gateway(
-    pki: PKI, closer: Any, up_port: int, tls: dict[str, Any] | None = None, **top: Any
+    pki: PKI,
+    closer: Any,
+    up_port: int,
+    tls: dict[str, Any] | None = None,
+    http2: bool = True,
+    **top: Any,
 ) -> tuple[GatewayService, int]:
     """A gateway with one TLS listener (and a cleartext one, ports[0]); returns the TLS port."""
     routes = top.pop("routes", None) or [
@@ -59,7 +64,9 @@ def tls_gateway(
     config = {
         "server": {
             "listen": ["tcp:0:interface=127.0.0.1"],
-            "listeners": [{"endpoint": "tcp:0:interface=127.0.0.1", "tls": tls or _tls(pki)}],
+            "listeners": [
+                {"endpoint": "tcp:0:interface=127.0.0.1", "tls": tls or _tls(pki), "http2": http2}
+            ],
         },
         "routes": routes,
         **top,
@@ -215,7 +222,16 @@ async def test_sni_picks_the_certificate_exact_and_wildcard(pki, closer):
 @ensure
 async def test_min_version_refuses_older_clients_and_alpn_offers_http11(pki, closer):
     up = closer.add(upstream())
-    _, port = tls_gateway(pki, closer, up.port, _tls(pki, min_version="TLSv1.3"))
+    tls = _tls(pki, min_version="TLSv1.3")
+    _, port = tls_gateway(pki, closer, up.port, tls, http2=False)
+    _, h2_port = tls_gateway(pki, closer, up.port, tls)  # http2 = true, the default
+
+    def offered(port: int) -> str | None:
+        sock = handshake(port, cafile=pki.ca.path, alpn=["h2", "http/1.1"])
+        try:
+            return sock.selected_alpn_protocol()
+        finally:
+            sock.close()
 
     def old_client() -> str:
         try:
@@ -233,6 +249,7 @@ async def test_min_version_refuses_older_clients_and_alpn_offers_http11(pki, clo
 
     assert await threads.deferToThread(old_client) != "accepted"
     assert await threads.deferToThread(modern_client) == ("TLSv1.3", "http/1.1", "HTTP/1.1 200 OK")
+    assert await threads.deferToThread(offered, h2_port) == "h2"
 
 
 @ensure
