@@ -436,3 +436,33 @@ def test_a_header_list_over_the_advertised_size_ends_the_connection():
     small = Pair()
     small.get(b"/", [(b"x-ok-%d" % i, b"v" * 1000) for i in range(40)])
     assert len(small.handler.requests) == 1
+
+
+def test_connection_specific_and_bad_pseudo_headers_are_refused():
+    """RFC 9113 8.2.2 and 8.3: a request carrying HTTP/1.1 connection fields, or a pseudo-header
+    it must not have, is malformed: never handled, the connection gets GOAWAY."""
+    bad_heads = [
+        [(b"connection", b"keep-alive")],
+        [(b"transfer-encoding", b"chunked")],
+        [(b"te", b"gzip")],
+        [(b":status", b"200")],
+    ]
+    for extra in bad_heads:
+        p = Pair()
+        p.client.config.validate_outbound_headers = False  # a client that breaks the rules
+        p.client.config.normalize_outbound_headers = False
+        stream = p.client.get_next_available_stream_id()
+        head = [
+            (b":method", b"GET"),
+            (b":scheme", b"http"),
+            (b":authority", b"example.test"),
+            (b":path", b"/"),
+        ]
+        p.client.send_headers(stream, head + extra, end_stream=True)
+        p.pump()
+        assert p.handler.requests == [], extra
+        assert of(p.events, ConnectionTerminated) or p.transport.disconnecting, extra
+    # ``te: trailers`` is the one TE allowed (gRPC sends it).
+    p = Pair()
+    p.get(b"/ok", [(b"te", b"trailers")])
+    assert [r.path for r in p.handler.requests] == [b"/ok"]
