@@ -270,6 +270,7 @@ class H2ClientProtocol(Protocol):
         self._idle_timer: Any = None
         self._ping_timer: Any = None
         self._idle_since = 0.0
+        self._close_timer: Any = None
         self._lost: List[Deferred[None]] = []
 
     def connectionMade(self) -> None:
@@ -634,6 +635,9 @@ class H2ClientProtocol(Protocol):
             pass
         self._unregister()
         self.transport.loseConnection()
+        if self._close_timer is None:
+            # TLS waits for the peer's close_notify, which some never send: not for ever.
+            self._close_timer = self.clock.callLater(self.limits.close_timeout_s, self.abort)
         return d
 
     def abort(self) -> None:
@@ -646,6 +650,9 @@ class H2ClientProtocol(Protocol):
         self.goaway = True
         self._disarm_idle()
         self._pong()
+        timer, self._close_timer = self._close_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
         for stream in list(self.streams.values()):
             if stream.result.called:
                 stream._fail(reason or Failure(ConnectionAbortedError("connection lost")), None)

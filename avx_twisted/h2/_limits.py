@@ -46,3 +46,6 @@ class H2ClientLimits:
     ping_timeout_s: float = 5.0
     #: A connection with no stream this long is closed (GOAWAY).
     idle_timeout_s: float = 60.0
+    #: A closing connection still open after this long is aborted (a TLS peer that never
+    #: answers close_notify).
+    close_timeout_s: float = 2.0

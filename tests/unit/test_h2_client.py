@@ -411,3 +411,18 @@ class LivenessTests(Case):
             self.clock.advance(10)
             up.pump()
         self.assertTrue(up.transport.disconnecting)
+
+
+class CloseTests(Case):
+    def test_a_peer_that_never_finishes_closing_is_aborted(self) -> None:
+        pending = self.send()
+        up = self.endpoint.upstreams[0]
+        closing = self.pool.close()
+        self.assertTrue(up.transport.disconnecting)
+        self.assertNoResult(closing)
+        self.clock.advance(self.limits.close_timeout_s)
+        self.assertTrue(up.transport.disconnected)  # abortConnection
+        up.protocol.connectionLost(Failure(ConnectionResetError("aborted")))
+        self.successResultOf(closing)
+        self.failureResultOf(pending, UpstreamClosed)  # cut by the close
+        self.assertEqual([c for c in self.clock.getDelayedCalls() if c.active()], [])
