@@ -355,7 +355,7 @@ class H2ClientProtocol(Protocol):
         if stream.ended or self.closed:
             return
         try:
-            while stream._out:
+            while stream._out and not self.transport_paused:
                 window = conn.local_flow_control_window(stream_id)
                 if window <= 0:
                     break
@@ -604,7 +604,11 @@ class H2ClientProtocol(Protocol):
     def resumeProducing(self) -> None:
         self.transport_paused = False
         for stream in list(self.streams.values()):
-            if stream._out_size <= self.limits.body_high_water:
+            if stream._out or stream._end_out:
+                self.flush(stream)  # resumes its body when little is left queued
+                if self.transport_paused:
+                    return
+            elif stream._out_size <= self.limits.body_high_water:
                 stream._resume_body()
 
     def stopProducing(self) -> None:

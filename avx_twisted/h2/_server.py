@@ -540,7 +540,9 @@ class H2ServerProtocol(Protocol):
         stream_id = request.stream_id
         conn = self.conn
         try:
-            while request._pending:
+            # While the socket is full, bytes wait here (the upstream paused), not in the
+            # library's send buffer: a client with a huge window cannot make us hold more.
+            while request._pending and not self.transport_paused:
                 window = conn.local_flow_control_window(stream_id)
                 if window <= 0:
                     break
@@ -634,7 +636,11 @@ class H2ServerProtocol(Protocol):
         self.transport_paused = False
         self._flush_transport()
         for request in list(self.streams.values()):
-            if not request._pending:
+            if request._pending or request._end_pending:
+                self.flush(request)
+                if self.transport_paused:
+                    return
+            else:
                 request._resume_producer()
 
     def stopProducing(self) -> None:

@@ -466,3 +466,28 @@ def test_connection_specific_and_bad_pseudo_headers_are_refused():
     p = Pair()
     p.get(b"/ok", [(b"te", b"trailers")])
     assert [r.path for r in p.handler.requests] == [b"/ok"]
+
+
+def test_a_full_socket_keeps_response_bytes_on_the_stream_not_in_the_library():
+    """A client with a huge window cannot make the gateway buffer more than the stream's
+    pending bytes: while the socket is full nothing moves into h2's send buffer and the
+    upstream stays paused; resuming sends it all."""
+    p = Pair()
+    p.client.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+    p.client.increment_flow_control_window(2**30)
+    p.handler.answer = False
+    p.get(b"/big")
+    (request,) = p.handler.requests
+    upstream = Producer()
+    request.start(200, [], None)
+    request.register_producer(upstream)
+    p.pump()
+    p.server.pauseProducing()
+    request.write(b"x" * 300000)
+    assert p.transport.value() == b""
+    assert p.server.conn.data_to_send() == b""
+    assert request._pending_size == 300000 and upstream.paused == 1
+    p.server.resumeProducing()
+    p.pump()
+    assert sum(len(e.data) for e in of(p.events, DataReceived)) == 300000
+    assert upstream.resumed == 1
