@@ -1658,3 +1658,67 @@ class ClientTimeoutKeyTests(SynchronousTestCase):
                 }
             )
         self.assertIn("server.client_header_timeout_ms: 0 must be greater than 0", str(e.exception))
+
+
+class Http2UpstreamAndGrpcTests(ConfigTestCase):
+    """``routes.upstream.protocol``, ``routes.grpc`` and gRPC health checks."""
+
+    H2C = {"urls": [UPSTREAM_URL], "protocol": "h2c"}
+
+    def test_defaults(self) -> None:
+        c = self.load(config())
+        self.assertEqual(c.routes[0].upstream.protocol, "http/1.1")
+        self.assertFalse(c.routes[0].grpc)
+        self.assertIsNone(c.routes[0].grpc_timeout_cap_ms)
+
+    def test_protocols_and_their_schemes(self) -> None:
+        c = self.load(config(route(upstream={"urls": ["https://a:1"], "protocol": "h2"})))
+        self.assertEqual(c.routes[0].upstream.protocol, "h2")
+        self.assertError(
+            config(upstream_route(protocol="h2")),
+            "routes[0].upstream.protocol: 'h2' (TLS with ALPN) needs https:// URLs, "
+            f"not {UPSTREAM_URL!r}",
+        )
+        self.assertError(
+            config(route(upstream={"urls": ["https://a:1"], "protocol": "h2c"})),
+            "routes[0].upstream.protocol: 'h2c' (cleartext, prior knowledge) needs http:// URLs, "
+            "not 'https://a:1'",
+        )
+        self.assertError(
+            config(upstream_route(protocol="http2")),
+            "routes[0].upstream.protocol: 'http2' is not one of http/1.1, h2, h2c",
+        )
+
+    def test_grpc_needs_an_http2_upstream(self) -> None:
+        c = self.load(config(route(grpc=True, upstream=self.H2C)))
+        self.assertTrue(c.routes[0].grpc)
+        self.assertError(
+            config(route(grpc=True)),
+            "routes[0].grpc: needs an HTTP/2 upstream: set upstream.protocol = 'h2c' (cleartext) "
+            "or 'h2' (https); gRPC does not run over HTTP/1.1",
+        )
+
+    def test_only_a_grpc_routes_own_timeout_caps_deadlines(self) -> None:
+        c = self.load(config(route(grpc=True, upstream=self.H2C), server={"timeout_ms": 1000}))
+        self.assertIsNone(c.routes[0].grpc_timeout_cap_ms)  # server.timeout_ms does not apply
+        c = self.load(config(route(grpc=True, timeout_ms=250, upstream=self.H2C)))
+        self.assertEqual(c.routes[0].grpc_timeout_cap_ms, 250)
+
+    def test_grpc_health_checks(self) -> None:
+        check = {"kind": "grpc", "service": "test.Echo"}
+        c = self.load(config(route(upstream={**self.H2C, "health_check": check})))
+        self.assertEqual(c.routes[0].upstream.health_check.kind, "grpc")
+        self.assertEqual(c.routes[0].upstream.health_check.service, "test.Echo")
+        self.assertError(
+            config(upstream_route(health_check={"kind": "grpc"})),
+            "routes[0].upstream.health_check.kind: 'grpc' needs an HTTP/2 upstream "
+            "(upstream.protocol = 'h2c' or 'h2')",
+        )
+        self.assertError(
+            config(route(upstream={**self.H2C, "health_check": {"kind": "grpc", "path": "/h"}})),
+            "routes[0].upstream.health_check.path: is only used with kind = 'http'",
+        )
+        self.assertError(
+            config(upstream_route(health_check={"service": "x"})),
+            "routes[0].upstream.health_check.service: is only used with kind = 'grpc'",
+        )
