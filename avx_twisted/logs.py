@@ -216,7 +216,7 @@ class AccessLogWriter:
         self.queue.put(None)
         thread.join(timeout)
         if self._file is not None:
-            self._file.close()
+            _close_quietly(self._file)
         self._file = None
 
     def _run(self) -> None:
@@ -225,7 +225,10 @@ class AccessLogWriter:
         while True:
             batch = self.queue.get()
             if batch is None:
-                out.flush()
+                try:
+                    out.flush()
+                except (OSError, ValueError):
+                    pass  # those lines were counted as dropped when their write failed
                 return
             if batch is _REOPEN:
                 try:
@@ -243,7 +246,29 @@ class AccessLogWriter:
                 self.dropped += len(lines)
                 if self.on_drop is not None:
                     self.on_drop(len(lines))
+                out = self._file = self._fresh(out)
             self.queued -= len(batch)
+
+    def _fresh(self, failed: Any) -> Any:
+        """After a failed write: the same target opened again, so the lines counted as dropped
+        do not sit in the old file's buffer to come out later (kept when it cannot be opened)."""
+        try:
+            if self.target == "-":
+                fresh = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
+            else:
+                fresh = open(self.target, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+        except OSError:
+            return failed
+        _close_quietly(failed)
+        return fresh
+
+
+def _close_quietly(out: Any) -> None:
+    """Close a log file whose last bytes may not be writable (a full disk, a closed pipe)."""
+    try:
+        out.close()
+    except (OSError, ValueError):
+        pass
 
 
 def access_logger(writer: ILogObserver) -> Logger:

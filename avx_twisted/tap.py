@@ -155,7 +155,8 @@ def makeService(options: dict[str, Any]) -> IService:
         else:
             gateway = GatewayService(config)
     except ConfigError as e:
-        fail(f"invalid configuration\n{e}", EXIT_CONFIG)
+        # Raised while building (a file that cannot be used): name the config file.
+        fail(f"invalid configuration\n{ConfigError(e.errors, source=config.source)}", EXIT_CONFIG)
     if options.get("demo"):
         from .demo import echo_service
 

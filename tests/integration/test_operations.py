@@ -356,7 +356,7 @@ def test_a_redis_ca_file_that_does_not_load_is_a_config_error(tmp_path):
             result = run(*command, cwd=tmp_path)
             assert result.returncode == 2, (command, result)
             assert result.stderr.startswith("avx-gateway: invalid configuration\n")
-            assert result.stderr.endswith(f": 1 error\n{message}"), (command, result.stderr)
+            assert result.stderr.endswith(f"{path}: 1 error\n{message}"), (command, result.stderr)
             assert "Traceback" not in result.stderr
 
 

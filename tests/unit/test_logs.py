@@ -68,6 +68,19 @@ class AccessLogWriterTests(SynchronousTestCase):
         with open(path) as f:
             self.assertEqual([json.loads(line)["request_id"] for line in f], ["after"])
 
+    def test_a_full_disk_drops_lines_and_never_kills_the_writer_or_its_stop(self):
+        if not os.path.exists("/dev/full"):
+            self.skipTest("needs /dev/full (Linux)")
+        writer = AccessLogWriter("/dev/full", "json", clock=Clock())
+        writer.start()
+        log = access_logger(writer)
+        for batch in range(3):
+            log.info("access", time=1.0, request_id=str(batch))
+            writer.flush()
+        writer.stop()  # the final flush and the close fail too: nothing raised
+        self.assertEqual(writer.dropped, 3)
+        self.assertIsNone(writer._file)
+
     def test_reopen_of_stdout_or_a_stopped_writer_does_nothing(self):
         writer = AccessLogWriter("-", "json", clock=Clock())
         writer.reopen()
