@@ -81,6 +81,9 @@ test: $(STAMP) test-tools
 # than its lock file). Without root, the redis and OAuth2/OIDC tests need redis-server and node
 # installed; the others skip, saying why.
 OIDC_DIR := tests/support/oidc
+# The HTTP Working Group's cache test suite (http-cache-tests, pinned there; run by
+# tests/support/http_cache_suite.py), installed the same way.
+CACHE_TESTS_DIR := tests/support/cache_tests
 test-tools:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
@@ -106,6 +109,11 @@ test-tools:
 	    || [ $(OIDC_DIR)/package-lock.json -nt $(OIDC_DIR)/node_modules/.package-lock.json ]; then \
 	  echo "installing the test OpenID provider in $(OIDC_DIR) (npm ci)"; \
 	  (cd $(OIDC_DIR) && npm ci --no-audit --no-fund --loglevel=error) || exit 1; \
+	fi; \
+	if [ ! -d $(CACHE_TESTS_DIR)/node_modules/http-cache-tests ] \
+	    || [ $(CACHE_TESTS_DIR)/package-lock.json -nt $(CACHE_TESTS_DIR)/node_modules/.package-lock.json ]; then \
+	  echo "installing the HTTP cache test suite in $(CACHE_TESTS_DIR) (npm ci)"; \
+	  (cd $(CACHE_TESTS_DIR) && npm ci --no-audit --no-fund --loglevel=error) || exit 1; \
 	fi
 redis-server: test-tools
 unit: $(STAMP)
