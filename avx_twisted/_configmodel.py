@@ -16,6 +16,7 @@ AUTH_METHODS = ("jwt", "api_key", "mtls", "oauth2")
 TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
 CLIENT_AUTH_MODES = ("none", "optional", "require")
 UPSTREAM_PROTOCOLS = ("http/1.1", "h2", "h2c")
+CACHE_BACKENDS = ("memory", "redis")
 HEALTH_CHECK_KINDS = ("http", "grpc")
 HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
 PUBLIC_KEY_ALGORITHMS = (
@@ -203,6 +204,24 @@ class UpstreamConfig:
 
 
 @dataclass(frozen=True)
+class RouteCacheConfig:
+    """``[routes.cache]``: the route's RFC 9111 shared cache (absent = not cached)."""
+
+    #: Freshness when the response states none (0: such responses are not stored).
+    default_ttl_s: int = 0
+    max_object_bytes: int = 1048576
+    #: Request headers added to the key (Vary is honoured anyway).
+    key_headers: tuple[str, ...] = ()
+    stale_while_revalidate_s: int = 0
+    stale_if_error_s: int = 0
+    #: Concurrent misses of one key wait this long for the first fetch.
+    lock_timeout_ms: int = 5000
+    store_set_cookie: bool = False
+    #: Vary variants kept per key (oldest evicted).
+    max_variants: int = 16
+
+
+@dataclass(frozen=True)
 class PluginRef:
     """One ``{ name, config }`` of ``routes[].plugins`` or ``[plugins] global``: the plugin, made
     (and its config validated) when the file is loaded."""
@@ -254,6 +273,7 @@ class RouteConfig:
     grpc: bool = False
     #: On a gRPC route: the route's own ``timeout_ms`` (caps the client's deadline), if set.
     grpc_timeout_cap_ms: int | None = None
+    cache: RouteCacheConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -417,6 +437,19 @@ class PluginsConfig:
 
 
 @dataclass(frozen=True)
+class CacheConfig:
+    """``[cache]``: the store behind every ``[routes.cache]``."""
+
+    #: ``memory`` (per process, LRU) or ``redis`` (shared by replicas and workers).
+    backend: str = "memory"
+    #: memory: LRU bound on stored bytes (bodies and headers).
+    max_bytes: int = 268435456
+    redis_url: str = "redis://127.0.0.1:6379/1"
+    #: Cache-Status (RFC 9211) on responses of cached routes.
+    status_header: bool = True
+
+
+@dataclass(frozen=True)
 class AdminConfig:
     """``[admin]``: the runtime admin API (absent = off)."""
 
@@ -444,6 +477,7 @@ class BaseGatewayConfig:
     admin: AdminConfig | None = None
     tracing: TracingConfig | None = None
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     source: str = "<config>"
 
     def listeners(self) -> list[tuple[str, str]]:

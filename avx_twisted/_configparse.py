@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from ._configmodel import (
     AUTH_METHODS,
+    CACHE_BACKENDS,
     CLIENT_AUTH_MODES,
     HEALTH_CHECK_KINDS,
     HMAC_ALGORITHMS,
@@ -30,6 +31,7 @@ from ._configmodel import (
     ApiKeyConfig,
     AuthConfig,
     BaseGatewayConfig,
+    CacheConfig,
     CircuitBreakerConfig,
     ConfigError,
     CorsConfig,
@@ -48,6 +50,7 @@ from ._configmodel import (
     PluginRef,
     PluginsConfig,
     RateLimitConfig,
+    RouteCacheConfig,
     RouteConfig,
     ServerConfig,
     TlsCertificate,
@@ -207,6 +210,7 @@ _TOP_KEYS = (
     "admin",
     "tracing",
     "plugins",
+    "cache",
 )
 _SERVER_KEYS = (
     "host",
@@ -264,7 +268,19 @@ _ROUTE_KEYS = (
     "plugins",
     "resource",
     "grpc",
+    "cache",
 )
+_ROUTE_CACHE_KEYS = (
+    "default_ttl_s",
+    "max_object_bytes",
+    "key_headers",
+    "stale_while_revalidate_s",
+    "stale_if_error_s",
+    "lock_timeout_ms",
+    "store_set_cookie",
+    "max_variants",
+)
+_CACHE_KEYS = ("backend", "max_bytes", "redis_url", "status_header")
 _UPSTREAM_KEYS = (
     "urls",
     "strategy",
@@ -383,6 +399,8 @@ class Parser:
         admin = self.admin(top.table("admin", ("listen", "token_sha256")))
         tracing_t = top.table("tracing", _TRACING_KEYS)
         tracing = self.tracing(tracing_t) if tracing_t is not None else None
+        cache_t = top.table("cache", _CACHE_KEYS)
+        cache = self.cache(cache_t) if cache_t is not None else CacheConfig()
         plugins_t = top.table("plugins", _PLUGINS_KEYS)
         plugins = PluginsConfig(
             global_=self.plugin_refs(plugins_t, "global") if plugins_t is not None else ()
@@ -402,6 +420,7 @@ class Parser:
             admin=admin,
             tracing=tracing,
             plugins=plugins,
+            cache=cache,
             source=self.source,
         )
         self.cross_checks(config)
@@ -1057,6 +1076,12 @@ class Parser:
         if grpc and resource is not None:
             self.error(t.key("grpc"), "is only used with [routes.upstream], not with resource")
         own_timeout = t.get("timeout_ms", "int", None, _positive) if grpc else None
+        cache_t = t.table("cache", _ROUTE_CACHE_KEYS)
+        route_cache = self.route_cache(cache_t) if cache_t is not None else None
+        if route_cache is not None and resource is not None:
+            self.error(t.key("cache"), "is only used with [routes.upstream], not with resource")
+        if route_cache is not None and grpc:
+            self.error(t.key("cache"), "gRPC calls (POST) are never cached: leave it out")
         if path is None or (upstream is None and (resource is None or t.has("upstream"))):
             return None
         return RouteConfig(
@@ -1080,6 +1105,7 @@ class Parser:
             resource=resource,
             grpc=grpc,
             grpc_timeout_cap_ms=own_timeout,
+            cache=route_cache,
         )
 
     def upstream(self, t: _Table | None, path: str) -> UpstreamConfig | None:
@@ -1175,6 +1201,31 @@ class Parser:
             self.error(t.key(e.key), str(e))
             return None, None
         return pair.cert_file, pair.key_file
+
+    def route_cache(self, t: _Table) -> RouteCacheConfig:
+        d = RouteCacheConfig()
+        headers = t.get("key_headers", "list[str]", (), _each(_token))
+        return RouteCacheConfig(
+            default_ttl_s=t.get("default_ttl_s", "int", d.default_ttl_s, _at_least(0)),
+            max_object_bytes=t.get("max_object_bytes", "int", d.max_object_bytes, _positive),
+            key_headers=tuple(dict.fromkeys(h.lower() for h in headers)),
+            stale_while_revalidate_s=t.get(
+                "stale_while_revalidate_s", "int", d.stale_while_revalidate_s, _at_least(0)
+            ),
+            stale_if_error_s=t.get("stale_if_error_s", "int", d.stale_if_error_s, _at_least(0)),
+            lock_timeout_ms=t.get("lock_timeout_ms", "int", d.lock_timeout_ms, _positive),
+            store_set_cookie=t.get("store_set_cookie", "bool", d.store_set_cookie),
+            max_variants=t.get("max_variants", "int", d.max_variants, _at_least(1)),
+        )
+
+    def cache(self, t: _Table) -> CacheConfig:
+        d = CacheConfig()
+        return CacheConfig(
+            backend=t.get("backend", "str", d.backend, _one_of(CACHE_BACKENDS)),
+            max_bytes=t.get("max_bytes", "int", d.max_bytes, _positive),
+            redis_url=self.redis_url(t, d.redis_url),
+            status_header=t.get("status_header", "bool", d.status_header),
+        )
 
     def health_check(self, t: _Table, protocol: str = "http/1.1") -> HealthCheckConfig:
         d = HealthCheckConfig()

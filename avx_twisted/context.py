@@ -80,6 +80,7 @@ class RequestContext:
         "error_type",
         "grpc",
         "grpc_status",
+        "cache",
     )
 
     def __init__(
@@ -122,3 +123,5 @@ class RequestContext:
         #: A gRPC call on a gRPC route, and its outcome (``grpc-status``; None: not known).
         self.grpc = False
         self.grpc_status: int | None = None
+        #: What the route's cache did (hit, miss, stale, revalidated, bypass, uncacheable).
+        self.cache: str | None = None

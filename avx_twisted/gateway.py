@@ -169,6 +169,14 @@ class GatewayHandler:
             # Plugins may have changed the target (``request.target`` in on_request).
             if route.responder is not None:
                 route.responder.serve(request, ctx, ctx.upstream_target)
+            elif route.cache is not None:
+                route.cache.handle(
+                    request,
+                    ctx,
+                    lambda hooks: runtime.forwarder.forward(
+                        request, route, ctx.upstream_target, ctx, hooks
+                    ),
+                )
             else:
                 runtime.forwarder.forward(request, route, ctx.upstream_target, ctx)
 
@@ -323,6 +331,7 @@ class GatewayHandler:
             tls_version=tls.version if tls is not None else None,
             client_cert_subject=cert.subject if cert is not None else None,
             client_cert_sha256=cert.sha256 if cert is not None else None,
+            cache=ctx.cache,
             **_grpc_fields(request, ctx),
         )
 

@@ -60,6 +60,7 @@ FIELDS = (
     "grpc_service",
     "grpc_method",
     "grpc_status",
+    "cache",
 )
 #: ``logging.level`` names and their twisted.logger levels.
 LEVELS = {

@@ -142,6 +142,13 @@ class RouteMetrics:
             )
         return children
 
+    def cache_request(self, result: str) -> Any:
+        """The ``avx_cache_requests_total`` child of one result."""
+        return self._metrics.cache_requests.labels(self.route, result)
+
+    def cache_collapsed(self) -> Any:
+        return self._metrics.cache_collapsed_waits.labels(self.route)
+
     def websocket_handshake(self, status: int) -> Any:
         """The ``avx_websocket_tunnels_total`` child for an upstream status."""
         return self._metrics.websocket_tunnels.labels(self.route, str(status))
@@ -266,6 +273,37 @@ class GatewayMetrics:
             "Bytes through WebSocket tunnels, by route and direction (up: client to upstream).",
             ["route", "direction"],
             registry=r,
+        )
+        self.cache_requests = Counter(
+            "avx_cache_requests_total",
+            "Requests on cached routes by what the cache did: hit, miss, stale, revalidated, "
+            "bypass, uncacheable, invalidated.",
+            ["route", "result"],
+            registry=r,
+        )
+        self.cache_collapsed_waits = Counter(
+            "avx_cache_collapsed_total",
+            "Cache misses that waited for another request fetching the same key.",
+            ["route"],
+            registry=r,
+        )
+        self.cache_stored_bytes = Gauge(
+            "avx_cache_stored_bytes",
+            "Bytes in the response cache (the memory store of this process, or Redis's count).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.cache_entries = Gauge(
+            "avx_cache_entries",
+            "Entries (response variants) in the response cache.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.cache_evictions = Gauge(
+            "avx_cache_evictions",
+            "Entries evicted from the memory store to stay under [cache] max_bytes (a count).",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.build_info = Gauge(
             "avx_build_info",

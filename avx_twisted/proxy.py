@@ -89,8 +89,11 @@ class Exchange:
         route: Any,
         path: bytes,
         ctx: Optional[RequestContext] = None,
+        cache: Any = None,
     ) -> None:
         self.forwarder = forwarder
+        #: The route cache's hooks for this request (response_cache.CacheHooks), or None.
+        self.cache = cache
         self.request = request
         self.ctx = ctx
         self.route = route
@@ -189,6 +192,8 @@ class Exchange:
                     breaker.release_trial()
                 self.fail(500, "internal error", error_type="plugin")
                 return
+        if self.cache is not None:
+            fields = self.cache.upstream_fields(fields)
         ctx = self.ctx
         if ctx is not None and ctx.trace is not None:
             self.attempt_trace = ctx.trace.start_attempt(
@@ -313,6 +318,8 @@ class Exchange:
         if status == 101:
             self.switch(response)
             return
+        if self.cache is not None and self.cache.response(self, response):
+            return  # the cache answered (revalidated, or stale-if-error)
         if self.websocket and self.route.metrics is not None:
             self.route.metrics.websocket_handshake(status).inc()  # refused by the upstream
         request = self.request
@@ -339,6 +346,8 @@ class Exchange:
             if chain.body and length != 0 and request.method != b"HEAD":
                 self.transform = chain.body_transform(self.ctx)
                 length = None  # the plugins may change its size: chunked (or close-delimited)
+        if self.cache is not None:
+            fields = self.cache.started(status, fields, length)
         self.state = ExchangeState.RELAYING
         self.response = response
         # Registered statuses get our reason phrase; others keep the upstream's.
@@ -423,6 +432,8 @@ class Exchange:
                 return
             if not data:
                 return
+        if self.cache is not None:
+            self.cache.data(data)
         self.request.write(data)
 
     def body_trailers(self, trailers: List[Pair]) -> None:
@@ -451,7 +462,11 @@ class Exchange:
                 self.transform_failed()
                 return
             if tail:
+                if self.cache is not None:
+                    self.cache.data(tail)
                 request.write(tail)
+        if self.cache is not None:
+            self.cache.done()
         self.done()
         request.finish()
 
@@ -459,6 +474,8 @@ class Exchange:
         """A plugin failed on the response body: cut the answer (never a truncated body that
         looks complete)."""
         self.transform = None
+        if self.cache is not None:
+            self.cache.broken()
         response, self.response = self.response, None
         if response is not None:
             response.abort()
@@ -468,6 +485,8 @@ class Exchange:
 
     def body_failed(self, reason: Failure) -> None:
         self.response = None
+        if self.cache is not None:
+            self.cache.broken()
         self.end_attempt()
         if self.finished:
             return
@@ -554,6 +573,8 @@ class Exchange:
     def client_lost(self, failure: Failure) -> None:
         if self.state is ExchangeState.TUNNEL:
             return  # the tunnel sees it too, and ends the exchange
+        if self.cache is not None:
+            self.cache.broken()
         self.done()
         if self.pending is not None:
             self.pending.cancel()
@@ -570,6 +591,9 @@ class Exchange:
         through_plugins: bool = True,
         error_type: Optional[str] = None,
     ) -> None:
+        if self.cache is not None and self.cache.failed(status):
+            self.done()  # a stale entry answered (stale-if-error)
+            return
         self.done()
         ctx = self.ctx
         if ctx is not None:
@@ -590,6 +614,16 @@ class Exchange:
         else:
             answer.send(request)
 
+    def drop_response(self, response: Any) -> None:
+        """The cache answers instead of ``response`` (a 304 to its revalidation, or a 5xx it
+        covers with a stale entry): read off an empty body so the connection is kept."""
+        self.done()
+        if response.length == 0:
+            response.deliver(_DISCARD)
+        else:
+            response.abort()
+        self.end_attempt()
+
     def end_attempt(self) -> None:
         """The current target is done with this request (success or not)."""
         held, self.held = self.held, None
@@ -609,6 +643,22 @@ class Exchange:
 
 
 _NONE: frozenset[bytes] = frozenset()
+
+
+class _Discard:
+    """A sink for a body nobody reads."""
+
+    def body_data(self, data: bytes) -> None:
+        pass
+
+    def body_done(self) -> None:
+        pass
+
+    def body_failed(self, reason: Any) -> None:
+        pass
+
+
+_DISCARD = _Discard()
 
 
 def _error_type(failure: Failure, expired: bool) -> str:
@@ -648,8 +698,11 @@ class Forwarder:
         self.preserve_host = preserve_host
         self.replace_server = replace_server
 
-    def forward(self, request: Any, route: Any, path: bytes, ctx: Any = None) -> Exchange:
-        """Start forwarding ``request`` to ``route`` as ``path`` (raw path and query)."""
-        exchange = Exchange(self, request, route, path, ctx)
+    def forward(
+        self, request: Any, route: Any, path: bytes, ctx: Any = None, cache: Any = None
+    ) -> Exchange:
+        """Start forwarding ``request`` to ``route`` as ``path`` (raw path and query);
+        ``cache``: the route cache's hooks for it."""
+        exchange = Exchange(self, request, route, path, ctx, cache)
         exchange.start()
         return exchange

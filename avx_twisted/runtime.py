@@ -68,6 +68,8 @@ class RuntimeRoute:
         self.plugins: PluginChain | None = None
         #: Serves the route instead of an upstream (``resource = "module:attribute"``), or None.
         self.responder: Any = None
+        #: The route's response cache (``response_cache.RouteCache``), None: not cached.
+        self.cache: Any = None
         #: TLS to the route's https targets, with its files read (None: a resource route).
         self.tls: UpstreamTLS | None = None
 
@@ -153,6 +155,15 @@ class Runtime:
         if config.middleware.enable_rate_limiting:
             kept = previous.rate_store if previous is not None else None
             self.rate_store = kept if kept is not None else self._rate_store(config)
+        #: The response cache's store (``[cache]``), when a route is cached: a reload with the
+        #: same ``[cache]`` keeps it (and what it holds).
+        self.cache_store: Any = None
+        if any(r.cache is not None for r in config.routes):
+            kept = previous.cache_store if previous is not None else None
+            if kept is not None and previous.config.cache == config.cache:  # type: ignore[union-attr]
+                self.cache_store = kept
+            else:
+                self.cache_store = self._cache_store(config)
         self.routes = tuple(self._build_route(r) for r in config.routes)
         self.table = RouteTable(
             [
@@ -177,6 +188,34 @@ class Runtime:
             preserve_host=config.server.preserve_host,
             replace_server=bool(config.server.server_header),
         )
+        for runtime_route in self.routes:
+            if runtime_route.cache is not None:
+                runtime_route.cache.refresh_forward = self._refresher(runtime_route)
+
+    def _refresher(self, runtime_route: RuntimeRoute) -> Any:
+        """Forwards a cache's background refresh (no client, no context) on ``runtime_route``."""
+
+        def refresh(request: Any, target: bytes, hooks: Any) -> None:
+            self.forwarder.forward(request, runtime_route, target, None, hooks)
+
+        return refresh
+
+    def _cache_store(self, config: GatewayConfig) -> Any:
+        from .cache_store import MemoryStore, RedisStore
+
+        settings = config.cache
+        store: Any
+        if settings.backend == "redis":
+            store = RedisStore(self.reactor, settings.redis_url)
+        else:
+            store = MemoryStore(self.reactor, settings.max_bytes)
+        metrics = self.metrics
+        if metrics is not None and metrics.multiprocess_dir is None:
+            # Read at scrape time (with workers each process would report its own: left out).
+            metrics.cache_stored_bytes.set_function(lambda: store.stats().get("bytes", 0))
+            metrics.cache_entries.set_function(lambda: store.stats().get("entries", 0))
+            metrics.cache_evictions.set_function(lambda: store.stats().get("evictions", 0))
+        return store
 
     def _rate_store(self, config: GatewayConfig) -> IRateLimitStore:
         limits = config.rate_limiting
@@ -203,6 +242,8 @@ class Runtime:
         for mine, theirs in ((self.jwt, successor.jwt), (self.oauth2, successor.oauth2)):
             if mine is not None and mine is not theirs:
                 mine.stop()
+        if self.cache_store is not None and self.cache_store is not successor.cache_store:
+            self.cache_store.close()
 
     def start(self) -> None:
         """Start what runs in the background: health checks, JWKS refresh and OIDC discovery,
@@ -218,6 +259,8 @@ class Runtime:
         for checker in self.health_checkers:
             checker.stop()
         self._stop_auth()
+        if self.cache_store is not None:
+            self.cache_store.close()
 
     def _stop_auth(self) -> None:
         for authenticator in (self.jwt, self.oauth2):
@@ -266,7 +309,34 @@ class Runtime:
         runtime_route = RuntimeRoute(route, upstream, agent)
         runtime_route.tls = tls
         self._route_filters(runtime_route, route)
+        if route.cache is not None:
+            runtime_route.cache = self._route_cache(route, runtime_route.metrics)
         return runtime_route
+
+    def _route_cache(self, route: RouteConfig, metrics: Any) -> Any:
+        from .cache import Policy
+        from .response_cache import RouteCache
+
+        settings = route.cache
+        assert settings is not None
+        policy = Policy(
+            default_ttl_s=float(settings.default_ttl_s),
+            max_object_bytes=settings.max_object_bytes,
+            key_headers=tuple(h.encode("ascii") for h in settings.key_headers),
+            stale_while_revalidate_s=float(settings.stale_while_revalidate_s),
+            stale_if_error_s=float(settings.stale_if_error_s),
+            store_set_cookie=settings.store_set_cookie,
+            max_variants=settings.max_variants,
+        )
+        return RouteCache(
+            route.name,
+            policy,
+            self.cache_store,
+            self.reactor,
+            lock_timeout_s=settings.lock_timeout_ms / 1000.0,
+            status_header=self.config.cache.status_header,
+            metrics=metrics,
+        )
 
     def _route_filters(self, runtime_route: RuntimeRoute, route: RouteConfig) -> None:
         """The route's filter chain: CORS, auth, rate limit, body limit, then its plugins."""

@@ -79,6 +79,8 @@ PARSER_TUPLES = {
     "_HEALTH_CHECK_KEYS": ("routes[].upstream.health_check",),
     "_BREAKER_KEYS": ("routes[].upstream.circuit_breaker",),
     "_ROUTE_RATE_KEYS": ("routes[].rate_limit",),
+    "_ROUTE_CACHE_KEYS": ("routes[].cache",),
+    "_CACHE_KEYS": ("cache",),
     "_RATE_KEYS": ("rate_limiting",),
     "_CORS_KEYS": ("cors",),
     "_JWT_KEYS": ("auth.jwt",),
