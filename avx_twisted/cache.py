@@ -20,15 +20,23 @@ Directives = Dict[bytes, Optional[bytes]]
 #: Statuses a response may be stored with by default, given heuristic freshness
 #: (RFC 9110 15.1): the others need explicit freshness (or are never stored).
 HEURISTIC_STATUSES = frozenset([200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501])
-#: Statuses whose semantics a cache understands well enough to store them (final, and not a
-#: partial answer: only complete entries are stored).
+#: Statuses this cache understands (``must-understand``: others are not stored); any other
+#: final status is stored only with explicit freshness.
 UNDERSTOOD_STATUSES = HEURISTIC_STATUSES | frozenset([302, 303, 307, 400, 403, 500, 502, 503, 504])
-#: Methods whose success invalidates the target URI (RFC 9111 4.4).
-UNSAFE_METHODS = frozenset([b"POST", b"PUT", b"DELETE", b"PATCH"])
+#: Methods known to be safe (RFC 9110 9.2.1): any other's success invalidates the target URI
+#: (RFC 9111 4.4), whether the gateway knows the method (POST, PUT, DELETE, PATCH) or not.
+SAFE_METHODS = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE"])
 #: Response fields a 304 does not replace in the stored entry (RFC 9111 3.2: the framing of the
 #: stored body stays the stored one's).
 _KEEP_ON_UPDATE = frozenset(
-    [b"content-length", b"content-encoding", b"transfer-encoding", b"content-range"]
+    [
+        b"content-length",
+        b"content-encoding",
+        b"transfer-encoding",
+        b"content-range",
+        b"content-md5",
+        b"etag",
+    ]
 )
 #: Fields never stored (hop-by-hop, and those about one exchange).
 _NOT_STORED = frozenset(
@@ -144,10 +152,12 @@ def storable(
     ``detail`` and the metrics)."""
     if method != b"GET":
         return "method"
-    if status not in UNDERSTOOD_STATUSES:
-        return "status"
+    if status < 200 or status == 206 or status == 304:
+        return "status"  # not final, or partial: only complete answers are stored
     request_cc = parse_cache_control(get_all(request_fields, b"cache-control"))
     response_cc = parse_cache_control(get_all(response_fields, b"cache-control"))
+    if b"must-understand" in response_cc and status not in UNDERSTOOD_STATUSES:
+        return "status"  # RFC 9111 5.2.2.3: only statuses the cache understands
     if b"no-store" in request_cc or b"no-store" in response_cc:
         return "no-store"
     if b"private" in response_cc:
@@ -221,9 +231,14 @@ def current_age(
 ) -> float:
     """RFC 9111 4.2.3: the entry's age now, from ``Age``, ``Date`` and when it was fetched."""
     age_value = 0.0
-    age = get(fields, b"age")
-    if age is not None and age.strip().isdigit():
-        age_value = float(age.strip())
+    ages = get_all(fields, b"age")
+    if ages:
+        age = ages[0].strip()
+        if len(ages) > 1 or not age.isdigit():
+            # Not one non-negative integer (a list, a float, a sign, a parameter): the age
+            # cannot be known, so the response is taken as stale.
+            return float("inf")
+        age_value = float(age)
     date = http_date(get(fields, b"date"))
     apparent_age = max(0.0, response_time - date) if date is not None else 0.0
     response_delay = max(0.0, response_time - request_time)
@@ -455,19 +470,6 @@ def updated_fields(stored: Sequence[Pair], fresh: Sequence[Pair]) -> List[Pair]:
     replaced = {n.lower() for n, _ in fresh if n.lower() not in _KEEP_ON_UPDATE}
     kept = [(n, v) for n, v in stored if n.lower() not in replaced]
     return kept + [(n, v) for n, v in stored_fields(fresh) if n.lower() in replaced]
-
-
-def validator_matches(stored: Sequence[Pair], fresh: Sequence[Pair]) -> bool:
-    """Whether a 304 is about this stored response (RFC 9111 4.3.4): its strong ETag, else its
-    Last-Modified, else (neither) yes."""
-    new_etag = get(fresh, b"etag")
-    if new_etag is not None:
-        old = get(stored, b"etag")
-        return old is not None and _opaque(old) == _opaque(new_etag)
-    new_lm = get(fresh, b"last-modified")
-    if new_lm is not None:
-        return get(stored, b"last-modified") == new_lm
-    return True
 
 
 # -- invalidation (RFC 9111 4.4) ---------------------------------------------------------------

@@ -80,7 +80,7 @@ class RouteCache:
     ) -> None:
         """Answer ``request`` from the cache, or ``forward(hooks)`` it upstream."""
         method = request.method
-        if method in cache.UNSAFE_METHODS:
+        if method not in cache.SAFE_METHODS:
             forward(_Invalidation(self, request))
             return
         if method != _GET and method != _HEAD:
@@ -358,18 +358,18 @@ class CacheHooks:
         status = response.status
         stored = self.stored
         if stored is not None and status == 304 and cache.has_validator(stored.fields):
-            if cache.validator_matches(stored.fields, response.fields.pairs):
-                exchange.drop_response(response)
-                fields = cache.updated_fields(stored.fields, response.fields.pairs)
-                self.cache.keep(self, stored.status, fields, stored.body, self.request_time)
-                self._released = True
-                entry = _with(stored, fields, self.request_time, self.cache.clock.seconds())
-                age = cache.current_age(
-                    fields, entry.request_time, entry.response_time, entry.response_time
-                )
-                status_value = cache.cache_status(False, "stale", detail="revalidated")
-                self.cache.serve(self.request, self.ctx, entry, age, status_value)
-                return True
+            # The 304 answers the validators of this entry (we asked about no other).
+            exchange.drop_response(response)
+            fields = cache.updated_fields(stored.fields, response.fields.pairs)
+            self.cache.keep(self, stored.status, fields, stored.body, self.request_time)
+            self._released = True
+            entry = _with(stored, fields, self.request_time, self.cache.clock.seconds())
+            age = cache.current_age(
+                fields, entry.request_time, entry.response_time, entry.response_time
+            )
+            status_value = cache.cache_status(False, "stale", detail="revalidated")
+            self.cache.serve(self.request, self.ctx, entry, age, status_value)
+            return True
         if status >= 500 and self.serve_stale_on_error():
             exchange.drop_response(response)
             return True

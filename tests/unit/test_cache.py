@@ -43,7 +43,10 @@ def test_cache_control_parsing():
         (200, [], "no-freshness"),  # no explicit freshness, no default_ttl_s
         (200, [(b"Expires", DATE)], None),
         (206, cc("max-age=60"), "status"),  # partial: only complete entries
-        (299, cc("max-age=60"), "status"),  # not understood
+        (299, cc("max-age=60"), None),  # unknown, with explicit freshness
+        (299, [], "no-freshness"),
+        (299, cc("max-age=60, must-understand"), "status"),
+        (304, cc("max-age=60"), "status"),
         (200, cc("max-age=60") + [(b"Set-Cookie", b"a=b")], "set-cookie"),
         (200, cc("max-age=60") + [(b"Vary", b"*")], "vary-star"),
         (200, cc("no-cache") + [(b"ETag", b'"x"')], None),  # kept to be revalidated
@@ -89,6 +92,10 @@ def test_age_counts_the_age_field_the_delay_and_residence():
     fields = [(b"Date", DATE), (b"Age", b"30")]
     # Fetched in 2 s, stored at T0 + 2, asked at T0 + 12: 30 + 2 + 10.
     assert cache.current_age(fields, T0, T0 + 2, T0 + 12) == 42
+    # An Age that is not one non-negative integer: the age cannot be known (stale).
+    for bad in (b"abc", b"-7200", b"7200.0", b"3600, 0", b"1;a=b"):
+        assert cache.current_age([(b"Age", bad)], T0, T0, T0) == float("inf"), bad
+    assert cache.current_age([(b"Age", b"0"), (b"Age", b"0")], T0, T0, T0) == float("inf")
     # A Date in the past makes the apparent age count when larger.
     assert cache.current_age([(b"Date", DATE)], T0 + 100, T0 + 100, T0 + 100) == 100
 
@@ -192,8 +199,9 @@ def test_a_304_updates_the_stored_fields_but_not_the_framing():
     assert updated[b"Content-Length"] == b"5"
     assert updated[b"X"] == b"1"
     assert b"Connection" not in updated
-    assert cache.validator_matches(stored, [(b"ETag", b'"a"')])
-    assert not cache.validator_matches(stored, [(b"ETag", b'"b"')])
+    # The stored ETag and Content-MD5 stay (they describe the stored body).
+    kept = dict(cache.updated_fields(stored, [(b"ETag", b'"b"'), (b"Content-MD5", b"x")]))
+    assert kept[b"ETag"] == b'"a"' and b"Content-MD5" not in kept
 
 
 def test_invalidation_targets_same_host_locations_only():
