@@ -2,7 +2,7 @@
 
 ``GET /healthz`` (no token needed), ``GET /config`` (secrets redacted), ``GET /routes``,
 ``GET /upstreams``, ``POST /reload``, ``POST /upstreams/{url}/drain`` and
-``POST /upstreams/{url}/enable`` (``{url}`` percent-encoded).
+``POST /upstreams/{url}/enable`` (``{url}`` percent-encoded), ``POST /cache/purge``.
 The token is configured only as its SHA-256 (``token_sha256``) and compared in constant time.
 """
 
@@ -13,12 +13,15 @@ import hashlib
 import hmac
 import json
 from typing import TYPE_CHECKING, Any, Callable, Protocol
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from . import cache
 from .errors import error_answer
 
 if TYPE_CHECKING:
@@ -87,6 +90,7 @@ class AdminResource(Resource):
             (b"routes",): {b"GET": self.get_routes},
             (b"upstreams",): {b"GET": self.get_upstreams},
             (b"reload",): {b"POST": self.post_reload},
+            (b"cache", b"purge"): {b"POST": self.post_cache_purge},
         }
 
     def render(self, request: Request) -> bytes:
@@ -119,12 +123,30 @@ class AdminResource(Resource):
         if handler is None:
             allow = b", ".join(sorted(handlers))
             return _error(request, 405, "method not allowed", [(b"Allow", allow)])
-        status, payload = handler(*args)
+        if parts == (b"cache", b"purge"):
+            args = (request,)
+        result = handler(*args)
+        if isinstance(result, Deferred):
+            result.addCallback(self._answer_later, request)
+            result.addErrback(self._failed_later, request)
+            return NOT_DONE_YET  # type: ignore[no-any-return]
+        return self._answer(request, *result)
+
+    def _answer(self, request: Request, status: int, payload: Any) -> bytes:
         if status >= 400:
             return _error(request, status, payload)
         request.setResponseCode(status)
         request.responseHeaders.setRawHeaders(b"Content-Type", _JSON)
         return json.dumps(payload, indent=2).encode() + b"\n"
+
+    def _answer_later(self, result: tuple[int, Any], request: Request) -> None:
+        if not request.finished and not request._disconnected:
+            request.write(self._answer(request, *result))
+            request.finish()
+
+    def _failed_later(self, failure: Failure, request: Request) -> None:
+        self.log.failure("admin request failed", failure)
+        self._answer_later((500, "internal error"), request)
 
     def _authorized(self, request: Request) -> bool:
         values = request.requestHeaders.getRawHeaders(b"authorization")
@@ -168,6 +190,44 @@ class AdminResource(Resource):
         if self.service.reload():
             return 200, {"reloaded": True, "routes": len(self.service.runtime.routes)}
         return 400, "reload refused: the configuration file is invalid (see the gateway log)"
+
+    def post_cache_purge(self, request: Request) -> Deferred[tuple[int, Any]] | tuple[int, Any]:
+        """``{"url": "http://host/path?q"}`` (that URI, every variant), ``{"prefix": "/p/"}``
+        (paths under it, any host) or ``{"route": "name"}``: ``{"purged": N}``."""
+        store = self.service.runtime.cache_store
+        if store is None:
+            return 404, "no route is cached"
+        try:
+            body = json.loads(request.content.read() or b"{}")
+        except ValueError:
+            return 400, "the body must be JSON: {url}, {prefix} or {route}"
+        if not isinstance(body, dict) or len(body) != 1:
+            return 400, 'give one of "url", "prefix" or "route"'
+        ((kind, value),) = body.items()
+        if not isinstance(value, str) or not value:
+            return 400, f"{kind!r} must be a non-empty string"
+        if kind == "url":
+            parsed = urlsplit(value)
+            if parsed.scheme not in ("http", "https") or not parsed.netloc:
+                return 400, "url must be an absolute http:// or https:// URL"
+            target = (parsed.path or "/") + (f"?{parsed.query}" if parsed.query else "")
+            key = cache.primary_key(
+                parsed.scheme.encode(), parsed.netloc.encode("idna"), target.encode(), (), []
+            )
+            d = store.delete(key)
+        elif kind == "prefix":
+            if not value.startswith("/"):
+                return 400, "prefix must be a path starting with /"
+            d = store.purge_prefix(value.encode())
+        elif kind == "route":
+            names = {r.name for r in self.service.runtime.routes if r.cache is not None}
+            if value not in names:
+                return 404, f"no cached route named {value!r}"
+            d = store.purge_route(value)
+        else:
+            return 400, f'unknown key {kind!r}: give one of "url", "prefix" or "route"'
+        self.log.info("admin: cache purge {kind}={value}", kind=kind, value=value)
+        return d.addCallback(lambda n: (200, {"purged": n}))
 
     def post_target_state(self, url: str, enabled: bool) -> tuple[int, Any]:
         changed = []

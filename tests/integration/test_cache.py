@@ -4,9 +4,9 @@ invalidation, collapsing, HEAD and ranges, Cache-Status, metrics and the access 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
-from urllib.parse import parse_qs
 
 import pytest_twisted
 from twisted.internet import defer, reactor, task
@@ -290,5 +290,138 @@ async def test_metrics_and_access_log_say_what_the_cache_did(closer, tmp_path):
     assert [r["cache"] for r in records if r["path"] == "/m"] == ["miss", "hit"]
 
 
-def _query(url: str) -> dict[str, list[str]]:
-    return parse_qs(url.partition("?")[2])
+def _gateway_with(
+    closer: Any, origin_port: int, route_cache: dict[str, Any] | None = None, **top: Any
+) -> tuple[Any, str]:
+    """A gateway with one cached route ``cached`` (``route_cache``: its [routes.cache]) and
+    the top-level tables ``top`` ([cache], [admin], ...)."""
+    config = {
+        "server": {"host": "127.0.0.1", "port": 0},
+        "routes": [
+            {
+                "path": "/*",
+                "name": "cached",
+                "upstream": {"urls": [f"http://127.0.0.1:{origin_port}"]},
+                "cache": route_cache or {},
+            }
+        ],
+        **top,
+    }
+    service = gateway(config)
+    closer.add(service)
+    return service, f"http://127.0.0.1:{service.ports[0].getHost().port}"
+
+
+TOKEN = "cache-admin-token"
+
+
+async def purge(service: Any, payload: Any) -> tuple[int, Any]:
+    port = service.admin_ports[0].getHost().port
+    response = await http(
+        "POST",
+        f"http://127.0.0.1:{port}/cache/purge",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        data=json.dumps(payload).encode(),
+    )
+    return response.code, json.loads(await response.content())
+
+
+@ensure
+async def test_admin_purge_by_url_prefix_and_route(closer):
+    origin = Origin()
+    up = closer.add(upstream(origin.resource))
+    digest = hashlib.sha256(TOKEN.encode()).hexdigest()
+    admin = {"listen": "tcp:0:interface=127.0.0.1", "token_sha256": digest}
+    service, base = _gateway_with(closer, up.port, admin=admin)
+    host = base.split("//")[1]
+    for path in ("/p/a", "/p/b", "/q"):
+        await get(f"{base}{path}?cc=max-age%3D60", accept_language="fr")
+    assert await purge(service, {"url": f"http://{host}/q?cc=max-age%3D60"}) == (200, {"purged": 1})
+    assert (await get(f"{base}/q?cc=max-age%3D60"))[2].startswith(b"/q #2")
+    assert await purge(service, {"prefix": "/p/"}) == (200, {"purged": 2})
+    assert (await get(f"{base}/p/a?cc=max-age%3D60"))[2].startswith(b"/p/a #2")
+    assert await purge(service, {"route": "cached"}) == (200, {"purged": 2})
+    status, body = await purge(service, {"route": "nope"})
+    assert status == 404
+    status, body = await purge(service, {"prefix": "no-slash"})
+    assert status == 400 and "prefix" in body["error"]
+
+
+@ensure
+async def test_status_header_can_be_turned_off(closer):
+    origin = Origin()
+    up = closer.add(upstream(origin.resource))
+    service, base = _gateway_with(closer, up.port, cache={"status_header": False})
+    await get(f"{base}/h?cc=max-age%3D60")
+    status, fields, body = await get(f"{base}/h?cc=max-age%3D60")
+    assert body == b"/h #1 lang=-"  # a hit
+    assert "cache-status" not in fields
+
+
+@ensure
+async def test_a_body_over_max_object_bytes_is_relayed_whole_and_not_stored(closer):
+    big = b"B" * 5000
+
+    def render(request: Any) -> bytes:
+        request.setHeader(b"Cache-Control", b"max-age=60")
+        # Chunked (no Content-Length): the size is known only as it streams.
+        request.write(big[:2000])
+        request.write(big[2000:])
+        request.finish()
+        return NOT_DONE_YET
+
+    up = closer.add(upstream(FnResource(render)))
+    service, base = _gateway_with(closer, up.port, route_cache={"max_object_bytes": 4096})
+    for _ in range(2):
+        status, fields, body = await get(f"{base}/big")
+        assert (status, body) == (200, big)
+    assert len(up.site.resource.seen) == 2
+
+
+@ensure
+async def test_a_broken_off_body_is_never_stored(closer):
+    calls = []
+
+    def render(request: Any) -> Any:
+        calls.append(1)
+        request.setHeader(b"Cache-Control", b"max-age=60")
+        request.setHeader(b"Content-Length", b"100")
+        request.write(b"x" * 10)
+        request.transport.abortConnection()
+        return NOT_DONE_YET
+
+    up = closer.add(upstream(FnResource(render)))
+    service, base = _gateway_with(closer, up.port)
+    for _ in range(2):
+        try:
+            await get(f"{base}/cut")
+        except Exception:
+            pass  # the client connection is cut: never a truncated answer that looks complete
+    assert len(calls) == 2
+
+
+@ensure
+async def test_the_redis_store_is_shared_by_replicas_and_its_outage_only_uncaches(closer, tmp_path):
+    from tests.support.redis import RedisServer
+
+    redis = RedisServer(tmp_path).start()
+    closer.add(redis)
+    origin = Origin()
+    up = closer.add(upstream(origin.resource))
+    store = {"backend": "redis", "redis_url": redis.url}
+    one, base_one = _gateway_with(closer, up.port, cache=store)
+    two, base_two = _gateway_with(closer, up.port, cache=store)
+    # Behind one load balancer both replicas see the same Host.
+    await get(f"{base_one}/shared?cc=max-age%3D60", host="api.test")
+    for _ in range(50):  # the first replica's write to Redis is not awaited by its client
+        if await one.runtime.cache_store.get(b"http://api.test/shared?cc=max-age%3D60"):
+            break
+        await task.deferLater(reactor, 0.02, lambda: None)
+    status, fields, body = await get(f"{base_two}/shared?cc=max-age%3D60", host="api.test")
+    assert body == b"/shared #1 lang=-"
+    assert fields["cache-status"].startswith("avx; hit")
+    redis.stop()
+    status, fields, body = await get(f"{base_one}/down?cc=max-age%3D60")
+    assert (status, body) == (200, b"/down #1 lang=-")
+    status, fields, body = await get(f"{base_one}/down?cc=max-age%3D60")
+    assert (status, body) == (200, b"/down #2 lang=-")  # uncached, never failed
