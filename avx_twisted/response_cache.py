@@ -170,10 +170,11 @@ class RouteCache:
                 self._wait(waiting, request, ctx, forward, key, request_cc)
                 return
             self._inflight[key] = []
-        elif entry is None:
-            pass  # a waiter looking again: it goes upstream itself
         self._count(ctx, "miss" if entry is None else "revalidated")
-        forward(CacheHooks(self, request, ctx, key, entry, owns_lock=entry is None and collapse))
+        hooks = CacheHooks(self, request, ctx, key, entry, owns_lock=entry is None and collapse)
+        if entry is None and entries:
+            hooks.fwd = "vary-miss"  # the URI is stored, not this variant (RFC 9211 2.2)
+        forward(hooks)
 
     def _wait(
         self,
@@ -336,6 +337,8 @@ class CacheHooks:
         self.owns_lock = owns_lock
         self.may_store = store
         self.request_time = cache_.clock.seconds()
+        #: Why it went upstream, for Cache-Status (RFC 9211 2.2).
+        self.fwd = "uri-miss"
         self._chunks: Optional[List[bytes]] = None
         self._size = 0
         self._status = 0
@@ -399,7 +402,7 @@ class CacheHooks:
                     self.cache.metrics.cache_request("uncacheable").inc()
             self.release()
         if self.cache.status_header and not isinstance(request, BackgroundRequest):
-            fwd = "miss" if self.stored is None else "stale"
+            fwd = self.fwd if self.stored is None else "stale"
             if self.ctx is not None and self.ctx.cache == "bypass":
                 fwd = "request"
             fields = fields + [(_CACHE_STATUS, cache.cache_status(False, fwd, stored=why is None))]
