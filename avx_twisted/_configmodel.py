@@ -17,6 +17,7 @@ TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
 CLIENT_AUTH_MODES = ("none", "optional", "require")
 UPSTREAM_PROTOCOLS = ("http/1.1", "h2", "h2c")
 CACHE_BACKENDS = ("memory", "redis")
+COMPRESSION_ENCODINGS = ("br", "gzip")
 HEALTH_CHECK_KINDS = ("http", "grpc")
 HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
 PUBLIC_KEY_ALGORITHMS = (
@@ -222,6 +223,23 @@ class RouteCacheConfig:
 
 
 @dataclass(frozen=True)
+class RouteCompressionConfig:
+    """``[routes.compression]``: gzip/brotli of responses by Accept-Encoding (absent = off)."""
+
+    #: In order of preference.
+    encodings: tuple[str, ...] = ("br", "gzip")
+    #: Smaller bodies (of known length) are sent as they are.
+    min_bytes: int = 1024
+    content_types: tuple[str, ...] = (
+        "text/*",
+        "application/json",
+        "application/javascript",
+        "application/xml",
+        "image/svg+xml",
+    )
+
+
+@dataclass(frozen=True)
 class PluginRef:
     """One ``{ name, config }`` of ``routes[].plugins`` or ``[plugins] global``: the plugin, made
     (and its config validated) when the file is loaded."""
@@ -274,6 +292,7 @@ class RouteConfig:
     #: On a gRPC route: the route's own ``timeout_ms`` (caps the client's deadline), if set.
     grpc_timeout_cap_ms: int | None = None
     cache: RouteCacheConfig | None = None
+    compression: RouteCompressionConfig | None = None
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from ._configmodel import (
     AUTH_METHODS,
     CACHE_BACKENDS,
     CLIENT_AUTH_MODES,
+    COMPRESSION_ENCODINGS,
     HEALTH_CHECK_KINDS,
     HMAC_ALGORITHMS,
     LOG_LEVELS,
@@ -51,6 +52,7 @@ from ._configmodel import (
     PluginsConfig,
     RateLimitConfig,
     RouteCacheConfig,
+    RouteCompressionConfig,
     RouteConfig,
     ServerConfig,
     TlsCertificate,
@@ -269,7 +271,9 @@ _ROUTE_KEYS = (
     "resource",
     "grpc",
     "cache",
+    "compression",
 )
+_COMPRESSION_KEYS = ("encodings", "min_bytes", "content_types")
 _ROUTE_CACHE_KEYS = (
     "default_ttl_s",
     "max_object_bytes",
@@ -1082,6 +1086,10 @@ class Parser:
             self.error(t.key("cache"), "is only used with [routes.upstream], not with resource")
         if route_cache is not None and grpc:
             self.error(t.key("cache"), "gRPC calls (POST) are never cached: leave it out")
+        compression_t = t.table("compression", _COMPRESSION_KEYS)
+        compression = self.compression(compression_t) if compression_t is not None else None
+        if compression is not None and resource is not None:
+            self.error(t.key("compression"), "is only used with [routes.upstream]")
         if path is None or (upstream is None and (resource is None or t.has("upstream"))):
             return None
         return RouteConfig(
@@ -1106,6 +1114,7 @@ class Parser:
             grpc=grpc,
             grpc_timeout_cap_ms=own_timeout,
             cache=route_cache,
+            compression=compression,
         )
 
     def upstream(self, t: _Table | None, path: str) -> UpstreamConfig | None:
@@ -1216,6 +1225,31 @@ class Parser:
             lock_timeout_ms=t.get("lock_timeout_ms", "int", d.lock_timeout_ms, _positive),
             store_set_cookie=t.get("store_set_cookie", "bool", d.store_set_cookie),
             max_variants=t.get("max_variants", "int", d.max_variants, _at_least(1)),
+        )
+
+    def compression(self, t: _Table) -> RouteCompressionConfig:
+        d = RouteCompressionConfig()
+
+        def media_ranges(values: Sequence[str]) -> str | None:
+            for value in values:
+                main, slash, sub = value.partition("/")
+                if not slash or not _TOKEN.match(main) or not (sub == "*" or _TOKEN.match(sub)):
+                    return f"has {value!r}: not a media type (type/subtype or type/*)"
+            return None if values else "must list at least one media type"
+
+        encodings = t.get(
+            "encodings", "list[str]", d.encodings, _each(_one_of(COMPRESSION_ENCODINGS))
+        )
+        if not encodings:
+            self.error(
+                t.key("encodings"),
+                "must list at least one of br, gzip (leave the table out for none)",
+            )
+        types = t.get("content_types", "list[str]", d.content_types, media_ranges)
+        return RouteCompressionConfig(
+            encodings=tuple(dict.fromkeys(encodings)),
+            min_bytes=t.get("min_bytes", "int", d.min_bytes, _at_least(0)),
+            content_types=tuple(v.lower() for v in types),
         )
 
     def cache(self, t: _Table) -> CacheConfig:

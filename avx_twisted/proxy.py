@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from . import grpc
+from .compression import Compressor
 from .errors import REFUSALS, error_answer
 from .filters import send_answer
 from .h1 import (
@@ -94,6 +95,8 @@ class Exchange:
         self.forwarder = forwarder
         #: The route cache's hooks for this request (response_cache.CacheHooks), or None.
         self.cache = cache
+        #: The response body's encoder when the route compresses this answer.
+        self.compressor: Any = None
         self.request = request
         self.ctx = ctx
         self.route = route
@@ -346,6 +349,14 @@ class Exchange:
             if chain.body and length != 0 and request.method != b"HEAD":
                 self.transform = chain.body_transform(self.ctx)
                 length = None  # the plugins may change its size: chunked (or close-delimited)
+        compression = self.route.compression
+        if compression is not None:
+            encoding, fields = compression.plan(
+                request.method, request.fields, status, fields, length
+            )
+            if encoding is not None:
+                self.compressor = Compressor(encoding)
+                length = None  # re-framed: chunked (HTTP/1.1) or DATA frames (HTTP/2)
         if self.cache is not None:
             fields = self.cache.started(status, fields, length)
         self.state = ExchangeState.RELAYING
@@ -432,6 +443,8 @@ class Exchange:
                 return
             if not data:
                 return
+        if self.compressor is not None:
+            data = self.compressor.data(data)
         if self.cache is not None:
             self.cache.data(data)
         self.request.write(data)
@@ -462,9 +475,16 @@ class Exchange:
                 self.transform_failed()
                 return
             if tail:
+                if self.compressor is not None:
+                    tail = self.compressor.data(tail)
                 if self.cache is not None:
                     self.cache.data(tail)
                 request.write(tail)
+        if self.compressor is not None:
+            tail = self.compressor.finish()
+            if self.cache is not None:
+                self.cache.data(tail)
+            request.write(tail)
         if self.cache is not None:
             self.cache.done()
         self.done()

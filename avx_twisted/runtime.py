@@ -70,6 +70,13 @@ class RuntimeRoute:
         self.responder: Any = None
         #: The route's response cache (``response_cache.RouteCache``), None: not cached.
         self.cache: Any = None
+        #: ``[routes.compression]`` (``compression.CompressionPolicy``), None: off.
+        self.compression: Any = None
+        if config.compression is not None:
+            from .compression import CompressionPolicy
+
+            c = config.compression
+            self.compression = CompressionPolicy(c.encodings, c.min_bytes, c.content_types)
         #: TLS to the route's https targets, with its files read (None: a resource route).
         self.tls: UpstreamTLS | None = None
 

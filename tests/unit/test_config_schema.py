@@ -81,6 +81,7 @@ PARSER_TUPLES = {
     "_ROUTE_RATE_KEYS": ("routes[].rate_limit",),
     "_ROUTE_CACHE_KEYS": ("routes[].cache",),
     "_CACHE_KEYS": ("cache",),
+    "_COMPRESSION_KEYS": ("routes[].compression",),
     "_RATE_KEYS": ("rate_limiting",),
     "_CORS_KEYS": ("cors",),
     "_JWT_KEYS": ("auth.jwt",),

@@ -100,6 +100,7 @@ class Route:
         self.owned_response_headers = frozenset()
         self.metrics = None
         self.websocket = True
+        self.compression = None
         self.websocket_idle_timeout_s = 300.0
         if threshold is not None:
             for target in self.upstream.targets:
