@@ -97,8 +97,13 @@ class CacheEntry:
         """What keeping this entry costs: body, header fields, keys, plus a fixed overhead."""
         headers = sum(len(n) + len(v) for n, v in self.fields)
         return (
-            len(self.body) + headers + len(self.key) + len(self.variant) + len(self.path)
-            + len(self.route) + ENTRY_OVERHEAD
+            len(self.body)
+            + headers
+            + len(self.key)
+            + len(self.variant)
+            + len(self.path)
+            + len(self.route)
+            + ENTRY_OVERHEAD
         )
 
 
@@ -183,8 +188,9 @@ class MemoryStore:
         self._bytes += size
         self._entries += 1
         heapq.heappush(self._expiry, (entry.expires_at, self._serial, entry.key, entry.variant))
-        others = sorted((s.entry.response_time, v) for v, s in variants.items()
-                        if v != entry.variant)
+        others = sorted(
+            (s.entry.response_time, v) for v, s in variants.items() if v != entry.variant
+        )
         for _, variant in others[: max(0, len(variants) - max(1, max_variants))]:
             self._remove(entry.key, variant)
             self.evictions += 1
@@ -197,8 +203,11 @@ class MemoryStore:
             self._remove(lru_key, oldest)
             self.evictions += 1
         if len(self._expiry) > 2 * self._entries + 64:
-            self._expiry = [(s.entry.expires_at, s.serial, k, v) for k, vs in self._keys.items()
-                            for v, s in vs.items()]
+            self._expiry = [
+                (s.entry.expires_at, s.serial, k, v)
+                for k, vs in self._keys.items()
+                for v, s in vs.items()
+            ]
             heapq.heapify(self._expiry)
         return defer.succeed(None)
 
@@ -218,16 +227,24 @@ class MemoryStore:
 
     def stats(self) -> dict[str, int]:
         self._drop_expired()
-        return {"entries": self._entries, "bytes": self._bytes, "evictions": self.evictions,
-                "errors": 0}
+        return {
+            "entries": self._entries,
+            "bytes": self._bytes,
+            "evictions": self.evictions,
+            "errors": 0,
+        }
 
     def close(self) -> Deferred[None]:
         return defer.succeed(None)
 
     def _purge(self, matches: Callable[[CacheEntry], bool]) -> int:
         now = self.clock.seconds()
-        gone = [(k, v, s.entry.expires_at > now) for k, vs in self._keys.items()
-                for v, s in vs.items() if matches(s.entry)]
+        gone = [
+            (k, v, s.entry.expires_at > now)
+            for k, vs in self._keys.items()
+            for v, s in vs.items()
+            if matches(s.entry)
+        ]
         for key, variant, _ in gone:
             self._remove(key, variant)
         return sum(1 for _, _, live in gone if live)
@@ -309,7 +326,9 @@ local rnow = tonumber(t[1])
 
 # ARGV: P, kh, vh, id, n, route, path, variant, meta, size, expires_at, ttl, max_variants,
 # response_time, now. Returns the number of variants evicted, or -1 when a chunk is missing.
-_PUT_LUA = _LUA_COMMON + """
+_PUT_LUA = (
+    _LUA_COMMON
+    + """
 local kh, vh, id, n = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local route, path, size, ttl = ARGV[6], ARGV[7], ARGV[10], tonumber(ARGV[12])
 local now = tonumber(ARGV[15])
@@ -355,11 +374,15 @@ end
 sweep(16, rnow)
 return evicted
 """
+)
 
 # ARGV: P, kh, vh, now: removes one variant (a put that is not stored replaces it by nothing).
-_DROP_LUA = _LUA_COMMON + """
+_DROP_LUA = (
+    _LUA_COMMON
+    + """
 return drop(ARGV[2], ARGV[3], tonumber(ARGV[4]))
 """
+)
 
 # ARGV: P, kh. Returns, newest first, 8 values per variant: id, n, route, path, variant, meta,
 # expires_at, and the first chunk (nil when the body is empty or the chunk gone).
@@ -383,7 +406,9 @@ return out
 """
 
 # ARGV: P, kh, now: every variant of one key.
-_DELETE_LUA = _LUA_COMMON + """
+_DELETE_LUA = (
+    _LUA_COMMON
+    + """
 local count = 0
 for _, vh in ipairs(redis.call('ZRANGE', P .. 'v:' .. ARGV[2], 0, -1)) do
   count = count + drop(ARGV[2], vh, tonumber(ARGV[3]))
@@ -391,9 +416,12 @@ end
 redis.call('DEL', P .. 'v:' .. ARGV[2])
 return count
 """
+)
 
 # ARGV: P, prefix, now, batch. Returns {removed, 1 when there may be more}.
-_PURGE_PREFIX_LUA = _LUA_COMMON + """
+_PURGE_PREFIX_LUA = (
+    _LUA_COMMON
+    + """
 local prefix, now, batch = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local ms = redis.call('ZRANGEBYLEX', P .. 'paths', '[' .. prefix, '+', 'LIMIT', 0, batch)
 local count = 0
@@ -410,9 +438,12 @@ for _, m in ipairs(ms) do
 end
 return {count, #ms == batch and 1 or 0}
 """
+)
 
 # ARGV: P, route, now, batch. Returns {removed, 1 when there may be more}.
-_PURGE_ROUTE_LUA = _LUA_COMMON + """
+_PURGE_ROUTE_LUA = (
+    _LUA_COMMON
+    + """
 local r, now, batch = P .. 'r:' .. ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local ms = redis.call('ZRANGE', r, 0, batch - 1)
 local count = 0
@@ -426,12 +457,16 @@ for _, kvi in ipairs(ms) do
 end
 return {count, #ms == batch and 1 or 0}
 """
+)
 
 # ARGV: P. Sweeps expired entries out of the indexes; returns {entries, bytes}.
-_STATS_LUA = _LUA_COMMON + """
+_STATS_LUA = (
+    _LUA_COMMON
+    + """
 sweep(1000, rnow)
 return {redis.call('ZCARD', P .. 'live'), tonumber(redis.call('GET', P .. 'bytes') or '0')}
 """
+)
 
 
 def _digest(data: bytes) -> bytes:
@@ -595,21 +630,39 @@ class RedisStore:
         chunk_id = os.urandom(8).hex().encode("ascii")
         body = entry.body
         chunks = [body[i : i + CHUNK_SIZE] for i in range(0, len(body), CHUNK_SIZE)]
-        writes = [self.redis.execute_command("SET", self._chunk(chunk_id, i), c, "EX", ttl)
-                  for i, c in enumerate(chunks)]
+        writes = [
+            self.redis.execute_command("SET", self._chunk(chunk_id, i), c, "EX", ttl)
+            for i, c in enumerate(chunks)
+        ]
         meta = json.dumps(
-            {"s": entry.status, "q": entry.request_time, "r": entry.response_time,
-             "b": len(body),
-             "f": [(n.decode("latin-1"), v.decode("latin-1")) for n, v in entry.fields]},
+            {
+                "s": entry.status,
+                "q": entry.request_time,
+                "r": entry.response_time,
+                "b": len(body),
+                "f": [(n.decode("latin-1"), v.decode("latin-1")) for n, v in entry.fields],
+            },
             separators=(",", ":"),
         )
-        args = [self.prefix, kh, vh, chunk_id, len(chunks), entry.route.encode("utf-8"),
-                entry.path, entry.variant, meta.encode("ascii"), entry.size,
-                repr(entry.expires_at), ttl, max(1, max_variants), repr(entry.response_time),
-                repr(now)]
+        args = [
+            self.prefix,
+            kh,
+            vh,
+            chunk_id,
+            len(chunks),
+            entry.route.encode("utf-8"),
+            entry.path,
+            entry.variant,
+            meta.encode("ascii"),
+            entry.size,
+            repr(entry.expires_at),
+            ttl,
+            max(1, max_variants),
+            repr(entry.response_time),
+            repr(now),
+        ]
         commit = self.redis.eval(_PUT_LUA, [], args)
-        replies = await self._wait(_gather([*writes, commit]),
-                                   len(chunks))
+        replies = await self._wait(_gather([*writes, commit]), len(chunks))
         evicted = replies[-1]
         if evicted < 0:
             raise _ReplyError("a body chunk was not stored")
@@ -664,21 +717,34 @@ class RedisStore:
         now = self.clock.seconds()
         if self._closed:
             return empty
-        if not failure.check(defer.TimeoutError, defer.CancelledError, txredisapi.ConnectionError,
-                             ConnectError, ConnectionClosed):
+        if not failure.check(
+            defer.TimeoutError,
+            defer.CancelledError,
+            txredisapi.ConnectionError,
+            ConnectError,
+            ConnectionClosed,
+        ):
             # Redis answered, but not as asked (or a bug of ours): not an outage.
             if now - self._last_reply_error >= 60.0:
                 self._last_reply_error = now
-                self.log.failure("cache store Redis {redis} operation failed", failure,
-                                 redis=self.url.redacted())
+                self.log.failure(
+                    "cache store Redis {redis} operation failed", failure, redis=self.url.redacted()
+                )
             return empty
         self._retry_at = now + self.retry_s
         if not self._down:
             self._down = True
-            why = (f"no answer within {self.timeout_s:g} s" if failure.check(defer.TimeoutError)
-                   else failure.getErrorMessage() or failure.type.__name__)
-            self.log.warn("cache store Redis {redis} unavailable: {why}; caching is off until it"
-                          " answers again", redis=self.url.redacted(), why=why)
+            why = (
+                f"no answer within {self.timeout_s:g} s"
+                if failure.check(defer.TimeoutError)
+                else failure.getErrorMessage() or failure.type.__name__
+            )
+            self.log.warn(
+                "cache store Redis {redis} unavailable: {why}; caching is off until it"
+                " answers again",
+                redis=self.url.redacted(),
+                why=why,
+            )
         return empty
 
 
