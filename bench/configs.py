@@ -16,6 +16,10 @@ BIG_SIZE = 1 << 20  # 1 MiB
 HUGE_SIZE = 200 * 1000 * 1000  # 200 MB
 UPLOAD_SIZE = 1000 * 1000 * 1000  # 1 GB, the upload memory check
 NOFILE = 65536
+#: The cache rows' path: the origin answers it like /tiny, with explicit freshness.
+CACHED_PATH = "/cached"
+CACHED_CACHE_CONTROL = "max-age=3600"
+CACHED_ORIGIN_LOG = "origin-cached.log"  # in the work dir: one line per origin request
 NOOP_PLUGIN = "bench-noop"  # bench/noop_plugin.py, registered by bench/twistd_with_plugin.py
 #: The gateway's TLS 1.2 cipher list, given to nginx too: avx_twisted/tls.py's own when it
 #: imports (bench/run.py runs with the gateway's venv), else the copy it had when this was written.
@@ -50,10 +54,20 @@ def nginx_common(workdir: Path, name: str) -> str:
 def origin_conf(workdir: Path, port: int, h2c_port: Optional[int] = None) -> str:
     """The origin: ``/tiny``, ``/big`` and ``/huge`` over HTTP/1.1 on ``port`` and, with
     ``h2c_port``, the same over cleartext HTTP/2 (prior knowledge only) on that port too (the
-    upstream of the gateway's h2c row), in the same nginx."""
+    upstream of the gateway's h2c row), in the same nginx. ``/cached`` (the cache rows' path)
+    is ``/tiny`` with ``Cache-Control: max-age=3600``, and the only location with an access
+    log (``CACHED_ORIGIN_LOG`` in ``workdir``): its line count is how many requests for it
+    reached the origin, which must stay flat while a cache row is measured."""
     www = workdir / "www"
+    cached_log = workdir / CACHED_ORIGIN_LOG
     locations = (
         '        location = /tiny { default_type text/plain; return 200 "Hello, world\\n"; }\n'
+        f"        location = {CACHED_PATH} {{\n"
+        "            default_type text/plain;\n"
+        f'            add_header Cache-Control "{CACHED_CACHE_CONTROL}";\n'
+        f"            access_log {cached_log};\n"
+        '            return 200 "Hello, world\\n";\n'
+        "        }\n"
         f"        location = /big {{ alias {www}/big.bin; }}\n"
         f"        location = /huge {{ alias {www}/huge.bin; }}\n"
         "        location / { return 404; }\n"
@@ -78,6 +92,30 @@ def nginx_proxy_conf(workdir: Path, port: int, origin_port: int) -> str:
         "            proxy_pass http://origin;\n"
         "            proxy_http_version 1.1;\n"
         '            proxy_set_header Connection "";\n'
+        "        }\n    }\n}\n"
+    )
+
+
+def nginx_cache_proxy_conf(workdir: Path, port: int, origin_port: int) -> str:
+    """The nginx proxy row's config with ``proxy_cache``: a cache dir in ``workdir``, one
+    keys zone, freshness from the origin's ``Cache-Control`` (no ``proxy_cache_valid``), and
+    ``X-Cache-Status: $upstream_cache_status`` on every answer (MISS, then HIT)."""
+    cache_dir = workdir / "nginx-cache"
+    cache_dir.mkdir(exist_ok=True)
+    return nginx_common(workdir, "nginx-cache-proxy") + (
+        f"    proxy_cache_path {cache_dir} levels=1:2 keys_zone=bench:10m max_size=256m "
+        "inactive=60m use_temp_path=off;\n"
+        "    upstream origin {\n"
+        f"        server 127.0.0.1:{origin_port};\n"
+        "        keepalive 64;\n        keepalive_requests 1000000;\n    }\n"
+        "    server {\n"
+        f"        listen 127.0.0.1:{port} backlog=1024;\n"
+        "        location / {\n"
+        "            proxy_pass http://origin;\n"
+        "            proxy_http_version 1.1;\n"
+        '            proxy_set_header Connection "";\n'
+        "            proxy_cache bench;\n"
+        "            add_header X-Cache-Status $upstream_cache_status always;\n"
         "        }\n    }\n}\n"
     )
 
@@ -142,6 +180,7 @@ def gateway_toml(
     tls: Optional[Tuple[Path, Path]] = None,
     http2: bool = False,
     upstream_protocol: Optional[str] = None,
+    cache: bool = False,
 ) -> str:
     """The gateway's config: ``/*`` to the origin on ``origin_port``. With ``sink_port``, also
     an exact route ``/sink`` to that origin taking bodies up to ``sink_max_body`` bytes, with
@@ -152,7 +191,10 @@ def gateway_toml(
     ``[server.listeners.tls]`` instead of ``listen`` (no cleartext port). With ``http2``, the
     listener is such an entry with ``http2 = true`` (h2c with prior knowledge on cleartext,
     ALPN h2 with ``tls``). ``upstream_protocol`` (``"h2c"``, ``"h2"``): the route's
-    ``[routes.upstream] protocol``, with ``origin_port`` then a port speaking it."""
+    ``[routes.upstream] protocol``, with ``origin_port`` then a port speaking it. With
+    ``cache``, the route has ``[routes.cache]`` (its defaults: no heuristic freshness, so only
+    answers with explicit freshness, ``/cached``, are stored) and ``[cache]`` is the memory
+    store with ``Cache-Status`` on."""
     endpoint = f"tcp:{port}:interface=127.0.0.1:backlog=1024"
     lines = ["[server]"]
     listener = tls is not None or http2
@@ -191,6 +233,8 @@ def gateway_toml(
     if upstream_protocol is not None:
         lines.append(f'protocol = "{upstream_protocol}"')
     lines.append("")
+    if cache:
+        lines += ["[routes.cache]", "max_object_bytes = 1048576", ""]
     if sink_port is not None:
         lines += _sink_route(sink_port, sink_max_body, full)
     if not full:
@@ -225,6 +269,14 @@ def gateway_toml(
             "[logging]",
             'format = "json"',
             f'access_log = "{workdir}/access-{port}.log"',
+        ]
+    if cache:
+        lines += [
+            "",
+            "[cache]",
+            'backend = "memory"',
+            "max_bytes = 268435456",
+            "status_header = true",
         ]
     if tracing_endpoint is not None:
         lines += [

@@ -5,9 +5,10 @@ as docs/benchmarks.md.
 
 The "Profile" section of an existing docs/benchmarks.md is kept as it is when the file is
 rewritten, so notes written there survive a re-run; so are its "Overhead of tracing and
-plugins", "TLS" and "HTTP/2" sections when the results have no such rows (older results). A
-partial run of bench/run.py with ``--doc`` replaces only those of the three it has rows for
-(``write_overhead_section``, ``write_tls_section``, ``write_h2_section``).
+plugins", "TLS", "HTTP/2" and "Cache" sections when the results have no such rows (older
+results). A partial run of bench/run.py with ``--doc`` replaces only those of the four it has rows
+for (``write_overhead_section``, ``write_tls_section``, ``write_h2_section``,
+``write_cache_section``).
 """
 
 from __future__ import annotations
@@ -133,9 +134,9 @@ def shown_rows(results: Json) -> List[Json]:
 
 
 def main_rows(results: Json) -> List[Json]:
-    """The rows of the main table: the shown ones but the TLS and HTTP/2 rows (their own
+    """The rows of the main table: the shown ones but the TLS, HTTP/2 and cache rows (their own
     sections)."""
-    return [r for r in shown_rows(results) if r.get("id") not in TLS_IDS + H2_IDS]
+    return [r for r in shown_rows(results) if r.get("id") not in TLS_IDS + H2_IDS + CACHE_IDS]
 
 
 def table_rows(results: Json) -> List[List[str]]:
@@ -296,6 +297,7 @@ def targets(results: Json) -> List[Tuple[str, str, Optional[bool]]]:
         out.append(
             ("10,000 idle keep-alive connections within 150 MB", idle.get("error", "–"), None)
         )
+    out += cache_targets(results)
     return out
 
 
@@ -435,6 +437,9 @@ def render_text(results: Json) -> str:
     h2 = h2_text_rows(results)
     if h2:
         parts += ["HTTP/2 (h2load, h2c with prior knowledge):", text_table(H2_TEXT_COLUMNS, h2)]
+    cached = cache_text_rows(results)
+    if cached:
+        parts += ["Cache hits (/cached):", text_table(CACHE_TEXT_COLUMNS, cached)]
     half_rows = half_rate_rows(results)
     if half_rows:
         parts += ["Latency at half the max rate (tiny):", text_table(HALF_COLUMNS, half_rows)]
@@ -1195,6 +1200,323 @@ def write_h2_section(results: Json, doc: Path) -> None:
     replace_section(doc, H2_HEADING, h2_section(results, partial=True))
 
 
+# --------------------------------------------------------------------------- cache
+
+CACHE_HEADING = "## Cache"
+#: The cache-hit rows (bench/run.py's ``cache`` rows), each with the uncached row it is compared
+#: with (nginx-cache with nginx proxy_pass, the gateway's with the full-stack row).
+CACHE_IDS = ("nginx-cache", "gw-cache", "gw-cache-pypy")
+CACHE_UNCACHED = {"nginx-cache": "nginx", "gw-cache": "gw-full", "gw-cache-pypy": "gw-full-pypy"}
+#: Issue 15: a cache hit through the full stack at ≥ 0.5x nginx proxy_cache's hit rate.
+CACHE_TARGET = 0.5
+CACHE_COLUMNS = [
+    "Row",
+    "Runtime",
+    "Hit req/s",
+    "mean ms",
+    "p50 ms",
+    "p99 ms",
+    "CPU % hits: proxy / other / load core (wrk+origin)",
+    "RSS idle MiB",
+    "RSS after MiB",
+    "vs nginx proxy_cache hit",
+    "vs its uncached row (`/tiny`)",
+]
+CACHE_CHECK_COLUMNS = [
+    "Row",
+    "Runtime",
+    "1st request",
+    "2nd request",
+    "Origin requests: storing / warm-up / measured run",
+    "Hits counted in the measured run (wrk's requests)",
+    "Last request",
+]
+CACHE_TEXT_COLUMNS = [
+    "Row",
+    "Runtime",
+    "Hit req/s",
+    "mean ms",
+    "p99 ms",
+    "CPU % p/o/l",
+    "vs nginx-cache",
+    "vs uncached",
+    "origin reqs in run",
+]
+
+
+def has_cache_rows(results: Json) -> bool:
+    """Whether ``results`` ran (or tried) any cache row."""
+    return any(
+        (row_by_id(results, i) or {}).get("status", "unselected") != "unselected" for i in CACHE_IDS
+    )
+
+
+def _cache_shown(results: Json) -> List[Json]:
+    return [
+        row
+        for row in (row_by_id(results, i) for i in CACHE_IDS)
+        if row is not None and row.get("status") != "unselected"
+    ]
+
+
+def _cache_ratios(results: Json, row: Json) -> Dict[str, Optional[float]]:
+    nginx = row_by_id(results, "nginx-cache")
+    uncached = row_by_id(results, CACHE_UNCACHED[row["id"]])
+    hit = metric(row, "cached", "rps")
+    return {
+        "vs_nginx": ratio(hit, metric(nginx, "cached", "rps")) if row is not nginx else None,
+        "vs_uncached": ratio(hit, metric(uncached, "tiny", "rps")),
+        "uncached": metric(uncached, "tiny", "rps"),
+    }
+
+
+def cache_rows(results: Json) -> List[List[str]]:
+    out = []
+    for row in _cache_shown(results):
+        ok = measured(row)
+        r = _cache_ratios(results, row)
+        mine = row.get("id") != "nginx-cache"
+        uncached = "–"
+        if r["vs_uncached"] is not None:
+            uncached = f"{f_ratio(r['vs_uncached'])} ({f_int(r['uncached'])} req/s)"
+        out.append(
+            [
+                _label(row),
+                row.get("runtime", ""),
+                f_int(metric(row, "cached", "rps")),
+                f_ms(metric(row, "cached", "avg_ms")),
+                f_ms(metric(row, "cached", "p50_ms")),
+                f_ms(metric(row, "cached", "p99_ms")),
+                cpu_text(row, "cached"),
+                f_mib(row.get("rss_idle_kb")) if ok or row.get("rss_idle_kb") else "–",
+                f_mib(row.get("rss_after_kb")) if ok else "–",
+                f_ratio(r["vs_nginx"]) if mine else "",
+                uncached,
+            ]
+        )
+    return out
+
+
+def _probe_text(probe: Optional[Json], header: str) -> str:
+    if not probe:
+        return "–"
+    verdict = probe.get(header)
+    text = f"{probe.get('status')}, `{header}: {verdict}`" if verdict else f"{probe.get('status')}"
+    if probe.get("age") is not None:
+        text += f", `Age: {probe['age']}`"
+    return text
+
+
+def cache_check_rows(results: Json) -> List[List[str]]:
+    out = []
+    for row in _cache_shown(results):
+        checks = row.get("cache_checks") or {}
+        header = checks.get("header", "")
+        keys = ("origin_requests_storing", "origin_requests_warmup", "origin_requests_load")
+        origin = [checks.get(k) for k in keys]
+        hits = "n/a (nginx has no counter)" if row.get("id") == "nginx-cache" else "–"
+        if checks.get("hits_counted_load") is not None:
+            hits = (
+                f"{_count(int(checks['hits_counted_load']))} "
+                f"({_count((row.get('cached') or {}).get('requests'))})"
+            )
+        out.append(
+            [
+                _label(row),
+                row.get("runtime", ""),
+                _probe_text(checks.get("first"), header),
+                _probe_text(checks.get("second"), header),
+                " / ".join("–" if v is None else _count(v) for v in origin),
+                hits,
+                _probe_text(checks.get("after"), header),
+            ]
+        )
+    return out
+
+
+def cache_text_rows(results: Json) -> List[List[str]]:
+    out = []
+    for row in _cache_shown(results):
+        r = _cache_ratios(results, row)
+        mine = row.get("id") != "nginx-cache"
+        out.append(
+            [
+                _label(row),
+                row.get("runtime", ""),
+                f_int(metric(row, "cached", "rps")),
+                f_ms(metric(row, "cached", "avg_ms")),
+                f_ms(metric(row, "cached", "p99_ms")),
+                cpu_text(row, "cached"),
+                f_ratio(r["vs_nginx"]) if mine else "",
+                f_ratio(r["vs_uncached"]),
+                _count((row.get("cache_checks") or {}).get("origin_requests_load")),
+            ]
+        )
+    return out
+
+
+def cache_targets(results: Json) -> List[Tuple[str, str, Optional[bool]]]:
+    """Issue 15's target, per runtime: a hit through the full stack + cache at ≥ 0.5x nginx
+    proxy_cache's hit req/s, on one core; not met when the origin saw requests meanwhile."""
+    out: List[Tuple[str, str, Optional[bool]]] = []
+    nginx = row_by_id(results, "nginx-cache")
+    for row_id, runtime in (("gw-cache", "CPython"), ("gw-cache-pypy", "PyPy")):
+        row = row_by_id(results, row_id)
+        label = (
+            f"{runtime} full stack + cache, cache hits of a small response: "
+            f"≥ {CACHE_TARGET:g}x nginx proxy_cache's hit req/s (one core)"
+        )
+        r = ratio(metric(row, "cached", "rps"), metric(nginx, "cached", "rps"))
+        if row is not None and row.get("status") not in ("ok", None, "unselected"):
+            out.append((label, f"not measured: {row.get('note', row.get('status'))}", None))
+            continue
+        if r is None:
+            out.append((label, "–", None))
+            continue
+        missed = (row.get("cache_checks") or {}).get("origin_requests_load")  # type: ignore[union-attr]
+        text = (
+            f"{r:.2f}x ({f_int(metric(row, 'cached', 'rps'))} vs "
+            f"{f_int(metric(nginx, 'cached', 'rps'))} req/s)"
+        )
+        if missed:
+            text += f", but {missed} requests reached the origin"
+        out.append((label, text, r >= CACHE_TARGET and not missed))
+    return out
+
+
+def cache_section(results: Json, partial: bool = False) -> str:
+    """The markdown of the Cache section, heading included."""
+    out: List[str] = [CACHE_HEADING + "\n"]
+    add = out.append
+    meta = results.get("meta", {})
+    settings = meta.get("settings", {})
+    machine = meta.get("machine", {})
+    conns = settings.get("connections")
+    add(
+        "Cache hits of the small response: the origin answers `/cached` like `/tiny` (13 bytes, "
+        "`return 200`) with `Cache-Control: max-age=3600`, and each proxy below stores it and "
+        "answers it from its cache. Loaded like the Results rows: "
+        f"`wrk -t1 -c{conns} -d{settings.get('duration_s', 0):g}s --latency` on `/cached` with "
+        "the same headers, after a warm-up run of the same length as theirs, proxy pinned to "
+        f"core {settings.get('proxy_core')}, wrk and the origin to core "
+        f"{settings.get('load_core')}.\n"
+    )
+    add(
+        "- **nginx proxy_pass + proxy_cache**: the nginx proxy_pass row's config (1 worker, "
+        "`upstream` with `keepalive 64`, access log off) with `proxy_cache_path` in the run's "
+        "temp dir (`levels=1:2 keys_zone=bench:10m max_size=256m inactive=60m "
+        "use_temp_path=off`), `proxy_cache bench` on the location, no `proxy_cache_valid` (the "
+        "origin's `Cache-Control` decides) and `add_header X-Cache-Status "
+        "$upstream_cache_status always`. A hit is served from the cache file (the page cache).\n"
+        "- **avx-gateway, full stack + cache**: the full-stack row's TOML (API key auth, rate "
+        "limiting, CORS, metrics, JSON access log; all of them run on every hit) with "
+        "`[routes.cache]` on its `/*` route (`max_object_bytes = 1048576`, the other keys at "
+        'their defaults: no heuristic freshness) and `[cache]` `backend = "memory"`, '
+        "`status_header = true` (`Cache-Status` on every answer of the route).\n"
+        "- **Checks**: before the load one request stores `/cached` and the next must be a hit "
+        "(`X-Cache-Status: HIT`; `Cache-Status: avx; hit`), or the row fails; the origin logs "
+        "`/cached` requests (its only location with an access log), and their count must not "
+        "grow during the warm-up and the measured run; for the gateway, "
+        '`avx_cache_requests_total{result="hit"}` from its `/metrics` before and after the '
+        "measured run must grow by wrk's request count (plus the few in flight when wrk stops).\n"
+        "- *vs nginx proxy_cache hit* divides by the nginx row's hit req/s of this run; *vs its "
+        "uncached row* by the `/tiny` req/s of the same proxy without a cache in this run "
+        "(nginx proxy_pass; avx-gateway, full stack, of the same runtime), both 13-byte "
+        "bodies.\n"
+    )
+    if partial:
+        rows = [r.get("id") for r in shown_rows(results)]
+        load = ""
+        if machine.get("loadavg_at_start") and machine.get("loadavg_at_end"):
+            load = (
+                f", load average {' '.join(machine['loadavg_at_start'])} at the start and "
+                f"{' '.join(machine['loadavg_at_end'])} at the end"
+            )
+        commit = f", avx-gateway `{machine['gateway_git']}`" if machine.get("gateway_git") else ""
+        add(
+            f"Measured in a partial run ({meta.get('started', '?')}, `--only {','.join(rows)}`, "
+            f"{settings.get('duration_s', 0):g} s cells after {settings.get('warmup_s', 0):g} s "
+            f"warm-up{load}{commit}); its ratios take the nginx proxy_cache row and the uncached "
+            "rows of that run (– when it had none): compare the ratios, not these req/s with "
+            "the Results table above, which is another run.\n"
+        )
+    add(markdown_table(CACHE_COLUMNS, cache_rows(results)))
+    add(markdown_table(CACHE_CHECK_COLUMNS, cache_check_rows(results)))
+    goal = cache_targets(results)
+    verdicts = [
+        f"{runtime} {v} — **{met_text(m)}**"
+        for (_, v, m), runtime in zip(goal, ("CPython", "PyPy"))
+        if v != "–"
+    ]
+    add(
+        f"Target (issue 15): a hit through the full stack + cache at ≥ {CACHE_TARGET:g}x nginx "
+        "proxy_cache's hit req/s, on one core: "
+        + ("; ".join(verdicts) if verdicts else "not measured")
+        + ".\n"
+    )
+    notes = []
+    for row in _cache_shown(results):
+        text = row.get("note", "")
+        checks = row.get("stack_checks")
+        if checks:
+            text = (
+                f"checked before the load: {checks.get('without_key_status')} without the "
+                f"key, {checks.get('with_key_status')} with it and "
+                f"`Access-Control-Allow-Origin: {checks.get('cors_allow_origin')}`, metrics "
+                f"{checks.get('metrics_status')}; "
+                f"{_count(row.get('access_log_lines'))} access log lines written. " + text
+            ).strip()
+        cell = (row.get("cached") or {}) if measured(row) else {}
+        busy, other = cell.get("load_core_busy_pct"), cell.get("other_on_proxy_core_pct")
+        own = (cell.get("wrk_cpu_pct") or 0) + (cell.get("origin_cpu_pct") or 0)
+        proxy = cell.get("proxy_cpu_pct")
+        if busy is not None and busy >= 95 and own < 80:
+            text += f" The load core was {busy:.0f} % busy, wrk and the origin {own:.0f} % of it"
+            if proxy is not None and proxy < 90:
+                text += (
+                    f", the proxy {proxy:.0f} %: other work on the machine held the load side "
+                    "back, so this req/s is a lower bound."
+                )
+            elif proxy is not None:
+                text += f" (other work on the machine); the proxy was at {proxy:.0f} %."
+            else:
+                text += " (other work on the machine)."
+        if other is not None and other >= 10:
+            text += f" {other:.0f} % of the proxy's core went to other work (softirq, processes)."
+        load = row.get("loadavg")
+        if load:
+            before, after = " ".join(load[0]), " ".join(load[1])
+            text += f" Load average before/after the row: {before} / {after}."
+        if text.strip():
+            notes.append(f"- {row['label']} ({row.get('runtime')}): {text.strip()}")
+    if notes:
+        add("\n".join(notes) + "\n")
+    commands = [r for r in _cache_shown(results) if r.get("command")]
+    if commands:
+        add("Commands of this run:\n")
+        add("```sh")
+        origin = (results.get("origin") or {}).get("command")
+        if origin:
+            add("# the origin")
+            add(origin)
+        for row in commands:
+            add(f"# {row['label']} ({row['runtime']})")
+            add(row["command"])
+        example = next((r for r in commands if measured(r) and r.get("id") == "gw-cache"), None)
+        example = example or next((r for r in commands if measured(r)), None)
+        if example and (example.get("cached") or {}).get("command"):
+            add(f"# load, e.g. for {example['label']} ({example['runtime']})")
+            add(example["cached"]["command"])
+        add("```\n")
+    return wrap_markdown("\n".join(out))
+
+
+def write_cache_section(results: Json, doc: Path) -> None:
+    """Replace only the Cache section of ``doc`` with this (partial) run's; without one, insert
+    it before the latency section (after the HTTP/2 section, where a full run puts it)."""
+    replace_section(doc, CACHE_HEADING, cache_section(results, partial=True))
+
+
 def replace_section(doc: Path, heading: str, section: str) -> None:
     """Replace the section of ``doc`` under ``heading`` (up to the next "## ") with ``section``,
     leaving every other byte as it is; without one, insert it before the latency section (or
@@ -1238,6 +1560,7 @@ def render_markdown(
     overhead: Optional[str] = None,
     tls: Optional[str] = None,
     h2: Optional[str] = None,
+    cache: Optional[str] = None,
 ) -> str:
     """The whole doc; ``profile`` is the body of the kept "Profile" section, ``overhead``,
     ``tls`` and ``h2`` the existing overhead, TLS and HTTP/2 sections, kept when ``results``
@@ -1351,6 +1674,8 @@ def render_markdown(
         "9. nginx and the full-stack gateway **over TLS**: in their own section, *TLS*.\n"
         "10. nginx and the one-route gateway with an **HTTP/2** listener (and the gateway with "
         "an HTTP/2 upstream), loaded with h2load: in their own section, *HTTP/2*.\n"
+        "11. nginx with `proxy_cache` and the full-stack gateway with its response cache, "
+        "serving cache hits: in their own section, *Cache*.\n"
     )
     add(
         'Gateways listen with `listen = ["tcp:PORT:interface=127.0.0.1:backlog=1024"]` (the '
@@ -1424,6 +1749,10 @@ def render_markdown(
         add(h2_section(results))
     elif h2 is not None:
         add(h2)
+    if has_cache_rows(results):
+        add(cache_section(results))
+    elif cache is not None:
+        add(cache)
     add("## Latency at half the maximum rate\n")
     add(
         "Debian has no wrk2, so wrk paces the requests itself: a Lua `delay()` (bench/run.py, "
@@ -1615,6 +1944,7 @@ def write_doc(results: Json, doc: Path) -> None:
             existing_section(doc, OVERHEAD_HEADING),
             existing_section(doc, TLS_HEADING),
             existing_section(doc, H2_HEADING),
+            existing_section(doc, CACHE_HEADING),
         )
     )
 

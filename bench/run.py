@@ -17,13 +17,17 @@ first); every option is passed on. One run:
    connection per request (``wrk -H "Connection: close"``); the HTTP/2 rows (nginx with an h2c
    listener, the one-route gateway with an h2c listener to the HTTP/1.1 origin and to the
    origin's h2c port with ``protocol = "h2c"``) are checked with ``curl --http2-prior-knowledge``
-   and measured with h2load (bench/h2load.py) instead of wrk;
+   and measured with h2load (bench/h2load.py) instead of wrk; the cache rows (nginx with
+   ``proxy_cache``, the full-stack gateway with ``[routes.cache]``, CPython and PyPy) store
+   ``/cached`` (``/tiny`` with ``Cache-Control: max-age=3600``) with one request, check that the
+   next one is a hit, and measure hits of it with wrk while the origin's count of ``/cached``
+   requests (its access log) must stay flat;
 3. the memory checks (bench/memory.py): RSS of a 200 MB response passing through, of a 1 GB
    upload passing through to an origin that discards it (bench/sink_origin.py), and of 10,000
    idle keep-alive client connections;
 4. writes ``bench/results/latest.json`` (and a timestamped copy) and renders it with
    ``bench/render.py`` to stdout and ``docs/benchmarks.md`` (a partial run, ``--only``: only
-   with ``--doc``, and then only the doc's overhead, TLS and HTTP/2 sections).
+   with ``--doc``, and then only the doc's overhead, TLS, HTTP/2 and cache sections).
 
 The rest of bench/: procs.py (starting and stopping processes, RSS and CPU from /proc), wrk.py
 (wrk runs and their output), h2load.py (h2load runs, their output and per-request log),
@@ -66,6 +70,9 @@ import render  # noqa: E402
 from configs import (  # noqa: E402
     API_KEY,
     BIG_SIZE,
+    CACHED_CACHE_CONTROL,
+    CACHED_ORIGIN_LOG,
+    CACHED_PATH,
     HEADERS,
     HUGE_SIZE,
     NOOP_PLUGIN,
@@ -73,6 +80,7 @@ from configs import (  # noqa: E402
     TINY_BODY,
     UPLOAD_SIZE,
     gateway_toml,
+    nginx_cache_proxy_conf,
     nginx_h2_proxy_conf,
     nginx_proxy_conf,
     nginx_tls_proxy_conf,
@@ -275,6 +283,7 @@ class Bench:
         tls: bool = False,
         http2: bool = False,
         upstream_protocol: Optional[str] = None,
+        cache: bool = False,
     ) -> Callable[[int], Any]:
         """``overhead``: "tracing" adds ``[tracing]`` (every request sampled, OTLP/HTTP to the
         sink this starts, bench/otlp_sink.py); "plugin" runs the no-op plugin on the route,
@@ -282,13 +291,14 @@ class Bench:
         ``tls``: the one listener is a TLS one with the bench certificate (no cleartext port).
         ``http2``: the one listener has ``http2 = true`` (h2c with prior knowledge on
         cleartext). ``upstream_protocol="h2c"``: the route goes to the origin's h2c port with
-        ``protocol = "h2c"``."""
+        ``protocol = "h2c"``. ``cache``: the route has ``[routes.cache]`` (the memory store)."""
 
         def start(port: int) -> subprocess.Popen:
             kind = ("full" if full else "plain") + (f"-{overhead}" if overhead else "")
             kind += "-tls" if tls else ""
             kind += "-h2" if http2 else ""
             kind += f"-up-{upstream_protocol}" if upstream_protocol else ""
+            kind += "-cache" if cache else ""
             certs = self.tls_certs() if tls else None
             conf = self.workdir / f"gateway-{kind}-w{workers}-{port}.toml"
             endpoint = self.start_otlp_sink() if overhead == "tracing" else None
@@ -306,6 +316,7 @@ class Bench:
                     tls=(certs.cert_file, certs.key_file) if certs else None,
                     http2=http2,
                     upstream_protocol=upstream_protocol,
+                    cache=cache,
                 )
             )
             args = ["--pidfile=", "-n", "avx-gateway", "--config", str(conf)]
@@ -403,6 +414,15 @@ class Bench:
 
         return start
 
+    def nginx_cache_starter(self) -> Callable[[int], Any]:
+        """The nginx proxy with ``proxy_cache`` (bench/configs.py, ``nginx_cache_proxy_conf``)."""
+
+        def start(port: int) -> subprocess.Popen:
+            conf = nginx_cache_proxy_conf(self.workdir, port, self.origin_port)
+            return self.start_nginx("nginx-cache-proxy", conf, self.cores)
+
+        return start
+
     def nginx_h2_starter(self) -> Callable[[int], Any]:
         """The nginx proxy with ``listen ... http2`` (h2c), to the HTTP/1.1 origin."""
 
@@ -436,6 +456,8 @@ class Bench:
     def run_row(self, row: Json, starter: Callable[[int], Any], cores: str) -> Json:
         if row.get("h2"):
             return self.run_h2_row(row, starter, cores)
+        if row.get("cache"):
+            return self.run_cache_row(row, starter, cores)
         args = self.args
         self.cores = cores
         row["cores"] = cores
@@ -508,6 +530,118 @@ class Bench:
                     self.after_overhead(row, proc)
                 except Exception as e:
                     row.setdefault("overhead_checks", {})["error"] = str(e)[:300]
+        return row
+
+    # -- cache rows
+
+    def origin_cached_requests(self) -> int:
+        """How many requests for ``/cached`` reached the origin so far (its access log)."""
+        return count_lines(self.workdir / CACHED_ORIGIN_LOG) or 0
+
+    def cache_probe(self, url: str, header: str) -> Json:
+        """One GET of ``url`` with the bench headers: status, ``header`` (the cache's verdict),
+        ``Age`` and ``Cache-Control``."""
+        headers = dict(h.split(": ", 1) for h in HEADERS)
+        status, answer = _fetch(url, headers)
+        return {
+            "status": status,
+            header: answer.get(header),
+            "age": answer.get("Age"),
+            "cache_control": answer.get("Cache-Control"),
+        }
+
+    def cache_hits(self, base: str, route: str = "bench") -> Optional[float]:
+        """``avx_cache_requests_total{result="hit",route=...}`` from the gateway's /metrics."""
+        req = urllib.request.Request(base + "/metrics", headers={"X-API-Key": API_KEY})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                text = resp.read().decode()
+        except OSError:
+            return None
+        for line in text.splitlines():
+            if not line.startswith("avx_cache_requests_total{"):
+                continue
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}", 1)[0]))
+            if labels.get("result") == "hit" and labels.get("route") == route:
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def run_cache_row(self, row: Json, starter: Callable[[int], Any], cores: str) -> Json:
+        """A cache row: ``/cached`` (the origin's ``/tiny`` with ``Cache-Control: max-age=3600``)
+        through a proxy that caches it. One request stores it (a miss), a second must be a hit
+        (nginx ``X-Cache-Status: HIT``, the gateway ``Cache-Status: avx; hit``); then the usual
+        warm-up and one measured wrk run on ``/cached``, during which the origin's count of
+        ``/cached`` requests must stay flat (and, for the gateway, its hit counter must grow by
+        about the requests wrk made). A second hit that is not one fails the row; origin
+        requests during the load are noted."""
+        args = self.args
+        self.cores = cores
+        row["cores"] = cores
+        port = free_port()
+        log(f"{row['label']}: starting on 127.0.0.1:{port}, cores {cores}")
+        proc = starter(port)
+        row["command"] = proc.cmdline
+        base = f"http://127.0.0.1:{port}"
+        url = base + CACHED_PATH
+        header = row["cache_header"]
+        gateway = bool(row.get("ours"))
+        checks: Json = {"header": header, "origin_cache_control": CACHED_CACHE_CONTROL}
+        row["cache_checks"] = checks
+        # Other work may share the machine: the load average around each cache row is kept.
+        load_before = Path("/proc/loadavg").read_text().split()[:3]
+        try:
+            wait_ready(proc, base + "/tiny", timeout=90)
+            time.sleep(0.5)
+            row["rss_idle_kb"] = rss_kb(proc.pid)
+            if row.get("full_stack"):
+                row["stack_checks"] = check_full_stack(base)
+            origin0 = self.origin_cached_requests()
+            checks["first"] = self.cache_probe(url, header)
+            checks["second"] = self.cache_probe(url, header)
+            origin1 = self.origin_cached_requests()
+            checks["origin_requests_storing"] = origin1 - origin0
+            verdict = str(checks["second"].get(header) or "")
+            hit = verdict.startswith("avx; hit") if gateway else verdict == "HIT"
+            if checks["second"]["status"] != 200 or not hit:
+                raise RuntimeError(f"the second request of {CACHED_PATH} is not a hit: {checks}")
+            if args.warmup > 0:
+                run_wrk(self.settings, url, args.warmup)
+            origin2 = self.origin_cached_requests()
+            checks["origin_requests_warmup"] = origin2 - origin1
+            hits0 = self.cache_hits(base) if gateway else None
+            row["cached"] = self.measure(proc.pid, url)
+            hits1 = self.cache_hits(base) if gateway else None
+            origin3 = self.origin_cached_requests()
+            checks["origin_requests_load"] = origin3 - origin2
+            if hits0 is not None and hits1 is not None:
+                checks["hits_counted_load"] = int(hits1 - hits0)
+            checks["after"] = self.cache_probe(url, header)
+            row["loadavg"] = [load_before, Path("/proc/loadavg").read_text().split()[:3]]
+            row["rss_after_kb"] = rss_kb(proc.pid)
+            if row.get("full_stack"):
+                row["access_log_lines"] = count_lines(self.workdir / f"access-{port}.log")
+            row["status"] = "ok"
+            errors = errors_of(row["cached"])
+            if errors:
+                row["note"] = (row.get("note", "") + f" {errors} wrk errors/non-2xx").strip()
+            if checks["origin_requests_load"]:
+                row["note"] = (
+                    row.get("note", "")
+                    + f" {checks['origin_requests_load']} requests reached the origin during the "
+                    "measured run: not all hits."
+                ).strip()
+            cell = row["cached"]
+            log(
+                f"{row['label']}: cached {cell['rps']:.0f} req/s (p50 {cell['p50_ms']:.2f} ms, "
+                f"p99 {cell['p99_ms']:.2f} ms), {checks['origin_requests_load']} origin requests "
+                f"during the load, RSS {row['rss_idle_kb']} -> {row['rss_after_kb']} kB"
+            )
+        except Exception as e:  # one broken proxy must not lose the rest of the run
+            row["status"] = "error"
+            row["note"] = str(e)[:500]
+            log(f"{row['label']}: ERROR {e}")
+        finally:
+            self.procs.stop(proc)
         return row
 
     def wait_ready_h2(self, proc: subprocess.Popen, url: str, timeout: float = 90.0) -> Json:
@@ -712,6 +846,22 @@ class Bench:
             ),
             ("nginx", "nginx proxy_pass", "nginx", self.nginx_starter(), one, {}),
             (
+                "nginx-cache",
+                "nginx proxy_pass + proxy_cache, cache hit",
+                "nginx",
+                self.nginx_cache_starter(),
+                one,
+                {"cache": True, "cache_header": "X-Cache-Status"},
+            ),
+            (
+                "gw-cache",
+                "avx-gateway, full stack + cache, cache hit",
+                "CPython",
+                self.gateway_starter(cpy, True, cache=True),
+                one,
+                {"ours": True, "full_stack": True, "cache": True, "cache_header": "Cache-Status"},
+            ),
+            (
                 "nginx-tls",
                 "nginx proxy_pass over TLS",
                 "nginx",
@@ -799,6 +949,14 @@ class Bench:
                 self.gateway_starter(pypy, True),
                 one,
                 full,
+            ),
+            (
+                "gw-cache-pypy",
+                "avx-gateway, full stack + cache, cache hit",
+                "PyPy",
+                self.gateway_starter(pypy, True, cache=True),
+                one,
+                {"ours": True, "full_stack": True, "cache": True, "cache_header": "Cache-Status"},
             ),
             (
                 "gw-full-tls-pypy",
@@ -933,20 +1091,25 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         help="comma-separated row ids to run (gw-plain, gw-full, gw-full-trace, gw-full-plugin, "
-        "nginx, nginx-tls, gw-full-tls, nginx-h2, gw-h2-h1, gw-h2-h2, twisted-rp, aiohttp, "
-        "httptools, gw-plain-pypy, gw-full-pypy, gw-full-tls-pypy, gw-h2-h1-pypy, gw-h2-h2-pypy, "
+        "nginx, nginx-cache, gw-cache, nginx-tls, gw-full-tls, nginx-h2, gw-h2-h1, gw-h2-h2, "
+        "twisted-rp, aiohttp, httptools, gw-plain-pypy, gw-full-pypy, gw-cache-pypy, "
+        "gw-full-tls-pypy, gw-h2-h1-pypy, gw-h2-h2-pypy, "
         "twisted-rp-pypy, httptools-pypy, gw-w1, gw-w2; "
         "'none': no row, only the memory checks, which run unless --skip-memory); a partial run "
         "is saved as results-*-partial.json and leaves latest.json and the doc alone unless "
         "--doc is given; then only the doc's 'Overhead of tracing and plugins' section (when the "
         "run has gw-full-trace or gw-full-plugin), its 'TLS' section (when it has nginx-tls, "
-        "gw-full-tls or gw-full-tls-pypy) and its 'HTTP/2' section (when it has nginx-h2 or a "
-        "gw-h2-* row) are replaced, the rest of an existing doc is left as it is. The TLS rows' "
+        "gw-full-tls or gw-full-tls-pypy), its 'HTTP/2' section (when it has nginx-h2 or a "
+        "gw-h2-* row) and its 'Cache' section (when it has nginx-cache, gw-cache or "
+        "gw-cache-pypy) are replaced, the rest of an existing doc is left as it is. The TLS rows' "
         "ratios to cleartext take nginx, gw-full and gw-full-pypy of the same run: e.g. --only "
         "nginx,nginx-tls,gw-full,gw-full-tls,gw-full-pypy,gw-full-tls-pypy --skip-memory --doc "
         "docs/benchmarks.md; the HTTP/2 rows' ratios take nginx-h2 (and, for HTTP/2 vs "
         "HTTP/1.1, nginx, gw-plain and gw-plain-pypy) of the same run: e.g. --only nginx-h2,"
-        "gw-h2-h1,gw-h2-h2,gw-h2-h1-pypy --skip-memory --doc docs/benchmarks.md",
+        "gw-h2-h1,gw-h2-h2,gw-h2-h1-pypy --skip-memory --doc docs/benchmarks.md; the cache rows' "
+        "ratios take nginx-cache, gw-full and gw-full-pypy (and nginx) of the same run: e.g. "
+        "--only nginx,nginx-cache,gw-full,gw-cache,gw-full-pypy,gw-cache-pypy --skip-memory "
+        "--doc docs/benchmarks.md",
     )
     parser.add_argument("--skip-memory", action="store_true", help="skip the memory checks")
     parser.add_argument(
@@ -997,8 +1160,8 @@ def main() -> int:
     doc = Path(args.doc or ROOT / "docs" / "benchmarks.md")
     if args.only and doc.exists():
         # Rendered whole, a partial run would leave only its own rows in the doc: it replaces
-        # just the overhead, TLS and HTTP/2 sections it has rows for, the rest keeps the last
-        # complete run.
+        # just the overhead, TLS, HTTP/2 and cache sections it has rows for, the rest keeps the
+        # last complete run.
         replaced = []
         if render.has_overhead_rows(results):
             render.write_overhead_section(results, doc)
@@ -1009,8 +1172,11 @@ def main() -> int:
         if render.has_h2_rows(results):
             render.write_h2_section(results, doc)
             replaced.append("HTTP/2")
+        if render.has_cache_rows(results):
+            render.write_cache_section(results, doc)
+            replaced.append("Cache")
         if not replaced:
-            log(f"partial run without overhead, TLS or HTTP/2 rows: {doc} left alone")
+            log(f"partial run without overhead, TLS, HTTP/2 or cache rows: {doc} left alone")
             return 0
         log(
             f"replaced the {' and '.join(replaced)} section of {doc} (partial run; the rest left "

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Benchmark avx-gateway against nginx, Twisted's ReverseProxyResource, aiohttp and a bare
 # Twisted + httptools reference proxy (and under PyPy when .venv-pypy exists), and the full stack
-# against nginx over TLS (a certificate minted at run time, bench/tls_certs.py) and the one-route
-# gateway against nginx over HTTP/2 (h2load); results go to bench/results/ and docs/benchmarks.md.
+# against nginx over TLS (a certificate minted at run time, bench/tls_certs.py), the one-route
+# gateway against nginx over HTTP/2 (h2load) and the full stack with its response cache against
+# nginx proxy_cache serving the same hit; results go to bench/results/ and docs/benchmarks.md.
 #
 #   bash bench/run.sh            # default: 10 s cells, 5 s warm-up (about 10 minutes)
 #   bash bench/run.sh --quick    # 3 s cells, 2 s warm-up
@@ -11,6 +12,8 @@
 #       --skip-memory --doc docs/benchmarks.md   # the TLS rows (and their cleartext ones) only
 #   bash bench/run.sh --only nginx-h2,gw-h2-h1,gw-h2-h2,gw-h2-h1-pypy \
 #       --skip-memory --doc docs/benchmarks.md   # the HTTP/2 rows (h2load) only
+#   bash bench/run.sh --only nginx,nginx-cache,gw-full,gw-cache,gw-full-pypy,gw-cache-pypy \
+#       --skip-memory --doc docs/benchmarks.md   # the cache-hit rows (and their uncached ones)
 #
 # Installs what is missing: nginx, wrk, curl and h2load (nghttp2-client) (apt-get, as root), the
 # gateway's .venv (through the Makefile), a bench-only venv with aiohttp (bench/.venv), and
