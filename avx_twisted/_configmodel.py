@@ -240,6 +240,38 @@ class RouteCompressionConfig:
 
 
 @dataclass(frozen=True)
+class RewritePath:
+    """``rewrite_path = { pattern, replacement }``: a regex on the forwarded path."""
+
+    pattern: str
+    replacement: str
+
+
+@dataclass(frozen=True)
+class RequestTransformConfig:
+    """``[routes.request]``: changes to the request before it is forwarded (values are
+    templates, see docs/policies.md)."""
+
+    set_headers: tuple[tuple[str, str], ...] = ()
+    add_headers: tuple[tuple[str, str], ...] = ()
+    remove_headers: tuple[str, ...] = ()
+    rename_headers: tuple[tuple[str, str], ...] = ()
+    set_query: tuple[tuple[str, str], ...] = ()
+    remove_query: tuple[str, ...] = ()
+    rewrite_path: RewritePath | None = None
+
+
+@dataclass(frozen=True)
+class ResponseTransformConfig:
+    """``[routes.response]``: changes to the upstream's response header fields."""
+
+    set_headers: tuple[tuple[str, str], ...] = ()
+    add_headers: tuple[tuple[str, str], ...] = ()
+    remove_headers: tuple[str, ...] = ()
+    rename_headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class PluginRef:
     """One ``{ name, config }`` of ``routes[].plugins`` or ``[plugins] global``: the plugin, made
     (and its config validated) when the file is loaded."""
@@ -293,6 +325,8 @@ class RouteConfig:
     grpc_timeout_cap_ms: int | None = None
     cache: RouteCacheConfig | None = None
     compression: RouteCompressionConfig | None = None
+    request: RequestTransformConfig | None = None
+    response: ResponseTransformConfig | None = None
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,9 @@ from ._configmodel import (
     PluginRef,
     PluginsConfig,
     RateLimitConfig,
+    RequestTransformConfig,
+    ResponseTransformConfig,
+    RewritePath,
     RouteCacheConfig,
     RouteCompressionConfig,
     RouteConfig,
@@ -272,8 +275,14 @@ _ROUTE_KEYS = (
     "grpc",
     "cache",
     "compression",
+    "request",
+    "response",
 )
 _COMPRESSION_KEYS = ("encodings", "min_bytes", "content_types")
+_HEADER_RULE_KEYS = ("set_headers", "add_headers", "remove_headers", "rename_headers")
+_REQUEST_TRANSFORM_KEYS = _HEADER_RULE_KEYS + ("set_query", "remove_query", "rewrite_path")
+_RESPONSE_TRANSFORM_KEYS = _HEADER_RULE_KEYS
+_REWRITE_KEYS = ("pattern", "replacement")
 _ROUTE_CACHE_KEYS = (
     "default_ttl_s",
     "max_object_bytes",
@@ -1086,6 +1095,20 @@ class Parser:
             self.error(t.key("cache"), "is only used with [routes.upstream], not with resource")
         if route_cache is not None and grpc:
             self.error(t.key("cache"), "gRPC calls (POST) are never cached: leave it out")
+        from .transform import pattern_params
+
+        params = pattern_params(path) if path is not None else ()
+        request_t = t.table("request", _REQUEST_TRANSFORM_KEYS)
+        request_rules = self.request_transform(request_t, params) if request_t is not None else None
+        response_t = t.table("response", _RESPONSE_TRANSFORM_KEYS)
+        response_rules = (
+            self.response_transform(response_t, params) if response_t is not None else None
+        )
+        if (request_rules or response_rules) and resource is not None:
+            self.error(
+                t.key("request" if request_rules else "response"),
+                "is only used with [routes.upstream]",
+            )
         compression_t = t.table("compression", _COMPRESSION_KEYS)
         compression = self.compression(compression_t) if compression_t is not None else None
         if compression is not None and resource is not None:
@@ -1115,6 +1138,8 @@ class Parser:
             grpc_timeout_cap_ms=own_timeout,
             cache=route_cache,
             compression=compression,
+            request=request_rules,
+            response=response_rules,
         )
 
     def upstream(self, t: _Table | None, path: str) -> UpstreamConfig | None:
@@ -1225,6 +1250,113 @@ class Parser:
             lock_timeout_ms=t.get("lock_timeout_ms", "int", d.lock_timeout_ms, _positive),
             store_set_cookie=t.get("store_set_cookie", "bool", d.store_set_cookie),
             max_variants=t.get("max_variants", "int", d.max_variants, _at_least(1)),
+        )
+
+    def header_templates(
+        self, t: _Table, name: str, params: Sequence[str]
+    ) -> tuple[tuple[str, str], ...]:
+        """A table of ``Header-Name = "template"``, every template compiled now."""
+        from .transform import TemplateError, compile_template
+
+        raw = t.data.get(name, {})
+        if not isinstance(raw, Mapping):
+            self.error(t.key(name), f'must be a table of "Header-Name" = "value", not {_show(raw)}')
+            return ()
+        out = []
+        for header, value in raw.items():
+            where = t.key(f"{name}.{header}")
+            if not _TOKEN.match(header):
+                self.error(where, "is not a header name")
+                continue
+            if not isinstance(value, str):
+                self.error(where, f"{_show(value)} must be a string (a template)")
+                continue
+            try:
+                compile_template(value, params)
+            except TemplateError as e:
+                self.error(where, f"{_show(value)}: {e}")
+                continue
+            out.append((header, value))
+        return tuple(out)
+
+    def renames(self, t: _Table, name: str) -> tuple[tuple[str, str], ...]:
+        raw = t.data.get(name, {})
+        if not isinstance(raw, Mapping):
+            self.error(t.key(name), f'must be a table of "Old-Name" = "New-Name", not {_show(raw)}')
+            return ()
+        out = []
+        for old, new in raw.items():
+            where = t.key(f"{name}.{old}")
+            if not _TOKEN.match(old) or not isinstance(new, str) or not _TOKEN.match(new):
+                self.error(where, f"{_show(new)}: both names must be header names")
+                continue
+            out.append((old, new))
+        return tuple(out)
+
+    def request_transform(self, t: _Table, params: Sequence[str]) -> RequestTransformConfig:
+        from .transform import check_rewrite
+
+        rewrite = None
+        rewrite_t = t.table("rewrite_path", _REWRITE_KEYS)
+        if rewrite_t is not None:
+            pattern = rewrite_t.get("pattern", "str", None)
+            replacement = rewrite_t.get("replacement", "str", None)
+            for key, value in (("pattern", pattern), ("replacement", replacement)):
+                if value is None and not rewrite_t.has(key):
+                    self.error(rewrite_t.key(key), "is required")
+            if pattern is not None and replacement is not None:
+                problem = check_rewrite(pattern, replacement)
+                if problem is not None:
+                    self.error(t.key("rewrite_path"), problem)
+                else:
+                    rewrite = RewritePath(pattern, replacement)
+        query_names = _each(
+            lambda v: (
+                None if v and "&" not in v and "=" not in v else "is not a query parameter name"
+            )
+        )
+        set_query = self.query_templates(t, params)
+        return RequestTransformConfig(
+            set_headers=self.header_templates(t, "set_headers", params),
+            add_headers=self.header_templates(t, "add_headers", params),
+            remove_headers=t.get("remove_headers", "list[str]", (), _each(_token)),
+            rename_headers=self.renames(t, "rename_headers"),
+            set_query=set_query,
+            remove_query=t.get("remove_query", "list[str]", (), query_names),
+            rewrite_path=rewrite,
+        )
+
+    def query_templates(self, t: _Table, params: Sequence[str]) -> tuple[tuple[str, str], ...]:
+        """``set_query = { name = "template" }``."""
+        from .transform import TemplateError, compile_template
+
+        raw = t.data.get("set_query", {})
+        if not isinstance(raw, Mapping):
+            self.error(t.key("set_query"), f'must be a table of name = "value", not {_show(raw)}')
+            return ()
+        out = []
+        for name, value in raw.items():
+            where = t.key(f"set_query.{name}")
+            if not name or "&" in name or "=" in name:
+                self.error(where, "is not a query parameter name")
+                continue
+            if not isinstance(value, str):
+                self.error(where, f"{_show(value)} must be a string (a template)")
+                continue
+            try:
+                compile_template(value, params)
+            except TemplateError as e:
+                self.error(where, f"{_show(value)}: {e}")
+                continue
+            out.append((name, value))
+        return tuple(out)
+
+    def response_transform(self, t: _Table, params: Sequence[str]) -> ResponseTransformConfig:
+        return ResponseTransformConfig(
+            set_headers=self.header_templates(t, "set_headers", params),
+            add_headers=self.header_templates(t, "add_headers", params),
+            remove_headers=t.get("remove_headers", "list[str]", (), _each(_token)),
+            rename_headers=self.renames(t, "rename_headers"),
         )
 
     def compression(self, t: _Table) -> RouteCompressionConfig:

@@ -24,6 +24,7 @@ from .metrics import GatewayMetrics
 from .routing import BadPath, MethodNotAllowed, RouteMatch
 from .runtime import Runtime
 from .tls import connection_tls
+from .transform import PathError, Unsafe
 
 InternalAnswer = Callable[[Any], Answer]
 
@@ -150,9 +151,9 @@ class GatewayHandler:
         if route.rewrite_target is not None:
             target = route.rewrite_target(target)
         ctx.upstream_target = target
+        ctx.params = match.params
         if route.plugins is not None:
             ctx.chain = route.plugins
-            ctx.params = match.params
         if ctx.trace is not None:
             ctx.trace.set_route(route.name)
         if (
@@ -167,6 +168,14 @@ class GatewayHandler:
 
         def forward() -> None:
             # Plugins may have changed the target (``request.target`` in on_request).
+            rules = route.request_rules
+            if rules is not None:
+                try:
+                    ctx.upstream_target = rules.apply(request, ctx, ctx.upstream_target)
+                except (Unsafe, PathError) as e:
+                    ctx.error = str(e)
+                    self._error(request, ctx, 400, "bad request")
+                    return
             if route.responder is not None:
                 route.responder.serve(request, ctx, ctx.upstream_target)
             elif route.cache is not None:

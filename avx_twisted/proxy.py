@@ -349,6 +349,9 @@ class Exchange:
             if chain.body and length != 0 and request.method != b"HEAD":
                 self.transform = chain.body_transform(self.ctx)
                 length = None  # the plugins may change its size: chunked (or close-delimited)
+        rules = self.route.response_rules
+        if rules is not None:
+            fields = rules.apply(fields, request, self.ctx, strict=False)
         compression = self.route.compression
         if compression is not None:
             encoding, fields = compression.plan(

@@ -70,6 +70,12 @@ class RuntimeRoute:
         self.responder: Any = None
         #: The route's response cache (``response_cache.RouteCache``), None: not cached.
         self.cache: Any = None
+        #: ``[routes.request]`` / ``[routes.response]`` (``transform.RequestRules`` and
+        #: ``transform.HeaderRules``), None: none.
+        self.request_rules: Any = None
+        self.response_rules: Any = None
+        if config.request is not None or config.response is not None:
+            self._transforms(config)
         #: ``[routes.compression]`` (``compression.CompressionPolicy``), None: off.
         self.compression: Any = None
         if config.compression is not None:
@@ -79,6 +85,34 @@ class RuntimeRoute:
             self.compression = CompressionPolicy(c.encodings, c.min_bytes, c.content_types)
         #: TLS to the route's https targets, with its files read (None: a resource route).
         self.tls: UpstreamTLS | None = None
+
+    def _transforms(self, config: RouteConfig) -> None:
+        from .transform import HeaderRules, RequestRules, compile_template, pattern_params
+
+        params = pattern_params(config.path)
+
+        def templates(pairs: Any) -> list[tuple[str, Any]]:
+            return [(name, compile_template(value, params)) for name, value in pairs]
+
+        def header_rules(c: Any) -> Any:
+            return HeaderRules(
+                templates(c.set_headers),
+                templates(c.add_headers),
+                c.remove_headers,
+                c.rename_headers,
+            )
+
+        if config.request is not None:
+            c = config.request
+            rewrite = (
+                (c.rewrite_path.pattern, c.rewrite_path.replacement) if c.rewrite_path else None
+            )
+            self.request_rules = RequestRules(
+                header_rules(c), templates(c.set_query), c.remove_query, rewrite
+            )
+        if config.response is not None:
+            rules = header_rules(config.response)
+            self.response_rules = rules if rules else None
 
     def extra_headers(self, ctx: RequestContext | None) -> list[tuple[bytes, bytes]]:
         """Headers this route adds upstream for a request: verified token claims, and the

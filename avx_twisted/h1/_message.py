@@ -100,6 +100,11 @@ class Fields:
         for name, value in pairs:
             self.add(name, value)
 
+    def replace(self, pairs: List[Pair]) -> None:
+        """All the fields at once (a transform's result)."""
+        self.pairs = pairs
+        self._index = None
+
     def __iter__(self) -> Iterator[Pair]:
         return iter(self.pairs)
 

@@ -82,6 +82,10 @@ PARSER_TUPLES = {
     "_ROUTE_CACHE_KEYS": ("routes[].cache",),
     "_CACHE_KEYS": ("cache",),
     "_COMPRESSION_KEYS": ("routes[].compression",),
+    "_REQUEST_TRANSFORM_KEYS": ("routes[].request",),
+    "_RESPONSE_TRANSFORM_KEYS": ("routes[].response",),
+    "_REWRITE_KEYS": ("routes[].request.rewrite_path",),
+    "_HEADER_RULE_KEYS": (),
     "_RATE_KEYS": ("rate_limiting",),
     "_CORS_KEYS": ("cors",),
     "_JWT_KEYS": ("auth.jwt",),
@@ -121,6 +125,7 @@ CONTEXT: dict[str, dict[str, Any]] = {
     "admin": {"token_sha256": DIGEST},
     "routes[].plugins[]": {"name": PLUGIN},
     "plugins.global[]": {"name": PLUGIN},
+    "routes[].request.rewrite_path": {"pattern": "^/v1/(.*)$", "replacement": "/api/\\1"},
 }
 #: Sibling keys a key needs to be valid at all (of a table: also when its probes add it).
 NEEDS: dict[str, dict[str, Any]] = {

@@ -101,6 +101,7 @@ class Route:
         self.metrics = None
         self.websocket = True
         self.compression = None
+        self.response_rules = None
         self.websocket_idle_timeout_s = 300.0
         if threshold is not None:
             for target in self.upstream.targets:
