@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 import time
 from typing import Any
 from urllib.parse import urlencode
@@ -30,6 +33,14 @@ type User { id: ID!  name: String  friends(first: Int, last: Int): [User!]! }
 
 
 NO_STORE = (b"Cache-Control", b"private, no-cache, must-revalidate")
+
+
+def temp_file(case: SynchronousTestCase) -> str:
+    """A path in a fresh temporary directory removed after the test (``mktemp`` would leave a
+    directory named after the test in the working directory under pytest)."""
+    directory = tempfile.mkdtemp()
+    case.addCleanup(shutil.rmtree, directory, True)
+    return os.path.join(directory, "file")
 
 
 def sha(query: str) -> str:
@@ -355,7 +366,7 @@ class IntrospectionTests(Harness):
 
 class SchemaTests(Harness):
     def sdl_file(self, text: str) -> str:
-        path = self.mktemp()
+        path = temp_file(self)
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
         return path
@@ -696,7 +707,7 @@ class AllowlistFileTests(SynchronousTestCase):
     KEY = "routes[1].graphql.allowlist_file"
 
     def write(self, data: Any) -> str:
-        path = self.mktemp()
+        path = temp_file(self)
         with open(path, "w", encoding="utf-8") as f:
             f.write(data if isinstance(data, str) else json.dumps(data))
         return path
