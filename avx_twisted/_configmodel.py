@@ -259,6 +259,12 @@ class RequestTransformConfig:
     set_query: tuple[tuple[str, str], ...] = ()
     remove_query: tuple[str, ...] = ()
     rewrite_path: RewritePath | None = None
+    #: JSON bodies: dotted path = value (any JSON value); removed paths; renamed keys.
+    json_set: dict = field(default_factory=dict, hash=False)  # type: ignore[type-arg]
+    json_remove: tuple[str, ...] = ()
+    json_rename: tuple[tuple[str, str], ...] = ()
+    #: A JSON body transform buffers at most this (requests: 413 above).
+    max_json_bytes: int = 1048576
 
 
 @dataclass(frozen=True)
@@ -269,6 +275,11 @@ class ResponseTransformConfig:
     add_headers: tuple[tuple[str, str], ...] = ()
     remove_headers: tuple[str, ...] = ()
     rename_headers: tuple[tuple[str, str], ...] = ()
+    json_set: dict = field(default_factory=dict, hash=False)  # type: ignore[type-arg]
+    json_remove: tuple[str, ...] = ()
+    json_rename: tuple[tuple[str, str], ...] = ()
+    #: Larger JSON responses pass unchanged (counted).
+    max_json_bytes: int = 1048576
 
 
 @dataclass(frozen=True)

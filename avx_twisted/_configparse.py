@@ -280,8 +280,11 @@ _ROUTE_KEYS = (
 )
 _COMPRESSION_KEYS = ("encodings", "min_bytes", "content_types")
 _HEADER_RULE_KEYS = ("set_headers", "add_headers", "remove_headers", "rename_headers")
-_REQUEST_TRANSFORM_KEYS = _HEADER_RULE_KEYS + ("set_query", "remove_query", "rewrite_path")
-_RESPONSE_TRANSFORM_KEYS = _HEADER_RULE_KEYS
+_JSON_RULE_KEYS = ("json_set", "json_remove", "json_rename", "max_json_bytes")
+_REQUEST_TRANSFORM_KEYS = (
+    _HEADER_RULE_KEYS + ("set_query", "remove_query", "rewrite_path") + _JSON_RULE_KEYS
+)
+_RESPONSE_TRANSFORM_KEYS = _HEADER_RULE_KEYS + _JSON_RULE_KEYS
 _REWRITE_KEYS = ("pattern", "replacement")
 _ROUTE_CACHE_KEYS = (
     "default_ttl_s",
@@ -1324,7 +1327,52 @@ class Parser:
             set_query=set_query,
             remove_query=t.get("remove_query", "list[str]", (), query_names),
             rewrite_path=rewrite,
+            **self.json_rules(t),
         )
+
+    def json_rules(self, t: _Table) -> dict[str, Any]:
+        """``json_set``, ``json_remove``, ``json_rename`` (dotted paths) and ``max_json_bytes``."""
+        from .json_transform import split_path
+
+        def path_problem(text: str) -> str | None:
+            try:
+                split_path(text)
+            except ValueError as e:
+                return str(e)
+            return None
+
+        sets = t.data.get("json_set", {})
+        if not isinstance(sets, Mapping):
+            self.error(
+                t.key("json_set"), f'must be a table of "dotted.path" = value, not {_show(sets)}'
+            )
+            sets = {}
+        for path in sets:
+            problem = path_problem(path)
+            if problem is not None:
+                self.error(t.key(f"json_set.{path}"), problem)
+        renames = t.data.get("json_rename", {})
+        if not isinstance(renames, Mapping):
+            self.error(
+                t.key("json_rename"),
+                f'must be a table of "dotted.path" = "new_name", not {_show(renames)}',
+            )
+            renames = {}
+        renamed = []
+        for path, new in renames.items():
+            problem = path_problem(path)
+            if problem is None and (not isinstance(new, str) or not new or "." in new):
+                problem = f"{_show(new)}: the new name must be one key (no dots)"
+            if problem is not None:
+                self.error(t.key(f"json_rename.{path}"), problem)
+                continue
+            renamed.append((path, new))
+        return {
+            "json_set": dict(sets),
+            "json_remove": t.get("json_remove", "list[str]", (), _each(lambda p: path_problem(p))),
+            "json_rename": tuple(renamed),
+            "max_json_bytes": t.get("max_json_bytes", "int", 1048576, _positive),
+        }
 
     def query_templates(self, t: _Table, params: Sequence[str]) -> tuple[tuple[str, str], ...]:
         """``set_query = { name = "template" }``."""
@@ -1357,6 +1405,7 @@ class Parser:
             add_headers=self.header_templates(t, "add_headers", params),
             remove_headers=t.get("remove_headers", "list[str]", (), _each(_token)),
             rename_headers=self.renames(t, "rename_headers"),
+            **self.json_rules(t),
         )
 
     def compression(self, t: _Table) -> RouteCompressionConfig:

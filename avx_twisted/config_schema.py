@@ -280,6 +280,8 @@ _RULES: dict[str, dict[str, Any]] = {
         "minItems": 1,
     },
     "routes[].compression.min_bytes": {"minimum": 0},
+    "routes[].request.max_json_bytes": {"minimum": 1},
+    "routes[].response.max_json_bytes": {"minimum": 1},
     "routes[].compression.content_types": {
         "items": {"pattern": "^[!#$%&'*+.^_`|~0-9A-Za-z-]+/([!#$%&'*+.^_`|~0-9A-Za-z-]+|\\*)$"},
         "minItems": 1,
@@ -562,6 +564,17 @@ _DESCRIPTIONS: dict[str, str] = {
     "routes[].response.add_headers": "Header = template: append.",
     "routes[].response.remove_headers": "Headers removed from the upstream's response.",
     "routes[].response.rename_headers": "Old-Name = New-Name.",
+    **{
+        f"routes[].{side}.{key}": text
+        for side in ("request", "response")
+        for key, text in (
+            ("json_set", '"dotted.path" = value, set in JSON bodies (after remove, rename).'),
+            ("json_remove", "Dotted paths removed from JSON bodies (first)."),
+            ("json_rename", '"dotted.path" = "new_key", renamed in JSON bodies.'),
+        )
+    },
+    "routes[].request.max_json_bytes": "A JSON request body transform buffers this; 413 above.",
+    "routes[].response.max_json_bytes": "Larger JSON responses pass unchanged (counted).",
     "routes[].compression.content_types": "Media types compressed (type/subtype or type/*).",
     "routes[].cache.max_object_bytes": "Larger responses pass through uncached.",
     "routes[].cache.stale_while_revalidate_s": "Serve stale this long while one refresh runs.",

@@ -19,6 +19,7 @@ from .context import RequestContext
 from .errors import REFUSALS, Answer, error_answer
 from .filters import body_size, run_filters, send_answer
 from .h1 import IRequestHandler
+from .json_transform import is_json, transform_request_body
 from .logs import request_id
 from .metrics import GatewayMetrics
 from .routing import BadPath, MethodNotAllowed, RouteMatch
@@ -176,6 +177,30 @@ class GatewayHandler:
                     ctx.error = str(e)
                     self._error(request, ctx, 400, "bad request")
                     return
+            json_rules = route.request_json
+            if (
+                json_rules is not None
+                and request.body.present
+                and is_json(request.fields.get(b"content-type"))
+            ):
+
+                def body_changed(status: Optional[int]) -> None:
+                    if request.finished:
+                        return
+                    if status is not None:
+                        self._error(request, ctx, status, REFUSALS.get(status, "bad request"))
+                        return
+                    skipped = d.collector.skipped  # type: ignore[attr-defined]
+                    if skipped and self.metrics is not None:
+                        self.metrics.route(route.name).json_skipped("request", skipped).inc()
+                    send()
+
+                d = transform_request_body(request, json_rules)
+                d.addCallback(body_changed)
+                return
+            send()
+
+        def send() -> None:
             if route.responder is not None:
                 route.responder.serve(request, ctx, ctx.upstream_target)
             elif route.cache is not None:

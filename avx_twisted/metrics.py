@@ -142,6 +142,10 @@ class RouteMetrics:
             )
         return children
 
+    def json_skipped(self, direction: str, reason: str) -> Any:
+        """The ``avx_json_transform_skipped_total`` child: a JSON body left unchanged."""
+        return self._metrics.json_skipped.labels(self.route, direction, reason)
+
     def cache_request(self, result: str) -> Any:
         """The ``avx_cache_requests_total`` child of one result."""
         return self._metrics.cache_requests.labels(self.route, result)
@@ -272,6 +276,13 @@ class GatewayMetrics:
             "avx_websocket_bytes_total",
             "Bytes through WebSocket tunnels, by route and direction (up: client to upstream).",
             ["route", "direction"],
+            registry=r,
+        )
+        self.json_skipped = Counter(
+            "avx_json_transform_skipped_total",
+            "JSON bodies a route's json_* transform left unchanged, by direction and reason "
+            "(too_large, not_json).",
+            ["route", "direction", "reason"],
             registry=r,
         )
         self.cache_requests = Counter(

@@ -37,6 +37,7 @@ from .h1 import (
     request_line,
 )
 from .h2 import UpstreamReset
+from .json_transform import plan_response
 from .plugin_chain import PluginFailed
 from .proxy_headers import client_response_fields, upstream_request_fields
 
@@ -95,8 +96,10 @@ class Exchange:
         self.forwarder = forwarder
         #: The route cache's hooks for this request (response_cache.CacheHooks), or None.
         self.cache = cache
-        #: The response body's encoder when the route compresses this answer.
+        #: The response body's encoder when the route compresses this answer, and its JSON
+        #: transform (``json_transform.ResponseBodyTransform``) when it has one.
         self.compressor: Any = None
+        self.json_body: Any = None
         self.request = request
         self.ctx = ctx
         self.route = route
@@ -352,6 +355,12 @@ class Exchange:
         rules = self.route.response_rules
         if rules is not None:
             fields = rules.apply(fields, request, self.ctx, strict=False)
+        json_rules = self.route.response_json
+        if json_rules is not None:
+            body_transform, fields = plan_response(json_rules, request.method, status, fields)
+            if body_transform is not None:
+                self.json_body = body_transform
+                length = None
         compression = self.route.compression
         if compression is not None:
             encoding, fields = compression.plan(
@@ -446,6 +455,11 @@ class Exchange:
                 return
             if not data:
                 return
+        json_body = self.json_body
+        if json_body is not None:
+            data = json_body.data(data)
+            if not data:
+                return
         if self.compressor is not None:
             data = self.compressor.data(data)
         if self.cache is not None:
@@ -478,11 +492,23 @@ class Exchange:
                 self.transform_failed()
                 return
             if tail:
-                if self.compressor is not None:
+                if self.json_body is not None:
+                    tail = self.json_body.data(tail)
+                if self.compressor is not None and tail:
                     tail = self.compressor.data(tail)
                 if self.cache is not None:
                     self.cache.data(tail)
                 request.write(tail)
+        json_body = self.json_body
+        if json_body is not None:
+            tail = json_body.end()
+            if json_body.skipped and self.route.metrics is not None:
+                self.route.metrics.json_skipped("response", json_body.skipped).inc()
+            if self.compressor is not None and tail:
+                tail = self.compressor.data(tail)
+            if self.cache is not None:
+                self.cache.data(tail)
+            request.write(tail)
         if self.compressor is not None:
             tail = self.compressor.finish()
             if self.cache is not None:

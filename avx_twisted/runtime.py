@@ -74,6 +74,9 @@ class RuntimeRoute:
         #: ``transform.HeaderRules``), None: none.
         self.request_rules: Any = None
         self.response_rules: Any = None
+        #: JSON body rules (``json_transform.JsonRules``) of each direction, None: none.
+        self.request_json: Any = None
+        self.response_json: Any = None
         if config.request is not None or config.response is not None:
             self._transforms(config)
         #: ``[routes.compression]`` (``compression.CompressionPolicy``), None: off.
@@ -87,6 +90,7 @@ class RuntimeRoute:
         self.tls: UpstreamTLS | None = None
 
     def _transforms(self, config: RouteConfig) -> None:
+        from .json_transform import JsonRules
         from .transform import HeaderRules, RequestRules, compile_template, pattern_params
 
         params = pattern_params(config.path)
@@ -102,6 +106,12 @@ class RuntimeRoute:
                 c.rename_headers,
             )
 
+        def json_rules(c: Any) -> Any:
+            rules = JsonRules(
+                c.json_remove, c.json_rename, list(c.json_set.items()), c.max_json_bytes
+            )
+            return rules if rules else None
+
         if config.request is not None:
             c = config.request
             rewrite = (
@@ -110,9 +120,11 @@ class RuntimeRoute:
             self.request_rules = RequestRules(
                 header_rules(c), templates(c.set_query), c.remove_query, rewrite
             )
+            self.request_json = json_rules(c)
         if config.response is not None:
             rules = header_rules(config.response)
             self.response_rules = rules if rules else None
+            self.response_json = json_rules(config.response)
 
     def extra_headers(self, ctx: RequestContext | None) -> list[tuple[bytes, bytes]]:
         """Headers this route adds upstream for a request: verified token claims, and the

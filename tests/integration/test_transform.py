@@ -144,3 +144,84 @@ async def test_response_headers_are_changed(closer):
     assert h.getRawHeaders(b"x-route") == [b"teams"]
     assert h.getRawHeaders(b"x-powered-by") is None
     assert h.getRawHeaders(b"x-upstream-internal") == [b"1"]
+
+
+@ensure
+async def test_json_request_bodies_are_changed_before_the_upstream_sees_them(closer):
+    import json
+
+    from avx_twisted.demo import EchoResource
+
+    echo = closer.add(upstream(EchoResource("echo")))
+    seen: list[bytes] = []
+
+    def render(request: Any) -> bytes:
+        seen.append(request.content.read())
+        return b"ok"
+
+    up = closer.add(upstream(FnResource(render)))
+    gw, base = transform_gateway(
+        closer,
+        up.port,
+        request={
+            "json_remove": ["password"],
+            "json_rename": {"userName": "user_name"},
+            "json_set": {"meta.source": "gateway"},
+            "max_json_bytes": 200,
+        },
+    )
+    body = json.dumps({"userName": "ann", "password": "hunter2"}).encode()
+    response = await http(
+        "POST", f"{base}/v1/red/u", data=body, headers={"Content-Type": ["application/json"]}
+    )
+    assert response.code == 200
+    await response.content()
+    assert json.loads(seen[-1]) == {"user_name": "ann", "meta": {"source": "gateway"}}
+    # Not JSON: forwarded as it is; another content type: untouched.
+    for payload, kind in ((b"{oops", "application/json"), (b"password=1", "text/plain")):
+        response = await http(
+            "POST", f"{base}/v1/red/u", data=payload, headers={"Content-Type": [kind]}
+        )
+        await response.content()
+        assert seen[-1] == payload
+    # Larger than max_json_bytes: 413, and the upstream never sees it.
+    before = len(seen)
+    response = await http(
+        "POST",
+        f"{base}/v1/red/u",
+        data=b'{"a": "' + b"x" * 500 + b'"}',
+        headers={"Content-Type": ["application/json"]},
+    )
+    assert response.code == 413
+    await response.content()
+    assert len(seen) == before
+    assert echo  # (unused upstream kept for symmetry with other tests)
+
+
+@ensure
+async def test_json_responses_are_changed_even_when_compressed_upstream(closer):
+    import gzip
+    import json
+
+    def render(request: Any) -> bytes:
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"ETag", b'"v9"')
+        document = json.dumps(
+            {"id": 1, "internal_id": "secret", "items": [{"x": 1, "internal_id": 2}]}
+        ).encode()
+        if request.path.endswith(b"/gz"):
+            request.setHeader(b"Content-Encoding", b"gzip")
+            return gzip.compress(document)
+        return document
+
+    up = closer.add(upstream(FnResource(render)))
+    gw, base = transform_gateway(
+        closer, up.port, response={"json_remove": ["internal_id", "items.internal_id"]}
+    )
+    for path in ("/v1/red/plain", "/v1/red/gz"):
+        response = await http("GET", f"{base}{path}")
+        body = await response.content()
+        assert json.loads(body) == {"id": 1, "items": [{"x": 1}]}, path
+        assert response.headers.getRawHeaders(b"etag") == [b'W/"v9"']
+        # Sent without Content-Encoding (treq's decoder shows an empty one left over).
+        assert not any(response.headers.getRawHeaders(b"content-encoding") or ())

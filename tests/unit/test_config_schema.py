@@ -86,6 +86,7 @@ PARSER_TUPLES = {
     "_RESPONSE_TRANSFORM_KEYS": ("routes[].response",),
     "_REWRITE_KEYS": ("routes[].request.rewrite_path",),
     "_HEADER_RULE_KEYS": (),
+    "_JSON_RULE_KEYS": (),
     "_RATE_KEYS": ("rate_limiting",),
     "_CORS_KEYS": ("cors",),
     "_JWT_KEYS": ("auth.jwt",),

@@ -102,6 +102,7 @@ class Route:
         self.websocket = True
         self.compression = None
         self.response_rules = None
+        self.response_json = None
         self.websocket_idle_timeout_s = 300.0
         if threshold is not None:
             for target in self.upstream.targets:

@@ -1,0 +1,275 @@
+# -*- test-case-name: tests.unit.test_json_transform -*-
+"""JSON body transformation of a route (``json_remove``, ``json_rename``, ``json_set`` in
+``[routes.request]`` and ``[routes.response]``), in that order, on dotted paths.
+
+A path's segments are object keys; where a segment meets an array, the rest of the path applies
+to each of its elements (``items.secret`` removes ``secret`` from every item). Only bodies with
+a JSON content type (``application/json``, ``*/*+json``) are touched, buffered up to
+``max_json_bytes``; a body that is not valid JSON goes on unchanged (counted, logged).
+Responses: a gzip/deflate/brotli body is decoded first and sent without that encoding (the
+route's compression may encode it again); a longer body, or one in another encoding, goes on
+unchanged and is counted.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+from .compression import _brotli
+
+Path = Tuple[str, ...]
+Pair = Tuple[bytes, bytes]
+
+
+def split_path(text: str) -> Path:
+    """``"meta.source"`` as its segments; raises ValueError for an empty segment."""
+    parts = tuple(text.split("."))
+    if not text or any(not p for p in parts):
+        raise ValueError(f"{text!r} is not a dotted path (empty segment)")
+    return parts
+
+
+def is_json(content_type: Optional[bytes]) -> bool:
+    if not content_type:
+        return False
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or media.endswith(b"+json")
+
+
+class JsonRules:
+    """The body changes of one direction, compiled once."""
+
+    def __init__(
+        self,
+        remove: Sequence[str] = (),
+        rename: Sequence[Tuple[str, str]] = (),
+        set_values: Sequence[Tuple[str, Any]] = (),
+        max_bytes: int = 1024 * 1024,
+    ) -> None:
+        self.remove = [split_path(p) for p in remove]
+        self.rename = [(split_path(old), new) for old, new in rename]
+        self.set = [(split_path(p), value) for p, value in set_values]
+        self.max_bytes = max_bytes
+
+    def __bool__(self) -> bool:
+        return bool(self.remove or self.rename or self.set)
+
+    def apply(self, document: Any) -> Any:
+        for path in self.remove:
+            _walk(document, path, _remove)
+        for path, new in self.rename:
+            _walk(document, path, lambda parent, key, new=new: _rename(parent, key, new))
+        for path, value in self.set:
+            _walk(document, path, lambda parent, key, value=value: _set(parent, key, value), True)
+        return document
+
+    def transform(self, body: bytes) -> Optional[bytes]:
+        """The changed body, or None when it is not JSON (left as it is)."""
+        try:
+            document = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return json.dumps(self.apply(document), separators=(",", ":"), ensure_ascii=False).encode(
+            "utf-8"
+        )
+
+
+def _walk(node: Any, path: Path, act: Callable[[Any, str], None], create: bool = False) -> None:
+    if isinstance(node, list):
+        for item in node:
+            _walk(item, path, act, create)
+        return
+    if not isinstance(node, dict):
+        return
+    head = path[0]
+    if len(path) == 1:
+        act(node, head)
+        return
+    child = node.get(head)
+    if child is None and create:
+        child = node[head] = {}
+    if child is not None:
+        _walk(child, path[1:], act, create)
+
+
+def _remove(parent: dict, key: str) -> None:
+    parent.pop(key, None)
+
+
+def _rename(parent: dict, key: str, new: str) -> None:
+    if key in parent:
+        parent[new] = parent.pop(key)
+
+
+def _set(parent: dict, key: str, value: Any) -> None:
+    parent[key] = value
+
+
+class _Decoder:
+    def __init__(self, encoding: bytes) -> None:
+        if encoding == b"br":
+            self._brotli: Any = _brotli.Decompressor()
+            self._zlib: Any = None
+        else:
+            self._brotli = None
+            self._zlib = zlib.decompressobj(31 if encoding == b"gzip" else zlib.MAX_WBITS)
+
+    def data(self, data: bytes) -> bytes:
+        if self._zlib is not None:
+            return self._zlib.decompress(data)  # type: ignore[no-any-return]
+        process = getattr(self._brotli, "process", None) or self._brotli.decompress
+        return process(data)  # type: ignore[no-any-return]
+
+    def end(self) -> bytes:
+        if self._zlib is not None:
+            return self._zlib.flush()  # type: ignore[no-any-return]
+        return b""
+
+
+_DECODABLE = frozenset([b"gzip", b"deflate", b"br"])
+
+
+class ResponseBodyTransform:
+    """A response body on its way: decoded when needed, buffered up to the cap, changed at
+    its end (``data``/``end`` like a plugin's body transform). ``skipped`` says why it went on
+    unchanged (``too_large``, ``not_json``), for the metrics."""
+
+    def __init__(self, rules: JsonRules, encoding: Optional[bytes]) -> None:
+        self.rules = rules
+        self.decoder = _Decoder(encoding) if encoding else None
+        self._chunks: Optional[List[bytes]] = []
+        self._size = 0
+        self.skipped: Optional[str] = None
+
+    def data(self, data: bytes) -> bytes:
+        if self.decoder is not None:
+            data = self.decoder.data(data)
+        chunks = self._chunks
+        if chunks is None:
+            return data
+        self._size += len(data)
+        if self._size > self.rules.max_bytes:
+            self.skipped = "too_large"
+            self._chunks = None
+            return b"".join(chunks) + data
+        chunks.append(data)
+        return b""
+
+    def end(self) -> bytes:
+        tail = self.decoder.end() if self.decoder is not None else b""
+        chunks, self._chunks = self._chunks, None
+        if chunks is None:
+            return tail
+        body = b"".join(chunks) + tail
+        changed = self.rules.transform(body)
+        if changed is None:
+            self.skipped = "not_json"
+            return body
+        return changed
+
+
+def plan_response(
+    rules: JsonRules, method: bytes, status: int, fields: List[Pair]
+) -> Tuple[Optional[ResponseBodyTransform], List[Pair]]:
+    """Whether a response body is transformed, and its fields if so (no Content-Length, no
+    Content-Encoding once decoded, a strong ETag weakened)."""
+    if method == b"HEAD" or status in (204, 206, 304) or status < 200:
+        return None, fields
+    content_type = None
+    encoding = None
+    for name, value in fields:
+        lower = name.lower()
+        if lower == b"content-type":
+            content_type = value
+        elif lower == b"content-encoding":
+            encoding = value.strip().lower()
+    if not is_json(content_type):
+        return None, fields
+    if encoding in (b"", b"identity"):
+        encoding = None
+    if encoding is not None and encoding not in _DECODABLE:
+        return None, fields
+    out: List[Pair] = []
+    for name, value in fields:
+        lower = name.lower()
+        if lower == b"content-length" or lower == b"content-encoding":
+            continue
+        if lower == b"etag" and not value.startswith(b"W/"):
+            value = b"W/" + value
+        out.append((name, value))
+    return ResponseBodyTransform(rules, encoding), out
+
+
+class _Collector:
+    """Takes a request body whole (up to the cap), then hands the changed one back."""
+
+    def __init__(self, request: Any, rules: JsonRules, make_body: Callable[[bytes], Any]) -> None:
+        self.request = request
+        self.rules = rules
+        self.make_body = make_body
+        self.chunks: List[bytes] = []
+        self.size = 0
+        self.done: Any = None
+        self.over = False
+        #: Why the body went on unchanged (``not_json``), for the metrics.
+        self.skipped: Optional[str] = None
+
+    def write(self, data: bytes) -> None:
+        if self.over:
+            return
+        self.size += len(data)
+        if self.size > self.rules.max_bytes:
+            self.over = True
+            self.chunks = []
+            self.done.callback(413)
+            return
+        self.chunks.append(data)
+
+    def finish(self) -> None:
+        if self.over:
+            return
+        body = b"".join(self.chunks)
+        changed = self.rules.transform(body)
+        if changed is None:
+            self.skipped = "not_json"
+            changed = body
+        self.request.body = self.make_body(changed)
+        self.done.callback(None)
+
+    def fail(self, failure: Any) -> None:
+        if not self.over:
+            self.over = True
+            self.done.callback(getattr(failure, "status", 400))
+
+
+def transform_request_body(request: Any, rules: JsonRules) -> Any:
+    """Read ``request``'s JSON body (up to ``rules.max_bytes``), change it, and put the new
+    body in its place: a Deferred firing with None (go on) or the status to answer (413 for
+    a larger body, or the body's own failure: 408, 499, ...). Its ``skipped`` attribute says
+    when the body was left as it was."""
+    from twisted.internet.defer import Deferred, succeed
+
+    from .h1 import RequestBody
+
+    body = request.body
+    if body.declared is not None and body.declared > rules.max_bytes:
+        return succeed(413)
+
+    def make_body(data: bytes) -> Any:
+        fresh = RequestBody(len(data), False, len(data) + 1, _nothing, _nothing, _nothing)
+        if data:
+            fresh.data_received(data)
+        fresh.data_done()
+        return fresh
+
+    collector = _Collector(request, rules, make_body)
+    collector.done = Deferred()
+    collector.done.collector = collector  # type: ignore[attr-defined]
+    body.attach(collector)
+    return collector.done
+
+
+def _nothing() -> None:
+    pass
