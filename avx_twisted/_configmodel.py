@@ -18,6 +18,7 @@ CLIENT_AUTH_MODES = ("none", "optional", "require")
 UPSTREAM_PROTOCOLS = ("http/1.1", "h2", "h2c")
 CACHE_BACKENDS = ("memory", "redis")
 COMPRESSION_ENCODINGS = ("br", "gzip")
+PERSISTED_QUERY_MODES = ("off", "allow", "only")
 HEALTH_CHECK_KINDS = ("http", "grpc")
 HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
 PUBLIC_KEY_ALGORITHMS = (
@@ -283,6 +284,30 @@ class ResponseTransformConfig:
 
 
 @dataclass(frozen=True)
+class GraphQLConfig:
+    """``[routes.graphql]``: GraphQL over HTTP understood and limited at the edge."""
+
+    #: SDL; with it operations are validated against the schema.
+    schema_file: str | None = None
+    max_depth: int = 12
+    max_aliases: int = 30
+    max_root_fields: int = 20
+    max_tokens: int = 10000
+    #: Fields counted; list fields multiplied by first/last/limit.
+    max_complexity: int = 5000
+    #: __schema / __type allowed.
+    introspection: bool = True
+    #: off | allow (APQ sha256Hash) | only (allowlist_file).
+    persisted_queries: str = "off"
+    allowlist_file: str | None = None
+    #: Operations in one batched POST.
+    max_batch: int = 10
+    #: What was read from the files (not part of the config's data).
+    schema: object = field(default=None, compare=False, repr=False, metadata={"internal": True})
+    allowlist: object = field(default=None, compare=False, repr=False, metadata={"internal": True})
+
+
+@dataclass(frozen=True)
 class PluginRef:
     """One ``{ name, config }`` of ``routes[].plugins`` or ``[plugins] global``: the plugin, made
     (and its config validated) when the file is loaded."""
@@ -338,6 +363,7 @@ class RouteConfig:
     compression: RouteCompressionConfig | None = None
     request: RequestTransformConfig | None = None
     response: ResponseTransformConfig | None = None
+    graphql: GraphQLConfig | None = None
 
 
 @dataclass(frozen=True)

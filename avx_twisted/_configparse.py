@@ -22,6 +22,7 @@ from ._configmodel import (
     HEALTH_CHECK_KINDS,
     HMAC_ALGORITHMS,
     LOG_LEVELS,
+    PERSISTED_QUERY_MODES,
     PUBLIC_KEY_ALGORITHMS,
     RATE_LIMIT_KEYS,
     STRATEGIES,
@@ -36,6 +37,7 @@ from ._configmodel import (
     CircuitBreakerConfig,
     ConfigError,
     CorsConfig,
+    GraphQLConfig,
     HealthCheckConfig,
     HealthConfig,
     Http2Config,
@@ -277,6 +279,19 @@ _ROUTE_KEYS = (
     "compression",
     "request",
     "response",
+    "graphql",
+)
+_GRAPHQL_KEYS = (
+    "schema_file",
+    "max_depth",
+    "max_aliases",
+    "max_root_fields",
+    "max_tokens",
+    "max_complexity",
+    "introspection",
+    "persisted_queries",
+    "allowlist_file",
+    "max_batch",
 )
 _COMPRESSION_KEYS = ("encodings", "min_bytes", "content_types")
 _HEADER_RULE_KEYS = ("set_headers", "add_headers", "remove_headers", "rename_headers")
@@ -391,6 +406,10 @@ class Parser:
 
     def error(self, path: str, message: str) -> None:
         self.errors.append(f"{path}: {message}")
+
+    def error_line(self, line: str) -> None:
+        """A problem already phrased with its key path (from a loader's ConfigError)."""
+        self.errors.append(line)
 
     def file(self, path: str) -> str:
         return path if os.path.isabs(path) else os.path.join(self.base_dir, path)
@@ -1112,6 +1131,12 @@ class Parser:
                 t.key("request" if request_rules else "response"),
                 "is only used with [routes.upstream]",
             )
+        graphql_t = t.table("graphql", _GRAPHQL_KEYS)
+        graphql = self.graphql(graphql_t) if graphql_t is not None else None
+        if graphql is not None and (resource is not None or grpc):
+            self.error(
+                t.key("graphql"), "is only used with an HTTP upstream (not resource, not grpc)"
+            )
         compression_t = t.table("compression", _COMPRESSION_KEYS)
         compression = self.compression(compression_t) if compression_t is not None else None
         if compression is not None and resource is not None:
@@ -1143,6 +1168,7 @@ class Parser:
             compression=compression,
             request=request_rules,
             response=response_rules,
+            graphql=graphql,
         )
 
     def upstream(self, t: _Table | None, path: str) -> UpstreamConfig | None:
@@ -1406,6 +1432,48 @@ class Parser:
             remove_headers=t.get("remove_headers", "list[str]", (), _each(_token)),
             rename_headers=self.renames(t, "rename_headers"),
             **self.json_rules(t),
+        )
+
+    def graphql(self, t: _Table) -> GraphQLConfig:
+        from .graphql_policy import load_allowlist, load_schema_sdl
+
+        d = GraphQLConfig()
+        schema_file = t.get("schema_file", "str", None)
+        schema = None
+        if schema_file is not None:
+            schema_file = self.file(schema_file)
+            try:
+                schema = load_schema_sdl(schema_file, t.key("schema_file"))
+            except ConfigError as e:
+                for line in e.errors:
+                    self.error_line(line)
+        mode = t.get(
+            "persisted_queries", "str", d.persisted_queries, _one_of(PERSISTED_QUERY_MODES)
+        )
+        allowlist_file = t.get("allowlist_file", "str", None)
+        allowlist = None
+        if allowlist_file is not None:
+            allowlist_file = self.file(allowlist_file)
+            try:
+                allowlist = load_allowlist(allowlist_file, t.key("allowlist_file"))
+            except ConfigError as e:
+                for line in e.errors:
+                    self.error_line(line)
+        if mode == "only" and allowlist_file is None:
+            self.error(t.key("allowlist_file"), "is required with persisted_queries = 'only'")
+        return GraphQLConfig(
+            schema_file=schema_file,
+            max_depth=t.get("max_depth", "int", d.max_depth, _positive),
+            max_aliases=t.get("max_aliases", "int", d.max_aliases, _at_least(0)),
+            max_root_fields=t.get("max_root_fields", "int", d.max_root_fields, _positive),
+            max_tokens=t.get("max_tokens", "int", d.max_tokens, _positive),
+            max_complexity=t.get("max_complexity", "int", d.max_complexity, _positive),
+            introspection=t.get("introspection", "bool", d.introspection),
+            persisted_queries=mode,
+            allowlist_file=allowlist_file,
+            max_batch=t.get("max_batch", "int", d.max_batch, _at_least(0)),
+            schema=schema,
+            allowlist=allowlist,
         )
 
     def compression(self, t: _Table) -> RouteCompressionConfig:

@@ -81,6 +81,7 @@ class RequestContext:
         "grpc",
         "grpc_status",
         "cache",
+        "graphql",
     )
 
     def __init__(
@@ -125,3 +126,5 @@ class RequestContext:
         self.grpc_status: int | None = None
         #: What the route's cache did (hit, miss, stale, revalidated, bypass, uncacheable).
         self.cache: str | None = None
+        #: A GraphQL route's (first) operation: ``"query GetUser"``.
+        self.graphql: str | None = None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import re
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -22,6 +22,7 @@ from .h1 import IRequestHandler
 from .json_transform import is_json, transform_request_body
 from .logs import request_id
 from .metrics import GatewayMetrics
+from .request_body import read_whole, replace
 from .routing import BadPath, MethodNotAllowed, RouteMatch
 from .runtime import Runtime
 from .tls import connection_tls
@@ -177,6 +178,59 @@ class GatewayHandler:
                     ctx.error = str(e)
                     self._error(request, ctx, 400, "bad request")
                     return
+            if route.graphql is not None:
+                graphql(route.graphql)
+                return
+            body_policies()
+
+        def graphql(policy: Any) -> None:
+            """GraphQL over HTTP: the operation checked before the upstream sees it."""
+            if request.method != b"POST":
+                decided(policy, None, b"")
+                return
+            read_whole(request, route.max_body_bytes).addCallback(
+                lambda result: decided(policy, *result)
+            )
+
+        def decided(policy: Any, status: Optional[int], body: bytes) -> None:
+            if request.finished:
+                return
+            if status is not None:
+                self._error(request, ctx, status, REFUSALS.get(status, "bad request"))
+                return
+            decision = policy.check(
+                request.method, request.fields.get(b"content-type"), request.query, body or None
+            )
+            operations = decision.operations
+            if operations:
+                first = operations[0]
+                ctx.graphql = f"{first.type} {first.name or ''}".rstrip()
+                if ctx.trace is not None:
+                    ctx.trace.annotate(
+                        graphql__operation__type=first.type,
+                        graphql__operation__name=first.name,
+                    )
+            if self.metrics is not None:
+                result = "allowed" if decision.allowed else decision.reason or "refused"
+                metrics = self.metrics.route(route.name)
+                for operation in operations or (None,):
+                    kind = operation.type if operation is not None else "unknown"
+                    name = policy.bounded_name(operation.name) if operation is not None else ""
+                    metrics.graphql_operation(kind, name if decision.allowed else "", result).inc()
+            if not decision.allowed:
+                ctx.error = f"graphql: {decision.reason}"
+                fields = [(b"Content-Type", b"application/graphql-response+json")]
+                fields += list(decision.headers)
+                send_answer(Answer(decision.status, fields, decision.body), request, ctx)
+                return
+            if request.method == b"POST":
+                replace(request, decision.upstream_body or body)
+            elif decision.upstream_query_string is not None:
+                path = ctx.upstream_target.partition(b"?")[0]
+                ctx.upstream_target = path + b"?" + decision.upstream_query_string
+            body_policies()
+
+        def body_policies() -> None:
             json_rules = route.request_json
             if (
                 json_rules is not None
@@ -184,19 +238,18 @@ class GatewayHandler:
                 and is_json(request.fields.get(b"content-type"))
             ):
 
-                def body_changed(status: Optional[int]) -> None:
+                def body_changed(result: Tuple[Optional[int], Optional[str]]) -> None:
+                    status, skipped = result
                     if request.finished:
                         return
                     if status is not None:
                         self._error(request, ctx, status, REFUSALS.get(status, "bad request"))
                         return
-                    skipped = d.collector.skipped  # type: ignore[attr-defined]
                     if skipped and self.metrics is not None:
                         self.metrics.route(route.name).json_skipped("request", skipped).inc()
                     send()
 
-                d = transform_request_body(request, json_rules)
-                d.addCallback(body_changed)
+                transform_request_body(request, json_rules).addCallback(body_changed)
                 return
             send()
 
@@ -366,6 +419,7 @@ class GatewayHandler:
             client_cert_subject=cert.subject if cert is not None else None,
             client_cert_sha256=cert.sha256 if cert is not None else None,
             cache=ctx.cache,
+            graphql=ctx.graphql,
             **_grpc_fields(request, ctx),
         )
 

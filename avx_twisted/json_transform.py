@@ -202,74 +202,19 @@ def plan_response(
     return ResponseBodyTransform(rules, encoding), out
 
 
-class _Collector:
-    """Takes a request body whole (up to the cap), then hands the changed one back."""
-
-    def __init__(self, request: Any, rules: JsonRules, make_body: Callable[[bytes], Any]) -> None:
-        self.request = request
-        self.rules = rules
-        self.make_body = make_body
-        self.chunks: List[bytes] = []
-        self.size = 0
-        self.done: Any = None
-        self.over = False
-        #: Why the body went on unchanged (``not_json``), for the metrics.
-        self.skipped: Optional[str] = None
-
-    def write(self, data: bytes) -> None:
-        if self.over:
-            return
-        self.size += len(data)
-        if self.size > self.rules.max_bytes:
-            self.over = True
-            self.chunks = []
-            self.done.callback(413)
-            return
-        self.chunks.append(data)
-
-    def finish(self) -> None:
-        if self.over:
-            return
-        body = b"".join(self.chunks)
-        changed = self.rules.transform(body)
-        if changed is None:
-            self.skipped = "not_json"
-            changed = body
-        self.request.body = self.make_body(changed)
-        self.done.callback(None)
-
-    def fail(self, failure: Any) -> None:
-        if not self.over:
-            self.over = True
-            self.done.callback(getattr(failure, "status", 400))
-
-
 def transform_request_body(request: Any, rules: JsonRules) -> Any:
     """Read ``request``'s JSON body (up to ``rules.max_bytes``), change it, and put the new
-    body in its place: a Deferred firing with None (go on) or the status to answer (413 for
-    a larger body, or the body's own failure: 408, 499, ...). Its ``skipped`` attribute says
-    when the body was left as it was."""
-    from twisted.internet.defer import Deferred, succeed
+    body in its place: a Deferred firing with ``(None, skipped)`` (go on; ``skipped`` says
+    when the body was left as it was: ``not_json``) or ``(status, None)`` to answer (413 for a
+    larger body, or the body's own failure)."""
+    from .request_body import read_whole, replace
 
-    from .h1 import RequestBody
+    def changed(result: Tuple[Optional[int], bytes]) -> Tuple[Optional[int], Optional[str]]:
+        status, body = result
+        if status is not None:
+            return status, None
+        new = rules.transform(body)
+        replace(request, body if new is None else new)
+        return None, "not_json" if new is None else None
 
-    body = request.body
-    if body.declared is not None and body.declared > rules.max_bytes:
-        return succeed(413)
-
-    def make_body(data: bytes) -> Any:
-        fresh = RequestBody(len(data), False, len(data) + 1, _nothing, _nothing, _nothing)
-        if data:
-            fresh.data_received(data)
-        fresh.data_done()
-        return fresh
-
-    collector = _Collector(request, rules, make_body)
-    collector.done = Deferred()
-    collector.done.collector = collector  # type: ignore[attr-defined]
-    body.attach(collector)
-    return collector.done
-
-
-def _nothing() -> None:
-    pass
+    return read_whole(request, rules.max_bytes).addCallback(changed)

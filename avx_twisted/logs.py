@@ -61,6 +61,7 @@ FIELDS = (
     "grpc_method",
     "grpc_status",
     "cache",
+    "graphql",
 )
 #: ``logging.level`` names and their twisted.logger levels.
 LEVELS = {

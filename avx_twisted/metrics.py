@@ -142,6 +142,10 @@ class RouteMetrics:
             )
         return children
 
+    def graphql_operation(self, kind: str, name: str, result: str) -> Any:
+        """The ``avx_graphql_operations_total`` child (names bounded by the policy)."""
+        return self._metrics.graphql_operations.labels(self.route, kind, name, result)
+
     def json_skipped(self, direction: str, reason: str) -> Any:
         """The ``avx_json_transform_skipped_total`` child: a JSON body left unchanged."""
         return self._metrics.json_skipped.labels(self.route, direction, reason)
@@ -276,6 +280,13 @@ class GatewayMetrics:
             "avx_websocket_bytes_total",
             "Bytes through WebSocket tunnels, by route and direction (up: client to upstream).",
             ["route", "direction"],
+            registry=r,
+        )
+        self.graphql_operations = Counter(
+            "avx_graphql_operations_total",
+            "GraphQL operations on graphql routes, by type, name (bounded) and result (allowed, "
+            "or why it was refused: depth, complexity, syntax, ...).",
+            ["route", "type", "name", "result"],
             registry=r,
         )
         self.json_skipped = Counter(

@@ -79,6 +79,24 @@ class RuntimeRoute:
         self.response_json: Any = None
         if config.request is not None or config.response is not None:
             self._transforms(config)
+        #: ``[routes.graphql]`` (``graphql_policy.GraphQLPolicy``), None: not a GraphQL route.
+        self.graphql: Any = None
+        if config.graphql is not None:
+            from .graphql_policy import GraphQLPolicy
+
+            g = config.graphql
+            self.graphql = GraphQLPolicy(
+                max_depth=g.max_depth,
+                max_aliases=g.max_aliases,
+                max_root_fields=g.max_root_fields,
+                max_tokens=g.max_tokens,
+                max_complexity=g.max_complexity,
+                introspection=g.introspection,
+                persisted_queries=g.persisted_queries,
+                allowlist=g.allowlist,  # type: ignore[arg-type]
+                schema=g.schema,  # type: ignore[arg-type]
+                max_batch=g.max_batch,
+            )
         #: ``[routes.compression]`` (``compression.CompressionPolicy``), None: off.
         self.compression: Any = None
         if config.compression is not None:

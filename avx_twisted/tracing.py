@@ -399,6 +399,14 @@ class RequestTrace:
             span.update_name(self._method + " " + name)
             span.set_attribute("http.route", name)
 
+    def annotate(self, **attributes: Any) -> None:
+        """Attributes of the SERVER span (``graphql.operation.type`` ...: dots as ``__``)."""
+        span = self._span
+        if span is not None and span.is_recording():
+            for key, value in attributes.items():
+                if value is not None:
+                    span.set_attribute(key.replace("__", "."), value)
+
     def start_attempt(
         self, url: str, host: str, port: int, method: bytes, fields: List[Pair]
     ) -> AttemptTrace:

@@ -243,6 +243,7 @@ async def test_json_access_log_has_one_line_per_request_with_every_field(tmp_pat
         "grpc_method",
         "grpc_status",
         "cache",
+        "graphql",
     ]
     assert first["host"] == f"127.0.0.1:{port}" and first["protocol"] == "HTTP/1.1"
     assert first["upstream_status"] == 200 and first["retries"] == 0

@@ -87,6 +87,7 @@ PARSER_TUPLES = {
     "_REWRITE_KEYS": ("routes[].request.rewrite_path",),
     "_HEADER_RULE_KEYS": (),
     "_JSON_RULE_KEYS": (),
+    "_GRAPHQL_KEYS": ("routes[].graphql",),
     "_RATE_KEYS": ("rate_limiting",),
     "_CORS_KEYS": ("cors",),
     "_JWT_KEYS": ("auth.jwt",),
