@@ -284,6 +284,27 @@ class ResponseTransformConfig:
 
 
 @dataclass(frozen=True)
+class ValidateConfig:
+    """``[routes.validate]``: JSON Schema validation of request bodies (and monitoring of
+    responses)."""
+
+    #: A schema file, relative to the config file (draft 7, 2019-09 or 2020-12 by $schema).
+    request_schema: str | None = None
+    methods: tuple[str, ...] = ("POST", "PUT", "PATCH")
+    #: Validated bodies are buffered up to this; 413 above.
+    max_bytes: int = 1048576
+    #: Monitor only: violations logged and counted, never blocking.
+    response_schema: str | None = None
+    #: The compiled schemas (not part of the config's data).
+    request_compiled: object = field(
+        default=None, compare=False, repr=False, metadata={"internal": True}
+    )
+    response_compiled: object = field(
+        default=None, compare=False, repr=False, metadata={"internal": True}
+    )
+
+
+@dataclass(frozen=True)
 class GraphQLConfig:
     """``[routes.graphql]``: GraphQL over HTTP understood and limited at the edge."""
 
@@ -364,6 +385,7 @@ class RouteConfig:
     request: RequestTransformConfig | None = None
     response: ResponseTransformConfig | None = None
     graphql: GraphQLConfig | None = None
+    validate: ValidateConfig | None = None
 
 
 @dataclass(frozen=True)

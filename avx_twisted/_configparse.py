@@ -63,6 +63,7 @@ from ._configmodel import (
     TlsCertificate,
     TracingConfig,
     UpstreamConfig,
+    ValidateConfig,
 )
 from .urls import parse_redis_url, parse_url
 
@@ -280,7 +281,9 @@ _ROUTE_KEYS = (
     "request",
     "response",
     "graphql",
+    "validate",
 )
+_VALIDATE_KEYS = ("request_schema", "methods", "max_bytes", "response_schema")
 _GRAPHQL_KEYS = (
     "schema_file",
     "max_depth",
@@ -1131,6 +1134,12 @@ class Parser:
                 t.key("request" if request_rules else "response"),
                 "is only used with [routes.upstream]",
             )
+        validate_t = t.table("validate", _VALIDATE_KEYS)
+        validate = self.validate(validate_t) if validate_t is not None else None
+        if validate is not None and (resource is not None or grpc):
+            self.error(
+                t.key("validate"), "is only used with an HTTP upstream (not resource, not grpc)"
+            )
         graphql_t = t.table("graphql", _GRAPHQL_KEYS)
         graphql = self.graphql(graphql_t) if graphql_t is not None else None
         if graphql is not None and (resource is not None or grpc):
@@ -1169,6 +1178,7 @@ class Parser:
             request=request_rules,
             response=response_rules,
             graphql=graphql,
+            validate=validate,
         )
 
     def upstream(self, t: _Table | None, path: str) -> UpstreamConfig | None:
@@ -1432,6 +1442,34 @@ class Parser:
             remove_headers=t.get("remove_headers", "list[str]", (), _each(_token)),
             rename_headers=self.renames(t, "rename_headers"),
             **self.json_rules(t),
+        )
+
+    def validate(self, t: _Table) -> ValidateConfig:
+        from .validation import load_schema
+
+        d = ValidateConfig()
+        compiled: dict[str, Any] = {}
+        paths: dict[str, Any] = {}
+        for key in ("request_schema", "response_schema"):
+            value = t.get(key, "str", None)
+            if value is None:
+                continue
+            paths[key] = self.file(value)
+            try:
+                compiled[key] = load_schema(paths[key], t.key(key))
+            except ConfigError as e:
+                for line in e.errors:
+                    self.error_line(line)
+        if not paths:
+            self.error(t.key("request_schema"), "is required (or response_schema): a schema file")
+        methods = t.get("methods", "list[str]", d.methods, _each(_token))
+        return ValidateConfig(
+            request_schema=paths.get("request_schema"),
+            methods=tuple(dict.fromkeys(m.upper() for m in methods)),
+            max_bytes=t.get("max_bytes", "int", d.max_bytes, _positive),
+            response_schema=paths.get("response_schema"),
+            request_compiled=compiled.get("request_schema"),
+            response_compiled=compiled.get("response_schema"),
         )
 
     def graphql(self, t: _Table) -> GraphQLConfig:

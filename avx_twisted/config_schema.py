@@ -87,6 +87,7 @@ from ._configmodel import (
     TlsCertificate,
     TracingConfig,
     UpstreamConfig,
+    ValidateConfig,
 )
 
 __all__ = ["build_schema", "dumps", "main", "write"]
@@ -134,6 +135,7 @@ _TABLES: dict[str, tuple[str | None, type]] = {
     "routes[].request.rewrite_path": ("_REWRITE_KEYS", RewritePath),
     "routes[].response": ("_RESPONSE_TRANSFORM_KEYS", ResponseTransformConfig),
     "routes[].graphql": ("_GRAPHQL_KEYS", GraphQLConfig),
+    "routes[].validate": ("_VALIDATE_KEYS", ValidateConfig),
     "cache": ("_CACHE_KEYS", CacheConfig),
     "middleware": (None, MiddlewareConfig),
     "rate_limiting": ("_RATE_KEYS", RateLimitConfig),
@@ -291,6 +293,8 @@ _RULES: dict[str, dict[str, Any]] = {
     "routes[].graphql.max_tokens": {"minimum": 1},
     "routes[].graphql.max_complexity": {"minimum": 1},
     "routes[].graphql.max_batch": {"minimum": 0},
+    "routes[].validate.max_bytes": {"minimum": 1},
+    "routes[].validate.methods": {"items": {"pattern": "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"}},
     "routes[].response.max_json_bytes": {"minimum": 1},
     "routes[].compression.content_types": {
         "items": {"pattern": "^[!#$%&'*+.^_`|~0-9A-Za-z-]+/([!#$%&'*+.^_`|~0-9A-Za-z-]+|\\*)$"},
@@ -492,6 +496,9 @@ _CONDITIONS: dict[str, Callable[[], list[dict[str, Any]]]] = {
     "server.listeners[].tls": _listener_tls_rules,
     "routes[]": _route_rules,
     "routes[].upstream": _upstream_rules,
+    "routes[].validate": lambda: [
+        {"anyOf": [{"required": ["request_schema"]}, {"required": ["response_schema"]}]}
+    ],
     "routes[].graphql": lambda: [
         {"if": _when("persisted_queries", "only"), "then": {"required": ["allowlist_file"]}}
     ],
@@ -564,6 +571,10 @@ _DESCRIPTIONS: dict[str, str] = {
     "routes[].compression": "gzip/brotli of responses by Accept-Encoding; absent: off.",
     "routes[].request": "Changes to the request before it is forwarded (docs/policies.md).",
     "routes[].graphql": "GraphQL over HTTP checked at the edge (docs/policies.md).",
+    "routes[].validate": "JSON Schema validation of request bodies (docs/policies.md).",
+    "routes[].validate.request_schema": "Schema file (relative to the config); 400 when not met.",
+    "routes[].validate.methods": "Methods whose bodies are validated.",
+    "routes[].validate.response_schema": "Schema file: responses checked, logged and counted.",
     "routes[].graphql.max_depth": "Deepest selection (fragments expanded).",
     "routes[].graphql.max_aliases": "Aliased fields in one operation.",
     "routes[].graphql.max_root_fields": "Fields at the operation's root.",

@@ -27,6 +27,7 @@ from .routing import BadPath, MethodNotAllowed, RouteMatch
 from .runtime import Runtime
 from .tls import connection_tls
 from .transform import PathError, Unsafe
+from .validation import is_json_content_type, parse_json, problem_body
 
 InternalAnswer = Callable[[Any], Answer]
 
@@ -169,6 +170,42 @@ class GatewayHandler:
             return
 
         def forward() -> None:
+            validate = route.validate
+            if (
+                validate is not None
+                and validate.request_compiled is not None
+                and request.method.decode("latin-1") in validate.methods
+            ):
+                if not is_json_content_type(request.fields.get(b"content-type")):
+                    self._error(request, ctx, 415, "a JSON body is expected")
+                    return
+                read_whole(request, validate.max_bytes).addCallback(
+                    lambda result: validated(validate, *result)
+                )
+                return
+            transformed()
+
+        def validated(validate: Any, status: Optional[int], body: bytes) -> None:
+            """The body the client sent, checked against the route's schema (RFC 9457 400)."""
+            if request.finished:
+                return
+            if status is not None:
+                self._error(request, ctx, status, REFUSALS.get(status, "bad request"))
+                return
+            document, problem = parse_json(body)
+            if problem is not None:
+                self._problem(request, ctx, "invalid JSON", [], problem)
+                return
+            problems = validate.request_compiled.validate(document)
+            if problems:
+                if self.metrics is not None:
+                    self.metrics.route(route.name).validation_failure("request").inc()
+                self._problem(request, ctx, "request body does not match the schema", problems)
+                return
+            replace(request, body)
+            transformed()
+
+        def transformed() -> None:
             # Plugins may have changed the target (``request.target`` in on_request).
             rules = route.request_rules
             if rules is not None:
@@ -326,6 +363,20 @@ class GatewayHandler:
         if ctx.error is None:
             ctx.error = message
         send_answer(error_answer(status, message, fields, ctx.request_id), request, ctx)
+
+    def _problem(
+        self,
+        request: Any,
+        ctx: RequestContext,
+        title: str,
+        problems: Sequence[Any],
+        detail: Optional[str] = None,
+    ) -> None:
+        """A 400 with an RFC 9457 ``application/problem+json`` body (validation)."""
+        ctx.error = title
+        body = problem_body(400, title, list(problems), ctx.request_id.decode(), detail=detail)
+        fields = [(b"Content-Type", b"application/problem+json"), (b"Cache-Control", b"no-store")]
+        send_answer(Answer(400, fields, body, title), request, ctx)
 
     def _finished(self, request: Any, failure: Optional[Failure]) -> None:
         """Count the request and write its access-log event (once, whatever happened)."""

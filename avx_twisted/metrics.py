@@ -142,6 +142,10 @@ class RouteMetrics:
             )
         return children
 
+    def validation_failure(self, direction: str) -> Any:
+        """The ``avx_validation_failures_total`` child of one direction."""
+        return self._metrics.validation_failures.labels(self.route, direction)
+
     def graphql_operation(self, kind: str, name: str, result: str) -> Any:
         """The ``avx_graphql_operations_total`` child (names bounded by the policy)."""
         return self._metrics.graphql_operations.labels(self.route, kind, name, result)
@@ -279,6 +283,13 @@ class GatewayMetrics:
         self.websocket_bytes = Counter(
             "avx_websocket_bytes_total",
             "Bytes through WebSocket tunnels, by route and direction (up: client to upstream).",
+            ["route", "direction"],
+            registry=r,
+        )
+        self.validation_failures = Counter(
+            "avx_validation_failures_total",
+            "Bodies that did not match the route's JSON Schema: request (answered 400) or "
+            "response (monitored, passed).",
             ["route", "direction"],
             registry=r,
         )

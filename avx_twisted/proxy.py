@@ -40,6 +40,7 @@ from .h2 import UpstreamReset
 from .json_transform import plan_response
 from .plugin_chain import PluginFailed
 from .proxy_headers import client_response_fields, upstream_request_fields
+from .validation import ResponseMonitor, is_json_content_type
 
 if TYPE_CHECKING:
     from .context import RequestContext
@@ -100,6 +101,8 @@ class Exchange:
         #: transform (``json_transform.ResponseBodyTransform``) when it has one.
         self.compressor: Any = None
         self.json_body: Any = None
+        #: ``response_schema`` monitoring of this answer (validation.ResponseMonitor).
+        self.monitor: Any = None
         self.request = request
         self.ctx = ctx
         self.route = route
@@ -355,6 +358,11 @@ class Exchange:
         rules = self.route.response_rules
         if rules is not None:
             fields = rules.apply(fields, request, self.ctx, strict=False)
+        validate = self.route.validate
+        if validate is not None and validate.response_compiled is not None:
+            content_type = response.fields.get(b"content-type")
+            if is_json_content_type(content_type) and not response.fields.get(b"content-encoding"):
+                self.monitor = ResponseMonitor(validate.response_compiled, validate.max_bytes)
         json_rules = self.route.response_json
         if json_rules is not None:
             body_transform, fields = plan_response(json_rules, request.method, status, fields)
@@ -446,6 +454,8 @@ class Exchange:
     # -- the response body (the IResponseSink of the upstream connection) --------------------
 
     def body_data(self, data: bytes) -> None:
+        if self.monitor is not None:
+            self.monitor.data(data)
         transform = self.transform
         if transform is not None:
             try:
@@ -499,6 +509,10 @@ class Exchange:
                 if self.cache is not None:
                     self.cache.data(tail)
                 request.write(tail)
+        monitor = self.monitor
+        if monitor is not None:
+            self.monitor = None
+            self.response_checked(monitor.end())
         json_body = self.json_body
         if json_body is not None:
             tail = json_body.end()
@@ -518,6 +532,24 @@ class Exchange:
             self.cache.done()
         self.done()
         request.finish()
+
+    def response_checked(self, problems: Optional[List[Any]]) -> None:
+        """``response_schema`` (monitor only): a mismatch is logged and counted."""
+        if not problems:
+            return
+        if self.route.metrics is not None:
+            self.route.metrics.validation_failure("response").inc()
+        first = problems[0]
+        log.warn(
+            "response of {url} for route {route} does not match its schema: {where} {message} "
+            "({count} problems)",
+            request_id=self.request_id,
+            url=self.target.url if self.target else None,
+            route=self.route.name,
+            where=first.instance_location or "/",
+            message=first.message,
+            count=len(problems),
+        )
 
     def transform_failed(self) -> None:
         """A plugin failed on the response body: cut the answer (never a truncated body that

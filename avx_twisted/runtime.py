@@ -79,6 +79,9 @@ class RuntimeRoute:
         self.response_json: Any = None
         if config.request is not None or config.response is not None:
             self._transforms(config)
+        #: ``[routes.validate]``: the compiled schemas (``validation.CompiledSchema``), the
+        #: methods whose bodies are validated and their cap; None: no validation.
+        self.validate = config.validate
         #: ``[routes.graphql]`` (``graphql_policy.GraphQLPolicy``), None: not a GraphQL route.
         self.graphql: Any = None
         if config.graphql is not None:

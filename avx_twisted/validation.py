@@ -547,3 +547,36 @@ def is_json_content_type(value: Optional[bytes]) -> bool:
     return (kind == b"application" and subtype == b"json") or (
         subtype.endswith(b"+json") and len(subtype) > 5
     )
+
+
+class ResponseMonitor:
+    """A response body checked against the route's ``response_schema`` at its end (monitor
+    only: it never changes or delays the body). Bodies larger than ``max_bytes`` are not
+    checked."""
+
+    def __init__(self, schema: CompiledSchema, max_bytes: int) -> None:
+        self.schema = schema
+        self.max_bytes = max_bytes
+        self._chunks: Optional[list[bytes]] = []
+        self._size = 0
+
+    def data(self, data: bytes) -> None:
+        chunks = self._chunks
+        if chunks is None:
+            return
+        self._size += len(data)
+        if self._size > self.max_bytes:
+            self._chunks = None
+            return
+        chunks.append(data)
+
+    def end(self) -> Optional[list[Problem]]:
+        """The problems of the whole body (an empty list: it matches); None when it was not
+        checked (too large) or is not JSON."""
+        chunks, self._chunks = self._chunks, None
+        if chunks is None:
+            return None
+        document, error = parse_json(b"".join(chunks))
+        if error is not None:
+            return None
+        return self.schema.validate(document)

@@ -741,7 +741,7 @@ class UnknownKeyTests(ConfigTestCase):
     ROUTE_KEYS = (
         "name, path, host, strip_path, methods, timeout_ms, max_body_bytes, retries, auth, "
         "scopes, mtls, cors, rate_limit, upstream, websocket, websocket_idle_timeout_ms, plugins, "
-        "resource, grpc, cache, compression, request, response, graphql"
+        "resource, grpc, cache, compression, request, response, graphql, validate"
     )
 
     def test_misspelt_route_key_gets_a_suggestion(self) -> None:

@@ -64,6 +64,18 @@ def _mint() -> tuple[str, str, str]:
 
 CERT, KEY, CA = _mint()
 
+
+def _json_schema() -> str:
+    """A JSON Schema file for [routes.validate]'s keys (the parser compiles it)."""
+    directory = Path(tempfile.mkdtemp(prefix="avx-schema-json-"))
+    atexit.register(shutil.rmtree, directory, True)
+    path = directory / "body.json"
+    path.write_text('{"type": "object"}')
+    return str(path)
+
+
+JSON_SCHEMA = _json_schema()
+
 SCHEMA = build_schema()
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 
@@ -88,6 +100,7 @@ PARSER_TUPLES = {
     "_HEADER_RULE_KEYS": (),
     "_JSON_RULE_KEYS": (),
     "_GRAPHQL_KEYS": ("routes[].graphql",),
+    "_VALIDATE_KEYS": ("routes[].validate",),
     "_RATE_KEYS": ("rate_limiting",),
     "_CORS_KEYS": ("cors",),
     "_JWT_KEYS": ("auth.jwt",),
@@ -128,6 +141,7 @@ CONTEXT: dict[str, dict[str, Any]] = {
     "routes[].plugins[]": {"name": PLUGIN},
     "plugins.global[]": {"name": PLUGIN},
     "routes[].request.rewrite_path": {"pattern": "^/v1/(.*)$", "replacement": "/api/\\1"},
+    "routes[].validate": {"request_schema": JSON_SCHEMA},
 }
 #: Sibling keys a key needs to be valid at all (of a table: also when its probes add it).
 NEEDS: dict[str, dict[str, Any]] = {

@@ -103,6 +103,7 @@ class Route:
         self.compression = None
         self.response_rules = None
         self.response_json = None
+        self.validate = None
         self.websocket_idle_timeout_s = 300.0
         if threshold is not None:
             for target in self.upstream.targets:
