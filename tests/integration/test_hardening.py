@@ -621,7 +621,9 @@ async def test_many_slow_clients_do_not_starve_a_normal_request(closer):
     await deferLater(0.1)
     normal = await exchange(gw.port, b"GET /fast HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
     assert normal.status == 200
-    assert normal.elapsed < 0.3
+    # Served while every slow client still waits for its header timeout (no wall-clock bound:
+    # a loaded machine makes those flaky; the order is what starvation would change).
+    assert not any(d.called for d in slow)
     replies = await defer.gatherResults(slow)
     assert all(r.status == 408 and r.closed_by_server for r in replies)
     assert max(r.elapsed for r in replies) < 1.2
