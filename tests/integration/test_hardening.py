@@ -626,7 +626,7 @@ async def test_many_slow_clients_do_not_starve_a_normal_request(closer):
     assert not any(d.called for d in slow)
     replies = await defer.gatherResults(slow)
     assert all(r.status == 408 and r.closed_by_server for r in replies)
-    assert max(r.elapsed for r in replies) < 1.2
+    assert max(r.elapsed for r in replies) < 5.0  # the 0.5 s header timeout, not a hang
     assert [r["uri"] for r in seen.seen] == [b"/fast"]
 
 
