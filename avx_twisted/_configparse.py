@@ -1291,20 +1291,25 @@ class Parser:
             max_variants=t.get("max_variants", "int", d.max_variants, _at_least(1)),
         )
 
-    def header_templates(
-        self, t: _Table, name: str, params: Sequence[str]
+    def templates(
+        self, t: _Table, name: str, params: Sequence[str], query: bool = False
     ) -> tuple[tuple[str, str], ...]:
-        """A table of ``Header-Name = "template"``, every template compiled now."""
+        """A table of ``Header-Name = "template"`` (``query``: of parameter names), every
+        template compiled now."""
         from .transform import TemplateError, compile_template
 
+        what = "name" if query else '"Header-Name"'
         raw = t.data.get(name, {})
         if not isinstance(raw, Mapping):
-            self.error(t.key(name), f'must be a table of "Header-Name" = "value", not {_show(raw)}')
+            self.error(t.key(name), f'must be a table of {what} = "value", not {_show(raw)}')
             return ()
         out = []
-        for header, value in raw.items():
-            where = t.key(f"{name}.{header}")
-            if not _TOKEN.match(header):
+        for key, value in raw.items():
+            where = t.key(f"{name}.{key}")
+            if query and (not key or "&" in key or "=" in key):
+                self.error(where, "is not a query parameter name")
+                continue
+            if not query and not _TOKEN.match(key):
                 self.error(where, "is not a header name")
                 continue
             if not isinstance(value, str):
@@ -1315,7 +1320,7 @@ class Parser:
             except TemplateError as e:
                 self.error(where, f"{_show(value)}: {e}")
                 continue
-            out.append((header, value))
+            out.append((key, value))
         return tuple(out)
 
     def renames(self, t: _Table, name: str) -> tuple[tuple[str, str], ...]:
@@ -1354,10 +1359,10 @@ class Parser:
                 None if v and "&" not in v and "=" not in v else "is not a query parameter name"
             )
         )
-        set_query = self.query_templates(t, params)
+        set_query = self.templates(t, "set_query", params, query=True)
         return RequestTransformConfig(
-            set_headers=self.header_templates(t, "set_headers", params),
-            add_headers=self.header_templates(t, "add_headers", params),
+            set_headers=self.templates(t, "set_headers", params),
+            add_headers=self.templates(t, "add_headers", params),
             remove_headers=t.get("remove_headers", "list[str]", (), _each(_token)),
             rename_headers=self.renames(t, "rename_headers"),
             set_query=set_query,
@@ -1410,35 +1415,10 @@ class Parser:
             "max_json_bytes": t.get("max_json_bytes", "int", 1048576, _positive),
         }
 
-    def query_templates(self, t: _Table, params: Sequence[str]) -> tuple[tuple[str, str], ...]:
-        """``set_query = { name = "template" }``."""
-        from .transform import TemplateError, compile_template
-
-        raw = t.data.get("set_query", {})
-        if not isinstance(raw, Mapping):
-            self.error(t.key("set_query"), f'must be a table of name = "value", not {_show(raw)}')
-            return ()
-        out = []
-        for name, value in raw.items():
-            where = t.key(f"set_query.{name}")
-            if not name or "&" in name or "=" in name:
-                self.error(where, "is not a query parameter name")
-                continue
-            if not isinstance(value, str):
-                self.error(where, f"{_show(value)} must be a string (a template)")
-                continue
-            try:
-                compile_template(value, params)
-            except TemplateError as e:
-                self.error(where, f"{_show(value)}: {e}")
-                continue
-            out.append((name, value))
-        return tuple(out)
-
     def response_transform(self, t: _Table, params: Sequence[str]) -> ResponseTransformConfig:
         return ResponseTransformConfig(
-            set_headers=self.header_templates(t, "set_headers", params),
-            add_headers=self.header_templates(t, "add_headers", params),
+            set_headers=self.templates(t, "set_headers", params),
+            add_headers=self.templates(t, "add_headers", params),
             remove_headers=t.get("remove_headers", "list[str]", (), _each(_token)),
             rename_headers=self.renames(t, "rename_headers"),
             **self.json_rules(t),

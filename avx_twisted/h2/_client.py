@@ -41,6 +41,7 @@ from zope.interface import implementer
 
 from ..h1 import BodyFailed, Fields, ProtocolViolation, ResponseHead, UpstreamClosed
 from ._limits import H2ClientLimits
+from ._wire import Wire
 
 Pair = Tuple[bytes, bytes]
 
@@ -239,7 +240,7 @@ class H2Stream:
 
 
 @implementer(IPushProducer)
-class H2ClientProtocol(Protocol):
+class H2ClientProtocol(Wire, Protocol):
     """One upstream HTTP/2 connection (h2c with prior knowledge, or TLS with ALPN ``h2``).
 
     ``released(protocol)`` is called when streams free up (the pool may send more) and when
@@ -296,8 +297,7 @@ class H2ClientProtocol(Protocol):
         extra = limits.connection_window - 65535
         if extra > 0:
             conn.increment_flow_control_window(extra)
-        self.transport.registerProducer(self, True)
-        self._registered = True
+        self._register()
         self._write()
         self._became_idle()
 
@@ -583,17 +583,6 @@ class H2ClientProtocol(Protocol):
         self._break(UpstreamClosed(None, reused=True), abort=True)
 
     # -- the connection -----------------------------------------------------------------------
-
-    def _write(self) -> None:
-        data = self.conn.data_to_send()
-        if data and self.transport is not None:
-            self.transport.write(data)
-
-    def _unregister(self) -> None:
-        """Before a close: TLS sends its close_notify only once no producer is registered."""
-        if getattr(self, "_registered", False):
-            self._registered = False
-            self.transport.unregisterProducer()
 
     def pauseProducing(self) -> None:
         """The upstream's socket is full: every stream's request body waits."""

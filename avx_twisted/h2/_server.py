@@ -39,6 +39,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..h1 import BodyFailed, Fields, RequestBody, RequestHead, RequestSide, ResponseState
+from ._wire import Wire
 
 Pair = Tuple[bytes, bytes]
 log = Logger()
@@ -230,7 +231,7 @@ class H2Request(RequestSide):
 
 
 @implementer(IPushProducer)
-class H2ServerProtocol(Protocol):
+class H2ServerProtocol(Wire, Protocol):
     """One HTTP/2 client connection (after ALPN ``h2``, or the h2c preface)."""
 
     factory: Any
@@ -278,10 +279,9 @@ class H2ServerProtocol(Protocol):
                 SettingCodes.ENABLE_PUSH: 0,
             }
         )
-        self.transport.registerProducer(self, True)
-        self._registered = True
+        self._register()
         factory.connection_made(self)
-        self._flush_transport()
+        self._write()
         self._arm_idle()
 
     @property
@@ -303,7 +303,7 @@ class H2ServerProtocol(Protocol):
             events = self.conn.receive_data(data)
         except ProtocolError as e:
             log.info("HTTP/2 protocol error from {client}: {error}", client=self.peer_host, error=e)
-            self._flush_transport()
+            self._write()
             self._close()
             return
         for event in events:
@@ -330,10 +330,10 @@ class H2ServerProtocol(Protocol):
                 if request is not None:  # request trailers are not forwarded (HTTP/1.1 upstreams)
                     request.body.data_done()
             elif kind is ConnectionTerminated:
-                self._flush_transport()
+                self._write()
                 self._close()
                 return
-        self._flush_transport()
+        self._write()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._closed = True
@@ -396,7 +396,7 @@ class H2ServerProtocol(Protocol):
             unacked, request._unacked = request._unacked, 0
             if unacked and stream_id in self.streams:
                 self._ack(stream_id, unacked)
-                self._flush_transport()
+                self._write()
 
         body = RequestBody(
             0 if ended and declared is None else declared,
@@ -454,7 +454,7 @@ class H2ServerProtocol(Protocol):
             self.conn.reset_stream(stream_id, error_code=ErrorCodes.CANCEL)
         except (StreamClosedError, ProtocolError):
             pass
-        self._flush_transport()
+        self._write()
         request.client_lost(Failure(TimeoutError("HTTP/2 stream idle timeout")))
         self._maybe_idle()
 
@@ -506,7 +506,7 @@ class H2ServerProtocol(Protocol):
             self.conn.close_connection(error_code=code)
         except ProtocolError:
             pass
-        self._flush_transport()
+        self._write()
         self._close()
 
     def _ack_reset(self, stream_id: int, code: int) -> None:
@@ -533,7 +533,7 @@ class H2ServerProtocol(Protocol):
             log.info("HTTP/2 headers not sent on stream {id}: {e}", id=request.stream_id, e=e)
             return
         if not self.transport_paused:
-            self._flush_transport()
+            self._write()
 
     def flush(self, request: H2Request) -> None:
         """Send what the stream has pending, as far as the flow-control windows allow."""
@@ -578,7 +578,7 @@ class H2ServerProtocol(Protocol):
             if not self.transport_paused:
                 request._resume_producer()
         if not self.transport_paused:
-            self._flush_transport()
+            self._write()
 
     def stream_answered(self, request: H2Request) -> None:
         """The answer is all sent: the stream is over."""
@@ -601,7 +601,7 @@ class H2ServerProtocol(Protocol):
             self.conn.reset_stream(request.stream_id, error_code=code)
         except (StreamClosedError, ProtocolError):
             pass
-        self._flush_transport()
+        self._write()
 
     def request_done(self, request: H2Request, reason: Optional[Failure]) -> None:
         self.answered += 1
@@ -615,17 +615,6 @@ class H2ServerProtocol(Protocol):
 
     # -- the connection ---------------------------------------------------------------------------
 
-    def _flush_transport(self) -> None:
-        data = self.conn.data_to_send()
-        if data and self.transport is not None:
-            self.transport.write(data)
-
-    def _unregister(self) -> None:
-        """Before a close: TLS sends its close_notify only once no producer is registered."""
-        if getattr(self, "_registered", False):
-            self._registered = False
-            self.transport.unregisterProducer()
-
     def pauseProducing(self) -> None:
         """The client's socket is full: every stream's upstream waits."""
         self.transport_paused = True
@@ -634,7 +623,7 @@ class H2ServerProtocol(Protocol):
 
     def resumeProducing(self) -> None:
         self.transport_paused = False
-        self._flush_transport()
+        self._write()
         for request in list(self.streams.values()):
             if request._pending or request._end_pending:
                 self.flush(request)
@@ -652,7 +641,7 @@ class H2ServerProtocol(Protocol):
         if self._closed:
             return True
         self.conn.graceful_goaway()
-        self._flush_transport()
+        self._write()
         if not self.streams:
             self._unregister()
             self.transport.loseConnection()
