@@ -4,7 +4,9 @@ as a proxy, and the gateway's TOML."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import random
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -20,6 +22,60 @@ NOFILE = 65536
 CACHED_PATH = "/cached"
 CACHED_CACHE_CONTROL = "max-age=3600"
 CACHED_ORIGIN_LOG = "origin-cached.log"  # in the work dir: one line per origin request
+#: The policy rows (bench/run.py's ``policy`` rows): a small JSON body POSTed to ``/tiny`` (the
+#: origin answers it as it answers a GET), checked against ``POLICY_SCHEMA`` (written next to the
+#: gateway's TOML as ``POLICY_SCHEMA_FILE``); ``/headers`` on the origin echoes the request
+#: fields the policies set and remove, for the check before the load.
+POLICY_PATH = "/tiny"
+HEADERS_PATH = "/headers"
+POLICY_SCHEMA_FILE = "bench-order.schema.json"
+POLICY_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "properties": {
+        "order_id": {"type": "integer", "minimum": 1},
+        "customer": {"type": "string", "minLength": 3, "maxLength": 64},
+        "items": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 20,
+            "items": {
+                "type": "object",
+                "properties": {
+                    "sku": {"type": "string", "pattern": "^[A-Z]+-[0-9]+$"},
+                    "qty": {"type": "integer", "minimum": 1},
+                },
+                "required": ["sku", "qty"],
+            },
+        },
+        "express": {"type": "boolean"},
+    },
+    "required": ["order_id", "customer", "items"],
+    "additionalProperties": False,
+}
+POLICY_BODY = json.dumps(
+    {
+        "order_id": 1048576,
+        "customer": "ada.lovelace@example.com",
+        "items": [{"sku": "BOOK-1843", "qty": 2}, {"sku": "PEN-7", "qty": 10}],
+        "express": True,
+    },
+    separators=(", ", ": "),
+).encode()
+#: A body the schema refuses (order_id not an integer, no items): 400 before the upstream.
+POLICY_INVALID_BODY = b'{"order_id": "one", "customer": "ada"}'
+#: The routes' [routes.request] of the policy rows, as TOML lines.
+POLICY_REQUEST_TOML = [
+    "[routes.request]",
+    'set_headers = { "X-Client-IP" = "${client_ip}", "X-Request" = "${request_id}" }',
+    'remove_headers = ["X-Debug"]',
+]
+#: Sent by wrk with every request of the policy rows, for ``remove_headers`` to drop.
+POLICY_EXTRA_HEADERS = ["Content-Type: application/json", "X-Debug: 1"]
+#: The compression rows' path: about 100 KB of JSON (``json_document``), a file on the origin.
+JSON_PATH = "/json"
+JSON_SIZE = 100 * 1000
+JSON_EXTRA_HEADERS = ["Accept-Encoding: gzip"]
 NOOP_PLUGIN = "bench-noop"  # bench/noop_plugin.py, registered by bench/twistd_with_plugin.py
 #: The gateway's TLS 1.2 cipher list, given to nginx too: avx_twisted/tls.py's own when it
 #: imports (bench/run.py runs with the gateway's venv), else the copy it had when this was written.
@@ -52,12 +108,15 @@ def nginx_common(workdir: Path, name: str) -> str:
 
 
 def origin_conf(workdir: Path, port: int, h2c_port: Optional[int] = None) -> str:
-    """The origin: ``/tiny``, ``/big`` and ``/huge`` over HTTP/1.1 on ``port`` and, with
+    """The origin: ``/tiny``, ``/big``, ``/huge`` and ``/json`` (``json_document``, served as
+    ``application/json``) over HTTP/1.1 on ``port`` and, with
     ``h2c_port``, the same over cleartext HTTP/2 (prior knowledge only) on that port too (the
     upstream of the gateway's h2c row), in the same nginx. ``/cached`` (the cache rows' path)
     is ``/tiny`` with ``Cache-Control: max-age=3600``, and the only location with an access
     log (``CACHED_ORIGIN_LOG`` in ``workdir``): its line count is how many requests for it
-    reached the origin, which must stay flat while a cache row is measured."""
+    reached the origin, which must stay flat while a cache row is measured. ``/headers``
+    answers with the values of the request's ``X-Client-IP``, ``X-Request`` and ``X-Debug``
+    (the policy rows' check). ``return`` answers any method, so a POST of ``/tiny`` is 200."""
     www = workdir / "www"
     cached_log = workdir / CACHED_ORIGIN_LOG
     locations = (
@@ -69,6 +128,13 @@ def origin_conf(workdir: Path, port: int, h2c_port: Optional[int] = None) -> str
         '            return 200 "Hello, world\\n";\n'
         "        }\n"
         f"        location = /big {{ alias {www}/big.bin; }}\n"
+        f"        location = {JSON_PATH} {{ types {{ }} default_type application/json; "
+        f"alias {www}/doc.json; }}\n"
+        f"        location = {HEADERS_PATH} {{\n"
+        "            default_type text/plain;\n"
+        '            return 200 "x-client-ip=$http_x_client_ip\\nx-request=$http_x_request\\n'
+        'x-debug=$http_x_debug\\n";\n'
+        "        }\n"
         f"        location = /huge {{ alias {www}/huge.bin; }}\n"
         "        location / { return 404; }\n"
     )
@@ -79,6 +145,34 @@ def origin_conf(workdir: Path, port: int, h2c_port: Optional[int] = None) -> str
             f"{locations}    }}\n"
         )
     return nginx_common(workdir, "origin") + servers + "}\n"
+
+
+def json_document(size: int = JSON_SIZE) -> bytes:
+    """About ``size`` bytes of JSON (an API-like list of records, from a fixed seed: the same
+    bytes every run), as the compression rows' origin serves it."""
+    rng = random.Random(16)
+    words = "alpha beta gamma delta omega north south east west blue green red amber".split()
+    items = []
+    out = b""
+    while True:
+        i = len(items)
+        items.append(
+            {
+                "id": 100000 + i,
+                "sku": f"SKU-{rng.randrange(10**6):06d}",
+                "name": " ".join(rng.choice(words) for _ in range(3)),
+                "price": round(rng.uniform(1, 500), 2),
+                "stock": rng.randrange(1000),
+                "tags": rng.sample(words, 2),
+                "active": rng.random() < 0.8,
+                "updated": f"2026-{rng.randrange(1, 13):02d}-{rng.randrange(1, 29):02d}T"
+                f"{rng.randrange(24):02d}:{rng.randrange(60):02d}:00Z",
+            }
+        )
+        doc = json.dumps({"count": len(items), "items": items}).encode() + b"\n"
+        if len(doc) > size:
+            return out or doc
+        out = doc
 
 
 def nginx_proxy_conf(workdir: Path, port: int, origin_port: int) -> str:
@@ -181,6 +275,8 @@ def gateway_toml(
     http2: bool = False,
     upstream_protocol: Optional[str] = None,
     cache: bool = False,
+    validate_schema: Optional[str] = None,
+    compression: bool = False,
 ) -> str:
     """The gateway's config: ``/*`` to the origin on ``origin_port``. With ``sink_port``, also
     an exact route ``/sink`` to that origin taking bodies up to ``sink_max_body`` bytes, with
@@ -194,7 +290,10 @@ def gateway_toml(
     ``[routes.upstream] protocol``, with ``origin_port`` then a port speaking it. With
     ``cache``, the route has ``[routes.cache]`` (its defaults: no heuristic freshness, so only
     answers with explicit freshness, ``/cached``, are stored) and ``[cache]`` is the memory
-    store with ``Cache-Status`` on."""
+    store with ``Cache-Status`` on. With ``validate_schema`` (a file name, relative to the
+    TOML's directory), the route has ``POLICY_REQUEST_TOML`` and ``[routes.validate]
+    request_schema`` = that file (the policy rows); with ``compression``, ``[routes.compression]``
+    with ``encodings = ["br", "gzip"]`` and the other keys at their defaults."""
     endpoint = f"tcp:{port}:interface=127.0.0.1:backlog=1024"
     lines = ["[server]"]
     listener = tls is not None or http2
@@ -235,6 +334,11 @@ def gateway_toml(
     lines.append("")
     if cache:
         lines += ["[routes.cache]", "max_object_bytes = 1048576", ""]
+    if validate_schema is not None:
+        lines += [*POLICY_REQUEST_TOML, ""]
+        lines += ["[routes.validate]", f'request_schema = "{validate_schema}"', ""]
+    if compression:
+        lines += ["[routes.compression]", 'encodings = ["br", "gzip"]', ""]
     if sink_port is not None:
         lines += _sink_route(sink_port, sink_max_body, full)
     if not full:

@@ -5,10 +5,10 @@ as docs/benchmarks.md.
 
 The "Profile" section of an existing docs/benchmarks.md is kept as it is when the file is
 rewritten, so notes written there survive a re-run; so are its "Overhead of tracing and
-plugins", "TLS", "HTTP/2" and "Cache" sections when the results have no such rows (older
-results). A partial run of bench/run.py with ``--doc`` replaces only those of the four it has rows
-for (``write_overhead_section``, ``write_tls_section``, ``write_h2_section``,
-``write_cache_section``).
+plugins", "TLS", "HTTP/2", "Cache" and "Policies" sections when the results have no such rows
+(older results). A partial run of bench/run.py with ``--doc`` replaces only those of the five it
+has rows for (``write_overhead_section``, ``write_tls_section``, ``write_h2_section``,
+``write_cache_section``, ``write_policy_section``).
 """
 
 from __future__ import annotations
@@ -134,9 +134,10 @@ def shown_rows(results: Json) -> List[Json]:
 
 
 def main_rows(results: Json) -> List[Json]:
-    """The rows of the main table: the shown ones but the TLS, HTTP/2 and cache rows (their own
-    sections)."""
-    return [r for r in shown_rows(results) if r.get("id") not in TLS_IDS + H2_IDS + CACHE_IDS]
+    """The rows of the main table: the shown ones but the TLS, HTTP/2, cache and policy rows
+    (their own sections)."""
+    skip = TLS_IDS + H2_IDS + CACHE_IDS + POLICY_IDS
+    return [r for r in shown_rows(results) if r.get("id") not in skip]
 
 
 def table_rows(results: Json) -> List[List[str]]:
@@ -440,6 +441,9 @@ def render_text(results: Json) -> str:
     cached = cache_text_rows(results)
     if cached:
         parts += ["Cache hits (/cached):", text_table(CACHE_TEXT_COLUMNS, cached)]
+    policies = policy_text_rows(results)
+    if policies:
+        parts += ["Policies (full stack):", text_table(POLICY_TEXT_COLUMNS, policies)]
     half_rows = half_rate_rows(results)
     if half_rows:
         parts += ["Latency at half the max rate (tiny):", text_table(HALF_COLUMNS, half_rows)]
@@ -1517,6 +1521,349 @@ def write_cache_section(results: Json, doc: Path) -> None:
     replace_section(doc, CACHE_HEADING, cache_section(results, partial=True))
 
 
+# --------------------------------------------------------------------------- policies
+
+POLICY_HEADING = "## Policies"
+#: The policy rows (bench/run.py's ``policy`` rows), CPython then PyPy.
+POLICY_IDS = (
+    "gw-full-post",
+    "gw-policies",
+    "gw-full-json",
+    "gw-gzip",
+    "gw-full-post-pypy",
+    "gw-policies-pypy",
+    "gw-full-json-pypy",
+    "gw-gzip-pypy",
+)
+#: Each policy row's comparison: the same request through the full stack without the policy.
+POLICY_WITHOUT = {
+    "gw-policies": "gw-full-post",
+    "gw-gzip": "gw-full-json",
+    "gw-policies-pypy": "gw-full-post-pypy",
+    "gw-gzip-pypy": "gw-full-json-pypy",
+}
+#: The full-stack row (the tiny GET) of each runtime.
+FULL_OF_RUNTIME = {"CPython": "gw-full", "PyPy": "gw-full-pypy"}
+POLICY_COLUMNS = [
+    "Row",
+    "Runtime",
+    "Request",
+    "req/s",
+    "MB/s (wire)",
+    "mean ms",
+    "p50 ms",
+    "p99 ms",
+    "CPU %: proxy / other / load core (wrk+origin)",
+    "RSS idle MiB",
+    "RSS after MiB",
+    "vs full stack, `/tiny` GET",
+    "vs the same request without the policy",
+]
+POLICY_CHECK_COLUMNS = ["Row", "Runtime", "Checked through the gateway before the load"]
+POLICY_TEXT_COLUMNS = [
+    "Row",
+    "Runtime",
+    "req/s",
+    "MB/s",
+    "mean ms",
+    "p99 ms",
+    "CPU % p/o/l",
+    "vs full /tiny",
+    "vs without",
+]
+
+
+def has_policy_rows(results: Json) -> bool:
+    """Whether ``results`` ran (or tried) any policy row."""
+    return any(
+        (row_by_id(results, i) or {}).get("status", "unselected") != "unselected"
+        for i in POLICY_IDS
+    )
+
+
+def _policy_shown(results: Json) -> List[Json]:
+    """The full-stack rows the policy rows are compared with, then the policy rows."""
+    ids = [FULL_OF_RUNTIME["CPython"], *POLICY_IDS[:4], FULL_OF_RUNTIME["PyPy"], *POLICY_IDS[4:]]
+    rows = [row_by_id(results, i) for i in ids]
+    shown = [r for r in rows if r is not None and r.get("status") != "unselected"]
+    if not any(r.get("id") in POLICY_IDS for r in shown):
+        return []
+    return shown
+
+
+def _policy_request(row: Json) -> str:
+    if row.get("id") in FULL_OF_RUNTIME.values():
+        return "GET `/tiny` (13 B)"
+    checks = row.get("policy_checks") or {}
+    if row.get("load_kind") == "post":
+        return "POST `/tiny`, 150 B JSON"
+    size = checks.get("origin_bytes")
+    what = f"{_count(size)} B" if size else "100 KB"
+    return f"GET `/json` ({what}), `Accept-Encoding: gzip`"
+
+
+def _policy_cell(row: Json) -> str:
+    return "tiny" if row.get("id") in FULL_OF_RUNTIME.values() else "load"
+
+
+def _policy_ratios(results: Json, row: Json) -> Dict[str, Optional[float]]:
+    full = row_by_id(results, FULL_OF_RUNTIME.get(row.get("runtime", ""), "gw-full"))
+    without = row_by_id(results, POLICY_WITHOUT.get(row.get("id", ""), ""))
+    rps = metric(row, _policy_cell(row), "rps")
+    return {
+        "vs_full": None if row is full else ratio(rps, metric(full, "tiny", "rps")),
+        "vs_without": ratio(rps, metric(without, "load", "rps")) if without else None,
+    }
+
+
+def policy_rows(results: Json) -> List[List[str]]:
+    out = []
+    for row in _policy_shown(results):
+        ok = measured(row)
+        cell = _policy_cell(row)
+        r = _policy_ratios(results, row)
+        label = row["label"] if ok else f"{row['label']} ({status_text(row)})"
+        mbps = metric(row, cell, "mbps")
+        out.append(
+            [
+                label,
+                row.get("runtime", ""),
+                _policy_request(row),
+                f_int(metric(row, cell, "rps")),
+                "–" if mbps is None else f"{mbps:,.1f}",
+                f_ms(metric(row, cell, "avg_ms")),
+                f_ms(metric(row, cell, "p50_ms")),
+                f_ms(metric(row, cell, "p99_ms")),
+                cpu_text(row, cell),
+                f_mib(row.get("rss_idle_kb")) if ok or row.get("rss_idle_kb") else "–",
+                f_mib(row.get("rss_after_kb")) if ok else "–",
+                f_ratio(r["vs_full"]) if r["vs_full"] is not None else "",
+                f_ratio(r["vs_without"]) if r["vs_without"] is not None else "",
+            ]
+        )
+    return out
+
+
+def _policy_check_text(row: Json) -> str:
+    c = row.get("policy_checks") or {}
+    if not c:
+        return "–" if measured(row) else f"{row.get('status')}: {row.get('note', '')}"
+    if row.get("load_kind") == "post":
+        seen = c.get("origin_saw") or {}
+
+        def field(name: str) -> str:
+            value = seen.get(name.lower())
+            return f"`{name}: {value}`" if value else f"no `{name}`"
+
+        text = f"the valid body {c.get('valid_post_status')}"
+        if row.get("policies"):
+            problems = ", ".join(f"`{p}`" for p in c.get("invalid_post_problems") or [])
+            text += (
+                f"; the invalid one (`order_id` a string, no `items`) "
+                f"{c.get('invalid_post_status')} (`{c.get('invalid_post_content_type')}`: "
+                f"{problems}); the valid one as `text/plain` {c.get('text_plain_post_status')}"
+            )
+        else:
+            text += f"; the invalid one {c.get('invalid_post_status')} (nothing validates it)"
+        sent = "sent with `X-Debug: 1`"
+        text += (
+            f"; `/headers` on the origin ({sent}) saw {field('X-Client-IP')}, "
+            f"{field('X-Request')}, {field('X-Debug')}"
+        )
+        return text
+    text = (
+        f"{c.get('status')}, `Content-Type: {c.get('content_type')}`, "
+        f"`Content-Encoding: {c.get('content_encoding') or '(none)'}`"
+    )
+    if c.get("vary"):
+        text += f", `Vary: {c['vary']}`"
+    text += f", {_count(c.get('body_bytes'))} bytes"
+    if row.get("compression"):
+        origin, body = c.get("origin_bytes"), c.get("body_bytes")
+        text += f" decoding to the origin's {_count(origin)}" + (
+            " byte for byte" if c.get("decoded_matches_origin") else " (NOT the same)"
+        )
+        if origin and body:
+            text += f" ({origin / body:.1f}x smaller)"
+        bare = c.get("without_accept_encoding") or {}
+        if bare:
+            text += (
+                f"; without `Accept-Encoding`: {bare.get('status')}, "
+                f"`Content-Encoding: {bare.get('content_encoding') or '(none)'}`, "
+                f"{_count(bare.get('body_bytes'))} bytes"
+            )
+    return text
+
+
+def policy_check_rows(results: Json) -> List[List[str]]:
+    return [
+        [_label(row), row.get("runtime", ""), _policy_check_text(row)]
+        for row in _policy_shown(results)
+        if row.get("id") in POLICY_IDS
+    ]
+
+
+def policy_text_rows(results: Json) -> List[List[str]]:
+    out = []
+    for row in _policy_shown(results):
+        cell = _policy_cell(row)
+        r = _policy_ratios(results, row)
+        mbps = metric(row, cell, "mbps")
+        out.append(
+            [
+                row.get("id", ""),
+                row.get("runtime", ""),
+                f_int(metric(row, cell, "rps")),
+                "–" if mbps is None else f"{mbps:,.1f}",
+                f_ms(metric(row, cell, "avg_ms")),
+                f_ms(metric(row, cell, "p99_ms")),
+                cpu_text(row, cell),
+                f_ratio(r["vs_full"]) if r["vs_full"] is not None else "",
+                f_ratio(r["vs_without"]) if r["vs_without"] is not None else "",
+            ]
+        )
+    return out
+
+
+def policy_section(results: Json, partial: bool = False) -> str:
+    """The markdown of the Policies section, heading included."""
+    out: List[str] = [POLICY_HEADING + "\n"]
+    add = out.append
+    meta = results.get("meta", {})
+    settings = meta.get("settings", {})
+    machine = meta.get("machine", {})
+    conns = settings.get("connections")
+    add(
+        "What two of a route's policies (docs/policies.md) cost the full-stack gateway (the "
+        "full-stack row's TOML: API key auth, rate limiting, CORS, metrics, JSON access log), on "
+        "CPython and PyPy. Each row is that TOML plus at most one thing on its `/*` route, "
+        "loaded like the Results rows (`wrk -t1 "
+        f"-c{conns} -d{settings.get('duration_s', 0):g}s --latency`, the same headers, a "
+        "warm-up run of the same request and length first, proxy pinned to core "
+        f"{settings.get('proxy_core')}, wrk and the origin to core {settings.get('load_core')}); "
+        "every row is checked through the gateway before its load, and a failed check fails the "
+        "row:\n"
+    )
+    add(
+        '- **POST of a small JSON body**: `POST /tiny` of 150 bytes of JSON (`{"order_id": '
+        '1048576, "customer": ..., "items": [two objects], "express": true}`) with '
+        "`Content-Type: application/json` and `X-Debug: 1`, from a wrk Lua script "
+        "(`wrk.method`, `wrk.body`); nginx's `return 200` answers a POST like a GET (13 bytes). "
+        "*full stack, POST* has no policy; **+ header transforms + JSON Schema** adds "
+        '`[routes.request] set_headers = { "X-Client-IP" = "${client_ip}", "X-Request" = '
+        '"${request_id}" }`, `remove_headers = ["X-Debug"]` and `[routes.validate] '
+        "request_schema` = a 2020-12 schema written by the bench (`bench/configs.py`, "
+        "`POLICY_SCHEMA`: an object of `order_id` integer ≥ 1, `customer` string of 3-64, "
+        "`items` 1-20 objects of `sku` string matching a pattern and `qty` integer ≥ 1, "
+        "`express` boolean; the first three required, no others allowed), its `methods` and "
+        "`max_bytes` at their defaults: every POST body is read whole, parsed and validated "
+        "before the upstream sees it.\n"
+        "- **100 KB JSON**: `GET /json`, a file on the origin of an API-like list of records "
+        "(`bench/configs.py`, `json_document`, the same bytes every run), `application/json`, "
+        "with `Accept-Encoding: gzip`. *full stack, 100 KB JSON* has no compression (the origin's "
+        'bytes as they are); **+ compression** adds `[routes.compression] encodings = ["br", '
+        '"gzip"]` (`min_bytes`, `content_types` at their defaults): gzip, zlib level 5, each '
+        "upstream chunk compressed and flushed as it comes, chunked to the client. *MB/s (wire)* "
+        "is wrk's `Transfer/sec`: for this row compressed bytes (plus headers and chunk framing).\n"
+        "- *vs full stack, `/tiny` GET* divides by the full-stack row of the same runtime and "
+        "run (issue 16's ratio for the policies row); *vs the same request without the policy* "
+        "by the row above it without the policy, same runtime and run: the cost of the policy "
+        "alone (for gzip: the uncompressed 100 KB answer).\n"
+    )
+    if partial:
+        rows = [r.get("id") for r in shown_rows(results)]
+        load = ""
+        if machine.get("loadavg_at_start") and machine.get("loadavg_at_end"):
+            load = (
+                f", load average {' '.join(machine['loadavg_at_start'])} at the start and "
+                f"{' '.join(machine['loadavg_at_end'])} at the end"
+            )
+        commit = f", avx-gateway `{machine['gateway_git']}`" if machine.get("gateway_git") else ""
+        add(
+            f"Measured in a partial run ({meta.get('started', '?')}, `--only {','.join(rows)}`, "
+            f"{settings.get('duration_s', 0):g} s cells after {settings.get('warmup_s', 0):g} s "
+            f"warm-up{load}{commit}); its ratios take the full-stack rows of that run (– when it "
+            "had none): compare the ratios, not these req/s with the Results table above, which "
+            "is another run.\n"
+        )
+    add(markdown_table(POLICY_COLUMNS, policy_rows(results)))
+    add(markdown_table(POLICY_CHECK_COLUMNS, policy_check_rows(results)))
+    notes = []
+    for row in _policy_shown(results):
+        cell_name = _policy_cell(row)
+        text = row.get("note", "")
+        checks = row.get("stack_checks")
+        if checks:
+            text = (
+                f"checked before the load: {checks.get('without_key_status')} without the "
+                f"key, {checks.get('with_key_status')} with it and "
+                f"`Access-Control-Allow-Origin: {checks.get('cors_allow_origin')}`, metrics "
+                f"{checks.get('metrics_status')}; "
+                f"{_count(row.get('access_log_lines'))} access log lines written. " + text
+            ).strip()
+        cell = (row.get(cell_name) or {}) if measured(row) else {}
+        origin_bytes = (row.get("policy_checks") or {}).get("origin_bytes")
+        if row.get("compression") and cell.get("rps") and origin_bytes:
+            text += (
+                f" {cell['rps']:,.0f} req/s are {cell['rps'] * origin_bytes / 1e6:,.1f} MB/s of "
+                "JSON before compression."
+            )
+        busy, other = cell.get("load_core_busy_pct"), cell.get("other_on_proxy_core_pct")
+        own = (cell.get("wrk_cpu_pct") or 0) + (cell.get("origin_cpu_pct") or 0)
+        proxy = cell.get("proxy_cpu_pct")
+        if busy is not None and busy >= 95 and own < 80:
+            text += f" The load core was {busy:.0f} % busy, wrk and the origin {own:.0f} % of it"
+            if proxy is not None and proxy < 90:
+                text += (
+                    f", the proxy {proxy:.0f} %: other work on the machine held the load side "
+                    "back, so this req/s is a lower bound."
+                )
+            else:
+                text += " (other work on the machine)."
+        if other is not None and other >= 10:
+            text += f" {other:.0f} % of the proxy's core went to other work (softirq, processes)."
+        load = row.get("loadavg")
+        if load:
+            before, after = " ".join(load[0]), " ".join(load[1])
+            text += f" Load average before/after the row: {before} / {after}."
+        if text.strip():
+            notes.append(f"- {row['label']} ({row.get('runtime')}): {text.strip()}")
+    if notes:
+        add("\n".join(notes) + "\n")
+    commands = [r for r in _policy_shown(results) if r.get("command")]
+    if commands:
+        add("Commands of this run:\n")
+        add("```sh")
+        origin = (results.get("origin") or {}).get("command")
+        if origin:
+            add("# the origin")
+            add(origin)
+        for row in commands:
+            add(f"# {row['label']} ({row['runtime']})")
+            add(row["command"])
+        for kind, row_id in (("post", "gw-policies"), ("json", "gw-gzip")):
+            example = next(
+                (r for r in commands if measured(r) and r.get("id") == row_id), None
+            ) or next((r for r in commands if measured(r) and r.get("load_kind") == kind), None)
+            if example and (example.get("load") or {}).get("command"):
+                add(f"# load, e.g. for {example['label']} ({example['runtime']})")
+                add(example["load"]["command"])
+        add("```\n")
+        script = meta.get("policy_post_lua")
+        if script:
+            add("The POST script (`-s`):\n")
+            add("```lua")
+            add(script.rstrip("\n"))
+            add("```\n")
+    return wrap_markdown("\n".join(out))
+
+
+def write_policy_section(results: Json, doc: Path) -> None:
+    """Replace only the Policies section of ``doc`` with this (partial) run's; without one,
+    insert it before the latency section (after the Cache section, where a full run puts it)."""
+    replace_section(doc, POLICY_HEADING, policy_section(results, partial=True))
+
+
 def replace_section(doc: Path, heading: str, section: str) -> None:
     """Replace the section of ``doc`` under ``heading`` (up to the next "## ") with ``section``,
     leaving every other byte as it is; without one, insert it before the latency section (or
@@ -1561,6 +1908,7 @@ def render_markdown(
     tls: Optional[str] = None,
     h2: Optional[str] = None,
     cache: Optional[str] = None,
+    policies: Optional[str] = None,
 ) -> str:
     """The whole doc; ``profile`` is the body of the kept "Profile" section, ``overhead``,
     ``tls`` and ``h2`` the existing overhead, TLS and HTTP/2 sections, kept when ``results``
@@ -1676,6 +2024,8 @@ def render_markdown(
         "an HTTP/2 upstream), loaded with h2load: in their own section, *HTTP/2*.\n"
         "11. nginx with `proxy_cache` and the full-stack gateway with its response cache, "
         "serving cache hits: in their own section, *Cache*.\n"
+        "12. The full stack with request header transforms + JSON Schema validation of a small "
+        "POST body, and with gzip of a 100 KB JSON answer: in their own section, *Policies*.\n"
     )
     add(
         'Gateways listen with `listen = ["tcp:PORT:interface=127.0.0.1:backlog=1024"]` (the '
@@ -1753,6 +2103,10 @@ def render_markdown(
         add(cache_section(results))
     elif cache is not None:
         add(cache)
+    if has_policy_rows(results):
+        add(policy_section(results))
+    elif policies is not None:
+        add(policies)
     add("## Latency at half the maximum rate\n")
     add(
         "Debian has no wrk2, so wrk paces the requests itself: a Lua `delay()` (bench/run.py, "
@@ -1945,6 +2299,7 @@ def write_doc(results: Json, doc: Path) -> None:
             existing_section(doc, TLS_HEADING),
             existing_section(doc, H2_HEADING),
             existing_section(doc, CACHE_HEADING),
+            existing_section(doc, POLICY_HEADING),
         )
     )
 

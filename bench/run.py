@@ -21,13 +21,17 @@ first); every option is passed on. One run:
    ``proxy_cache``, the full-stack gateway with ``[routes.cache]``, CPython and PyPy) store
    ``/cached`` (``/tiny`` with ``Cache-Control: max-age=3600``) with one request, check that the
    next one is a hit, and measure hits of it with wrk while the origin's count of ``/cached``
-   requests (its access log) must stay flat;
+   requests (its access log) must stay flat; the policy rows (the full stack on CPython and
+   PyPy, each checked first through the gateway) measure a POST of a small JSON body to
+   ``/tiny`` without and with request header transforms + JSON Schema validation of it
+   (``[routes.request]``, ``[routes.validate]``), and a GET of ``/json`` (100 KB of JSON) with
+   ``Accept-Encoding: gzip`` without and with ``[routes.compression]``;
 3. the memory checks (bench/memory.py): RSS of a 200 MB response passing through, of a 1 GB
    upload passing through to an origin that discards it (bench/sink_origin.py), and of 10,000
    idle keep-alive client connections;
 4. writes ``bench/results/latest.json`` (and a timestamped copy) and renders it with
    ``bench/render.py`` to stdout and ``docs/benchmarks.md`` (a partial run, ``--only``: only
-   with ``--doc``, and then only the doc's overhead, TLS, HTTP/2 and cache sections).
+   with ``--doc``, and then only the doc's overhead, TLS, HTTP/2, cache and policy sections).
 
 The rest of bench/: procs.py (starting and stopping processes, RSS and CPU from /proc), wrk.py
 (wrk runs and their output), h2load.py (h2load runs, their output and per-request log),
@@ -43,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gzip
 import json
 import os
 import re
@@ -74,12 +79,22 @@ from configs import (  # noqa: E402
     CACHED_ORIGIN_LOG,
     CACHED_PATH,
     HEADERS,
+    HEADERS_PATH,
     HUGE_SIZE,
+    JSON_EXTRA_HEADERS,
+    JSON_PATH,
     NOOP_PLUGIN,
     ORIGIN_HEADER,
+    POLICY_BODY,
+    POLICY_EXTRA_HEADERS,
+    POLICY_INVALID_BODY,
+    POLICY_PATH,
+    POLICY_SCHEMA,
+    POLICY_SCHEMA_FILE,
     TINY_BODY,
     UPLOAD_SIZE,
     gateway_toml,
+    json_document,
     nginx_cache_proxy_conf,
     nginx_h2_proxy_conf,
     nginx_proxy_conf,
@@ -102,7 +117,7 @@ from procs import (  # noqa: E402
 )
 from procs import tail as tail_of  # noqa: E402
 from tls_certs import BenchCerts, mint  # noqa: E402
-from wrk import PACING_LUA, errors_of, run_wrk  # noqa: E402
+from wrk import PACING_LUA, errors_of, post_lua, run_wrk  # noqa: E402
 
 WORKERS_NOT_IMPLEMENTED = "worker processes are not implemented yet"
 #: What the gateway's config check says when it has no upstream HTTP/2 (``protocol``) yet.
@@ -122,6 +137,18 @@ def _fetch(url: str, headers: Dict[str, str], context: Optional[ssl.SSLContext] 
     except urllib.error.HTTPError as e:
         e.read()
         return e.code, e.headers
+
+
+def _request(
+    url: str, headers: Dict[str, str], body: Optional[bytes] = None, method: str = "GET"
+) -> Any:
+    """One request: (status, header fields, body as received: never decoded)."""
+    req = urllib.request.Request(url, data=body, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, resp.headers, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
 
 
 def check_full_stack(base: str, context: Optional[ssl.SSLContext] = None) -> Json:
@@ -222,6 +249,7 @@ class Bench:
         www = self.workdir / "www"
         www.mkdir(exist_ok=True)
         (www / "big.bin").write_bytes(os.urandom(BIG_SIZE))
+        (www / "doc.json").write_bytes(json_document())
         with open(www / "huge.bin", "wb") as f:
             chunk = os.urandom(1 << 20)
             left = HUGE_SIZE
@@ -284,6 +312,8 @@ class Bench:
         http2: bool = False,
         upstream_protocol: Optional[str] = None,
         cache: bool = False,
+        policies: bool = False,
+        compression: bool = False,
     ) -> Callable[[int], Any]:
         """``overhead``: "tracing" adds ``[tracing]`` (every request sampled, OTLP/HTTP to the
         sink this starts, bench/otlp_sink.py); "plugin" runs the no-op plugin on the route,
@@ -291,7 +321,10 @@ class Bench:
         ``tls``: the one listener is a TLS one with the bench certificate (no cleartext port).
         ``http2``: the one listener has ``http2 = true`` (h2c with prior knowledge on
         cleartext). ``upstream_protocol="h2c"``: the route goes to the origin's h2c port with
-        ``protocol = "h2c"``. ``cache``: the route has ``[routes.cache]`` (the memory store)."""
+        ``protocol = "h2c"``. ``cache``: the route has ``[routes.cache]`` (the memory store).
+        ``policies``: the route has the policy rows' ``[routes.request]`` header changes and
+        ``[routes.validate]`` with ``POLICY_SCHEMA`` (written next to the TOML);
+        ``compression``: ``[routes.compression]``."""
 
         def start(port: int) -> subprocess.Popen:
             kind = ("full" if full else "plain") + (f"-{overhead}" if overhead else "")
@@ -299,6 +332,10 @@ class Bench:
             kind += "-h2" if http2 else ""
             kind += f"-up-{upstream_protocol}" if upstream_protocol else ""
             kind += "-cache" if cache else ""
+            kind += "-policies" if policies else ""
+            kind += "-gzip" if compression else ""
+            if policies:
+                (self.workdir / POLICY_SCHEMA_FILE).write_text(json.dumps(POLICY_SCHEMA, indent=2))
             certs = self.tls_certs() if tls else None
             conf = self.workdir / f"gateway-{kind}-w{workers}-{port}.toml"
             endpoint = self.start_otlp_sink() if overhead == "tracing" else None
@@ -317,6 +354,8 @@ class Bench:
                     http2=http2,
                     upstream_protocol=upstream_protocol,
                     cache=cache,
+                    validate_schema=POLICY_SCHEMA_FILE if policies else None,
+                    compression=compression,
                 )
             )
             args = ["--pidfile=", "-n", "avx-gateway", "--config", str(conf)]
@@ -458,6 +497,8 @@ class Bench:
             return self.run_h2_row(row, starter, cores)
         if row.get("cache"):
             return self.run_cache_row(row, starter, cores)
+        if row.get("policy"):
+            return self.run_policy_row(row, starter, cores)
         args = self.args
         self.cores = cores
         row["cores"] = cores
@@ -644,6 +685,164 @@ class Bench:
             self.procs.stop(proc)
         return row
 
+    # -- policy rows
+
+    def policy_load(self, row: Json) -> Json:
+        """What a policy row's wrk sends: ``post`` rows a POST of ``POLICY_BODY`` to
+        ``POLICY_PATH`` (a Lua script) with ``POLICY_EXTRA_HEADERS``; ``json`` rows a GET of
+        ``JSON_PATH`` with ``Accept-Encoding: gzip``."""
+        if row["load_kind"] == "post":
+            script = self.workdir / "post-policy.lua"
+            script.write_text(post_lua(POLICY_BODY))
+            self.results["meta"]["policy_post_lua"] = script.read_text()
+            return {"path": POLICY_PATH, "script": script, "headers": POLICY_EXTRA_HEADERS}
+        return {"path": JSON_PATH, "script": None, "headers": JSON_EXTRA_HEADERS}
+
+    def check_policies(self, row: Json, base: str) -> Json:
+        """Before a policy row's load, through the gateway: the POST wrk will send answers 200
+        with the origin's body; for ``gw-policies*`` an invalid body is 400 (problem details),
+        another content type 415, and ``/headers`` shows the origin got ``X-Client-IP`` and
+        ``X-Request`` and no ``X-Debug``; without the policies the invalid body passes (200) and
+        ``X-Debug`` arrives. For the ``json`` rows: the answer to wrk's request is 200, gzip
+        (with ``[routes.compression]``, decoding to the origin's bytes) or the origin's bytes as
+        they are. Anything else fails the row."""
+        key = {h.split(": ", 1)[0]: h.split(": ", 1)[1] for h in HEADERS}
+        checks: Json = {}
+        problems = []
+        if row["load_kind"] == "post":
+            post = {**key, **dict(h.split(": ", 1) for h in POLICY_EXTRA_HEADERS)}
+            status, _, body = _request(base + POLICY_PATH, post, POLICY_BODY, "POST")
+            checks["valid_post_status"] = status
+            if status != 200 or body != TINY_BODY:
+                problems.append(f"valid POST {POLICY_PATH}: {status} {body[:200]!r}")
+            status, headers, body = _request(base + POLICY_PATH, post, POLICY_INVALID_BODY, "POST")
+            checks["invalid_post_status"] = status
+            checks["invalid_post_content_type"] = headers.get("Content-Type")
+            wanted = 400 if row.get("policies") else 200
+            if status != wanted:
+                problems.append(f"invalid POST {POLICY_PATH}: {status}, not {wanted}")
+            if row.get("policies"):
+                try:
+                    checks["invalid_post_problems"] = [
+                        f"{e.get('instanceLocation') or '(root)'} {e.get('keyword')}"
+                        for e in json.loads(body).get("errors", [])
+                    ]
+                except ValueError:
+                    problems.append(f"invalid POST: not a problem+json body: {body[:200]!r}")
+                text = {**post, "Content-Type": "text/plain"}
+                status, _, _ = _request(base + POLICY_PATH, text, POLICY_BODY, "POST")
+                checks["text_plain_post_status"] = status
+                if status != 415:
+                    problems.append(f"POST as text/plain: {status}, not 415")
+            status, _, body = _request(base + HEADERS_PATH, post, POLICY_BODY, "POST")
+            seen = dict(
+                line.split("=", 1) for line in body.decode(errors="replace").splitlines() if line
+            )
+            checks["origin_saw"] = seen
+            if row.get("policies"):
+                ok = (
+                    seen.get("x-client-ip") == "127.0.0.1"
+                    and seen.get("x-request")
+                    and not seen.get("x-debug")
+                )
+            else:
+                ok = seen.get("x-debug") == "1" and not seen.get("x-client-ip")
+            if status != 200 or not ok:
+                problems.append(f"POST {HEADERS_PATH}: {status}, the origin saw {seen}")
+        else:
+            origin = json_document()
+            gzip_on = {**key, "Accept-Encoding": "gzip"}
+            status, headers, body = _request(base + JSON_PATH, gzip_on)
+            encoding = headers.get("Content-Encoding")
+            checks.update(
+                {
+                    "status": status,
+                    "content_type": headers.get("Content-Type"),
+                    "content_encoding": encoding,
+                    "vary": ", ".join(headers.get_all("Vary") or []) or None,
+                    "body_bytes": len(body),
+                    "origin_bytes": len(origin),
+                }
+            )
+            if row.get("compression"):
+                try:
+                    same = gzip.decompress(body) == origin
+                except OSError as e:
+                    same = False
+                    problems.append(f"not gzip: {e}")
+                checks["decoded_matches_origin"] = same
+                if status != 200 or encoding != "gzip" or not same:
+                    problems.append(f"GET {JSON_PATH} with Accept-Encoding: gzip: {checks}")
+                status, headers, body = _request(base + JSON_PATH, key)
+                checks["without_accept_encoding"] = {
+                    "status": status,
+                    "content_encoding": headers.get("Content-Encoding"),
+                    "body_bytes": len(body),
+                }
+                if status != 200 or headers.get("Content-Encoding") or body != origin:
+                    problems.append(f"GET {JSON_PATH} without Accept-Encoding: {checks}")
+            elif status != 200 or encoding or body != origin:
+                problems.append(f"GET {JSON_PATH} (no compression): {checks}")
+        if problems:
+            raise RuntimeError(f"policy checks failed: {'; '.join(problems)}")
+        return checks
+
+    def run_policy_row(self, row: Json, starter: Callable[[int], Any], cores: str) -> Json:
+        """A policy row: the full stack (with or without the policy), loaded with one request
+        (``policy_load``) after the checks (``check_policies``) and a warm-up run of it of the
+        usual length; one measured run, cell ``load``. No ``/tiny``, ``/big`` or half-rate
+        runs: the ratios take ``gw-full`` (and ``gw-full-pypy``) of the same run for those."""
+        args = self.args
+        self.cores = cores
+        row["cores"] = cores
+        port = free_port()
+        log(f"{row['label']}: starting on 127.0.0.1:{port}, cores {cores}")
+        proc = starter(port)
+        row["command"] = proc.cmdline
+        base = f"http://127.0.0.1:{port}"
+        load_before = Path("/proc/loadavg").read_text().split()[:3]
+        try:
+            wait_ready(proc, base + "/tiny", timeout=90)
+            time.sleep(0.5)
+            row["rss_idle_kb"] = rss_kb(proc.pid)
+            row["stack_checks"] = check_full_stack(base)
+            row["policy_checks"] = self.check_policies(row, base)
+            load = self.policy_load(row)
+            url = base + load["path"]
+
+            def run(duration: float) -> Json:
+                return run_wrk(
+                    self.settings,
+                    url,
+                    duration,
+                    script=load["script"],
+                    extra_headers=load["headers"],
+                )
+
+            if args.warmup > 0:
+                run(args.warmup)
+            row["load"] = self.measure(proc.pid, url, run=lambda: run(args.duration))
+            row["loadavg"] = [load_before, Path("/proc/loadavg").read_text().split()[:3]]
+            row["rss_after_kb"] = rss_kb(proc.pid)
+            row["access_log_lines"] = count_lines(self.workdir / f"access-{port}.log")
+            row["status"] = "ok"
+            errors = errors_of(row["load"])
+            if errors:
+                row["note"] = (row.get("note", "") + f" {errors} wrk errors/non-2xx").strip()
+            cell = row["load"]
+            log(
+                f"{row['label']}: {cell['rps']:.0f} req/s, {cell['mbps']:.1f} MB/s (p50 "
+                f"{cell['p50_ms']:.2f} ms, p99 {cell['p99_ms']:.2f} ms), RSS "
+                f"{row['rss_idle_kb']} -> {row['rss_after_kb']} kB"
+            )
+        except Exception as e:  # one broken proxy must not lose the rest of the run
+            row["status"] = "error"
+            row["note"] = str(e)[:500]
+            log(f"{row['label']}: ERROR {e}")
+        finally:
+            self.procs.stop(proc)
+        return row
+
     def wait_ready_h2(self, proc: subprocess.Popen, url: str, timeout: float = 90.0) -> Json:
         """Wait until ``url`` answers 200 over h2c with prior knowledge (curl), or the process
         dies, or time runs out; the last check's result (status, HTTP version 2)."""
@@ -788,6 +987,48 @@ class Bench:
         )
         return result
 
+    def policy_plan(self, venv: Path, runtime: str, cores: str) -> List[Any]:
+        """The policy rows of one runtime (ids ending in ``-pypy`` for PyPy): the full stack
+        POSTing a small JSON body without and with header transforms + validation, and GETting
+        100 KB of JSON (``Accept-Encoding: gzip``) without and with ``[routes.compression]``."""
+        tail = "-pypy" if runtime == "PyPy" else ""
+        row: Json = {"ours": True, "full_stack": True, "policy": True}
+        post, json_ = {**row, "load_kind": "post"}, {**row, "load_kind": "json"}
+        return [
+            (
+                f"gw-full-post{tail}",
+                "avx-gateway, full stack, POST of a small JSON body",
+                runtime,
+                self.gateway_starter(venv, True),
+                cores,
+                post,
+            ),
+            (
+                f"gw-policies{tail}",
+                "avx-gateway, full stack + header transforms + JSON Schema, POST",
+                runtime,
+                self.gateway_starter(venv, True, policies=True),
+                cores,
+                {**post, "policies": True},
+            ),
+            (
+                f"gw-full-json{tail}",
+                "avx-gateway, full stack, 100 KB JSON",
+                runtime,
+                self.gateway_starter(venv, True),
+                cores,
+                json_,
+            ),
+            (
+                f"gw-gzip{tail}",
+                "avx-gateway, full stack + compression, 100 KB JSON gzipped",
+                runtime,
+                self.gateway_starter(venv, True, compression=True),
+                cores,
+                {**json_, "compression": True},
+            ),
+        ]
+
     # -- everything
 
     def run(self) -> Json:
@@ -861,6 +1102,7 @@ class Bench:
                 one,
                 {"ours": True, "full_stack": True, "cache": True, "cache_header": "Cache-Status"},
             ),
+            *self.policy_plan(cpy, "CPython", one),
             (
                 "nginx-tls",
                 "nginx proxy_pass over TLS",
@@ -958,6 +1200,7 @@ class Bench:
                 one,
                 {"ours": True, "full_stack": True, "cache": True, "cache_header": "Cache-Status"},
             ),
+            *self.policy_plan(pypy, "PyPy", one),
             (
                 "gw-full-tls-pypy",
                 "avx-gateway, full stack over TLS",
@@ -1091,8 +1334,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         help="comma-separated row ids to run (gw-plain, gw-full, gw-full-trace, gw-full-plugin, "
+        "gw-full-post, gw-policies, gw-full-json, gw-gzip, "
         "nginx, nginx-cache, gw-cache, nginx-tls, gw-full-tls, nginx-h2, gw-h2-h1, gw-h2-h2, "
         "twisted-rp, aiohttp, httptools, gw-plain-pypy, gw-full-pypy, gw-cache-pypy, "
+        "gw-full-post-pypy, gw-policies-pypy, gw-full-json-pypy, gw-gzip-pypy, "
         "gw-full-tls-pypy, gw-h2-h1-pypy, gw-h2-h2-pypy, "
         "twisted-rp-pypy, httptools-pypy, gw-w1, gw-w2; "
         "'none': no row, only the memory checks, which run unless --skip-memory); a partial run "
@@ -1109,7 +1354,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         "gw-h2-h1,gw-h2-h2,gw-h2-h1-pypy --skip-memory --doc docs/benchmarks.md; the cache rows' "
         "ratios take nginx-cache, gw-full and gw-full-pypy (and nginx) of the same run: e.g. "
         "--only nginx,nginx-cache,gw-full,gw-cache,gw-full-pypy,gw-cache-pypy --skip-memory "
-        "--doc docs/benchmarks.md",
+        "--doc docs/benchmarks.md; the 'Policies' section (when it has a gw-full-post, "
+        "gw-policies, gw-full-json or gw-gzip row, or their -pypy ones) takes gw-full and "
+        "gw-full-pypy of the same run for its ratios to the tiny GET: e.g. --only gw-full,"
+        "gw-full-post,gw-policies,gw-full-json,gw-gzip,gw-full-pypy,gw-full-post-pypy,"
+        "gw-policies-pypy,gw-full-json-pypy,gw-gzip-pypy --skip-memory --doc docs/benchmarks.md",
     )
     parser.add_argument("--skip-memory", action="store_true", help="skip the memory checks")
     parser.add_argument(
@@ -1160,8 +1409,8 @@ def main() -> int:
     doc = Path(args.doc or ROOT / "docs" / "benchmarks.md")
     if args.only and doc.exists():
         # Rendered whole, a partial run would leave only its own rows in the doc: it replaces
-        # just the overhead, TLS, HTTP/2 and cache sections it has rows for, the rest keeps the
-        # last complete run.
+        # just the overhead, TLS, HTTP/2, cache and policy sections it has rows for, the rest
+        # keeps the last complete run.
         replaced = []
         if render.has_overhead_rows(results):
             render.write_overhead_section(results, doc)
@@ -1175,8 +1424,13 @@ def main() -> int:
         if render.has_cache_rows(results):
             render.write_cache_section(results, doc)
             replaced.append("Cache")
+        if render.has_policy_rows(results):
+            render.write_policy_section(results, doc)
+            replaced.append("Policies")
         if not replaced:
-            log(f"partial run without overhead, TLS, HTTP/2 or cache rows: {doc} left alone")
+            log(
+                f"partial run without overhead, TLS, HTTP/2, cache or policy rows: {doc} left alone"
+            )
             return 0
         log(
             f"replaced the {' and '.join(replaced)} section of {doc} (partial run; the rest left "

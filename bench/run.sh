@@ -3,7 +3,8 @@
 # Twisted + httptools reference proxy (and under PyPy when .venv-pypy exists), and the full stack
 # against nginx over TLS (a certificate minted at run time, bench/tls_certs.py), the one-route
 # gateway against nginx over HTTP/2 (h2load) and the full stack with its response cache against
-# nginx proxy_cache serving the same hit; results go to bench/results/ and docs/benchmarks.md.
+# nginx proxy_cache serving the same hit, and the full stack with request header transforms + JSON
+# Schema validation and with gzip; results go to bench/results/ and docs/benchmarks.md.
 #
 #   bash bench/run.sh            # default: 10 s cells, 5 s warm-up (about 10 minutes)
 #   bash bench/run.sh --quick    # 3 s cells, 2 s warm-up
@@ -14,6 +15,10 @@
 #       --skip-memory --doc docs/benchmarks.md   # the HTTP/2 rows (h2load) only
 #   bash bench/run.sh --only nginx,nginx-cache,gw-full,gw-cache,gw-full-pypy,gw-cache-pypy \
 #       --skip-memory --doc docs/benchmarks.md   # the cache-hit rows (and their uncached ones)
+#   bash bench/run.sh --skip-memory --doc docs/benchmarks.md --only \
+#       gw-full,gw-full-post,gw-policies,gw-full-json,gw-gzip,gw-full-pypy,gw-full-post-pypy,gw-policies-pypy,gw-full-json-pypy,gw-gzip-pypy
+#       # the policy rows (header transforms + JSON Schema on a POST, gzip of 100 KB JSON) and
+#       # their full-stack rows
 #
 # Installs what is missing: nginx, wrk, curl and h2load (nghttp2-client) (apt-get, as root), the
 # gateway's .venv (through the Makefile), a bench-only venv with aiohttp (bench/.venv), and

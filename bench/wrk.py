@@ -1,5 +1,5 @@
-"""wrk for bench/run.py: one bounded ``wrk --latency`` run, its output parsed, and the Lua
-pacing script of the half-rate latency run."""
+"""wrk for bench/run.py: one bounded ``wrk --latency`` run, its output parsed, the Lua pacing
+script of the half-rate latency run and the POST script of the policy rows."""
 
 from __future__ import annotations
 
@@ -39,6 +39,15 @@ function delay()
   return math.floor(wait + 0.5)
 end
 """
+
+
+def post_lua(body: bytes) -> str:
+    """wrk script sending every request as a POST of ``body`` (wrk adds its Content-Length; the
+    other fields come from ``-H``)."""
+    text = body.decode()
+    if "]==]" in text:
+        raise ValueError("body not quotable as a Lua long string")
+    return f'wrk.method = "POST"\nwrk.body = [==[{text}]==]\n'
 
 
 _UNITS_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
