@@ -61,8 +61,8 @@ from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from ._configmodel import ConfigError
-from .redis_store import tls_client_creator
-from .urls import RedisURL, parse_redis_url
+from .redis_store import redis_connection
+from .urls import parse_redis_url
 
 #: Bytes counted per entry on top of its body and header bytes (the objects holding it).
 ENTRY_OVERHEAD = 200
@@ -482,28 +482,6 @@ def _gather(ds: list[Deferred[Any]]) -> Deferred[list[Any]]:
     return defer.gatherResults(ds, consumeErrors=True).addErrback(first)
 
 
-def _binary_connection(url: RedisURL, timeout_s: float) -> Any:
-    """A lazy txredisapi connection as :func:`avx_twisted.redis_store.redis_connection` makes
-    one, but binary: replies stay bytes (no decoding, no numbers made of bodies)."""
-    import txredisapi
-
-    options: dict[str, Any] = dict(
-        dbid=url.db or None,
-        password=url.password,
-        username=url.username,
-        reconnect=True,
-        connectTimeout=timeout_s,
-        replyTimeout=timeout_s,
-        charset=None,
-        convertNumbers=False,
-    )
-    if url.path is not None:
-        return txredisapi.lazyUnixConnection(url.path, **options)
-    assert url.host is not None
-    tls = tls_client_creator(url) if url.tls else False
-    return txredisapi.lazyConnection(url.host, url.port, ssl_context_factory=tls, **options)
-
-
 @implementer(ICacheStore)
 class RedisStore:
     """Entries in Redis, shared by every replica and worker (layout in the module docstring).
@@ -546,7 +524,7 @@ class RedisStore:
             #: The parsed URL; ``url.redacted()`` is what the logs show.
             self.url = parse_redis_url(url)
             if connection is None:
-                connection = _binary_connection(self.url, timeout_s)
+                connection = redis_connection(self.url, timeout_s, binary=True)
         except ValueError as e:
             raise ConfigError([f"{key}: {e}"]) from None
         self.redis = connection

@@ -63,10 +63,11 @@ return {allowed, tostring(tokens)}
 """
 
 
-def redis_connection(url: RedisURL, timeout_s: float) -> Any:
+def redis_connection(url: RedisURL, timeout_s: float, binary: bool = False) -> Any:
     """A lazy txredisapi connection to ``url`` that reconnects by itself with back-off, logging in
     and selecting the db on each new connection; connecting and each reply time out after
-    ``timeout_s``. txredisapi runs on the global reactor (it takes none)."""
+    ``timeout_s``. ``binary``: replies stay bytes (no decoding, no numbers made of bodies: the
+    response cache's). txredisapi runs on the global reactor (it takes none)."""
     import txredisapi
 
     options: dict[str, Any] = dict(
@@ -77,6 +78,8 @@ def redis_connection(url: RedisURL, timeout_s: float) -> Any:
         connectTimeout=timeout_s,
         replyTimeout=timeout_s,
     )
+    if binary:
+        options.update(charset=None, convertNumbers=False)
     if url.path is not None:
         return txredisapi.lazyUnixConnection(url.path, **options)
     assert url.host is not None
