@@ -11,7 +11,7 @@ Filters know nothing of each other; the chain of a route is built once, in
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -61,6 +61,20 @@ def run_filters(
         send_answer(result, request, ctx)
         return
     proceed()
+
+
+def refuse(
+    request: Any,
+    ctx: RequestContext,
+    status: int,
+    message: str,
+    fields: Sequence[Tuple[bytes, bytes]] = (),
+) -> None:
+    """Answer ``request`` with the gateway's own error (JSON, with the request ID), through the
+    route's plugins; the first reason is the one the access log keeps."""
+    if ctx.error is None:
+        ctx.error = message
+    send_answer(error_answer(status, message, fields, ctx.request_id), request, ctx)
 
 
 def send_answer(answer: Answer, request: Any, ctx: Optional[RequestContext]) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import re
 import time
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -17,17 +17,13 @@ from zope.interface import implementer
 from . import grpc
 from .context import RequestContext
 from .errors import REFUSALS, Answer, error_answer
-from .filters import body_size, run_filters, send_answer
+from .filters import body_size, refuse, run_filters
 from .h1 import IRequestHandler
-from .json_transform import is_json, transform_request_body
 from .logs import request_id
 from .metrics import GatewayMetrics
-from .request_body import read_whole, replace
 from .routing import BadPath, MethodNotAllowed, RouteMatch
 from .runtime import Runtime
 from .tls import connection_tls
-from .transform import PathError, Unsafe
-from .validation import is_json_content_type, parse_json, problem_body
 
 InternalAnswer = Callable[[Any], Answer]
 
@@ -133,10 +129,10 @@ class GatewayHandler:
         try:
             match = runtime.table.match(request.authority, request.target, request.method)
         except BadPath:
-            self._error(request, ctx, 400, "bad request path")
+            refuse(request, ctx, 400, "bad request path")
             return
         if match is None:
-            self._error(request, ctx, 404, "no route matches this path")
+            refuse(request, ctx, 404, "no route matches this path")
             return
         if isinstance(match, MethodNotAllowed):
             preflight = self._preflight(request, ctx)
@@ -144,7 +140,7 @@ class GatewayHandler:
                 preflight.send(request)
                 return
             allow = ", ".join(match.allowed).encode("ascii")
-            self._error(request, ctx, 405, "method not allowed", [(b"Allow", allow)])
+            refuse(request, ctx, 405, "method not allowed", [(b"Allow", allow)])
             return
         route = match.value
         ctx.route = route.name
@@ -166,152 +162,40 @@ class GatewayHandler:
             and not route.cors.origin_allowed(request)
         ):
             # Cross-site WebSocket hijacking: browsers send Origin and never preflight.
-            self._error(request, ctx, 403, _FORBIDDEN_ORIGIN)
+            refuse(request, ctx, 403, _FORBIDDEN_ORIGIN)
             return
 
         def forward() -> None:
-            validate = route.validate
-            if (
-                validate is not None
-                and validate.request_compiled is not None
-                and request.method.decode("latin-1") in validate.methods
-            ):
-                if not is_json_content_type(request.fields.get(b"content-type")):
-                    self._error(request, ctx, 415, "a JSON body is expected")
-                    return
-                read_whole(request, validate.max_bytes).addCallback(
-                    lambda result: validated(validate, *result)
-                )
-                return
-            transformed()
-
-        def validated(validate: Any, status: Optional[int], body: bytes) -> None:
-            """The body the client sent, checked against the route's schema (RFC 9457 400)."""
-            if request.finished:
-                return
-            if status is not None:
-                self._error(request, ctx, status, REFUSALS.get(status, "bad request"))
-                return
-            document, problem = parse_json(body)
-            if problem is not None:
-                self._problem(request, ctx, "invalid JSON", [], problem)
-                return
-            problems = validate.request_compiled.validate(document)
-            if problems:
-                if self.metrics is not None:
-                    self.metrics.route(route.name).validation_failure("request").inc()
-                self._problem(request, ctx, "request body does not match the schema", problems)
-                return
-            replace(request, body)
-            transformed()
-
-        def transformed() -> None:
-            # Plugins may have changed the target (``request.target`` in on_request).
-            rules = route.request_rules
-            if rules is not None:
-                try:
-                    ctx.upstream_target = rules.apply(request, ctx, ctx.upstream_target)
-                except (Unsafe, PathError) as e:
-                    ctx.error = str(e)
-                    self._error(request, ctx, 400, "bad request")
-                    return
-            if route.graphql is not None:
-                graphql(route.graphql)
-                return
-            body_policies()
-
-        def graphql(policy: Any) -> None:
-            """GraphQL over HTTP: the operation checked before the upstream sees it."""
-            if request.method != b"POST":
-                decided(policy, None, b"")
-                return
-            read_whole(request, route.max_body_bytes).addCallback(
-                lambda result: decided(policy, *result)
-            )
-
-        def decided(policy: Any, status: Optional[int], body: bytes) -> None:
-            if request.finished:
-                return
-            if status is not None:
-                self._error(request, ctx, status, REFUSALS.get(status, "bad request"))
-                return
-            decision = policy.check(
-                request.method, request.fields.get(b"content-type"), request.query, body or None
-            )
-            operations = decision.operations
-            if operations:
-                first = operations[0]
-                ctx.graphql = f"{first.type} {first.name or ''}".rstrip()
-                if ctx.trace is not None:
-                    ctx.trace.annotate(
-                        graphql__operation__type=first.type,
-                        graphql__operation__name=first.name,
-                    )
-            if self.metrics is not None:
-                result = "allowed" if decision.allowed else decision.reason or "refused"
-                metrics = self.metrics.route(route.name)
-                for operation in operations or (None,):
-                    kind = operation.type if operation is not None else "unknown"
-                    name = policy.bounded_name(operation.name) if operation is not None else ""
-                    metrics.graphql_operation(kind, name if decision.allowed else "", result).inc()
-            if not decision.allowed:
-                ctx.error = f"graphql: {decision.reason}"
-                fields = [(b"Content-Type", b"application/graphql-response+json")]
-                fields += list(decision.headers)
-                send_answer(Answer(decision.status, fields, decision.body), request, ctx)
-                return
-            if request.method == b"POST":
-                replace(request, decision.upstream_body or body)
-            elif decision.upstream_query_string is not None:
-                path = ctx.upstream_target.partition(b"?")[0]
-                ctx.upstream_target = path + b"?" + decision.upstream_query_string
-            body_policies()
-
-        def body_policies() -> None:
-            json_rules = route.request_json
-            if (
-                json_rules is not None
-                and request.body.present
-                and is_json(request.fields.get(b"content-type"))
-            ):
-
-                def body_changed(result: Tuple[Optional[int], Optional[str]]) -> None:
-                    status, skipped = result
-                    if request.finished:
-                        return
-                    if status is not None:
-                        self._error(request, ctx, status, REFUSALS.get(status, "bad request"))
-                        return
-                    if skipped and self.metrics is not None:
-                        self.metrics.route(route.name).json_skipped("request", skipped).inc()
-                    send()
-
-                transform_request_body(request, json_rules).addCallback(body_changed)
-                return
-            send()
-
-        def send() -> None:
-            if route.responder is not None:
-                route.responder.serve(request, ctx, ctx.upstream_target)
-            elif route.cache is not None:
-                route.cache.handle(
-                    request,
-                    ctx,
-                    lambda hooks: runtime.forwarder.forward(
-                        request, route, ctx.upstream_target, ctx, hooks
-                    ),
-                )
+            policies = route.policies
+            if policies is None:
+                self._send(request, ctx, route)
             else:
-                runtime.forwarder.forward(request, route, ctx.upstream_target, ctx)
+                policies.run(request, ctx, lambda: self._send(request, ctx, route))
 
         run_filters(route.filters, request, ctx, forward)
+
+    def _send(self, request: Any, ctx: RequestContext, route: Any) -> None:
+        """The request, through its route's filters and policies: to the route's resource, its
+        cache, or the forwarder."""
+        if route.responder is not None:
+            route.responder.serve(request, ctx, ctx.upstream_target)
+            return
+        forwarder = self.runtime.forwarder
+        if route.cache is not None:
+            route.cache.handle(
+                request,
+                ctx,
+                lambda hooks: forwarder.forward(request, route, ctx.upstream_target, ctx, hooks),
+            )
+        else:
+            forwarder.forward(request, route, ctx.upstream_target, ctx)
 
     def refused(self, request: Any, status: int, message: str) -> None:
         """The HTTP core refuses a request (framing, limits, timeouts): counted and logged
         like every other answer."""
         ctx = self._begin(request, self.runtime)
         ctx.error = message
-        self._error(request, ctx, status, REFUSALS.get(status, message))
+        refuse(request, ctx, status, REFUSALS.get(status, message))
 
     # -- one request's bookkeeping ---------------------------------------------------------------
 
@@ -351,32 +235,6 @@ class GatewayHandler:
             self.in_flight_gauge.inc()
         request.on_done = self._finished
         return ctx
-
-    def _error(
-        self,
-        request: Any,
-        ctx: RequestContext,
-        status: int,
-        message: str,
-        fields: tuple[tuple[bytes, bytes], ...] | list[tuple[bytes, bytes]] = (),
-    ) -> None:
-        if ctx.error is None:
-            ctx.error = message
-        send_answer(error_answer(status, message, fields, ctx.request_id), request, ctx)
-
-    def _problem(
-        self,
-        request: Any,
-        ctx: RequestContext,
-        title: str,
-        problems: Sequence[Any],
-        detail: Optional[str] = None,
-    ) -> None:
-        """A 400 with an RFC 9457 ``application/problem+json`` body (validation)."""
-        ctx.error = title
-        body = problem_body(400, title, list(problems), ctx.request_id.decode(), detail=detail)
-        fields = [(b"Content-Type", b"application/problem+json"), (b"Cache-Control", b"no-store")]
-        send_answer(Answer(400, fields, body, title), request, ctx)
 
     def _finished(self, request: Any, failure: Optional[Failure]) -> None:
         """Count the request and write its access-log event (once, whatever happened)."""

@@ -18,6 +18,7 @@ from .cors import OWNED_RESPONSE_HEADERS, CorsFilter, CorsPolicy
 from .filters import BodyLimit
 from .health import HealthChecker
 from .plugin_chain import PluginChain
+from .policies import RequestPolicies
 from .proxy import Forwarder
 from .ratelimit import IRateLimitStore, MemoryStore, RateLimitFilter
 from .routing import RouteRule, RouteTable
@@ -70,6 +71,8 @@ class RuntimeRoute:
         self.responder: Any = None
         #: The route's response cache (``response_cache.RouteCache``), None: not cached.
         self.cache: Any = None
+        #: Its request policies (``policies.RequestPolicies``), None: it has none.
+        self.policies: Any = None
         #: ``[routes.request]`` / ``[routes.response]`` (``transform.RequestRules`` and
         #: ``transform.HeaderRules``), None: none.
         self.request_rules: Any = None
@@ -385,6 +388,8 @@ class Runtime:
         self._route_filters(runtime_route, route)
         if route.cache is not None:
             runtime_route.cache = self._route_cache(route, runtime_route.metrics)
+        policies = RequestPolicies(runtime_route)
+        runtime_route.policies = policies if policies else None
         return runtime_route
 
     def _route_cache(self, route: RouteConfig, metrics: Any) -> Any:
