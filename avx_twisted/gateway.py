@@ -175,20 +175,32 @@ class GatewayHandler:
         run_filters(route.filters, request, ctx, forward)
 
     def _send(self, request: Any, ctx: RequestContext, route: Any) -> None:
-        """The request, through its route's filters and policies: to the route's resource, its
-        cache, or the forwarder."""
-        if route.responder is not None:
-            route.responder.serve(request, ctx, ctx.upstream_target)
-            return
-        forwarder = self.runtime.forwarder
-        if route.cache is not None:
-            route.cache.handle(
-                request,
-                ctx,
-                lambda hooks: forwarder.forward(request, route, ctx.upstream_target, ctx, hooks),
-            )
+        """After the route's filters and policies: its cache answers, or the request goes on
+        through the plugins (:meth:`_onward`)."""
+        if route.cache is not None and route.responder is None:
+            route.cache.handle(request, ctx, lambda hooks: self._onward(request, ctx, route, hooks))
         else:
-            forwarder.forward(request, route, ctx.upstream_target, ctx)
+            self._onward(request, ctx, route, None)
+
+    def _onward(self, request: Any, ctx: RequestContext, route: Any, hooks: Any) -> None:
+        """The route's plugins' ``on_request``, then its resource or the forwarder (with the
+        cache's ``hooks`` on a cached route). The plugins sit between the cache and the
+        upstream: a cache hit never reaches them, and an answer of theirs is never stored (it
+        releases the requests collapsed behind this one at once)."""
+
+        def proceed() -> None:
+            if route.responder is not None:
+                route.responder.serve(request, ctx, ctx.upstream_target)
+            else:
+                self.runtime.forwarder.forward(request, route, ctx.upstream_target, ctx, hooks)
+
+        plugin_filters = route.plugin_filters
+        if not plugin_filters:
+            proceed()
+        elif hooks is None:
+            run_filters(plugin_filters, request, ctx, proceed)
+        else:
+            run_filters((_releasing(plugin_filters[0], hooks),), request, ctx, proceed)
 
     def refused(self, request: Any, status: int, message: str) -> None:
         """The HTTP core refuses a request (framing, limits, timeouts): counted and logged
@@ -380,3 +392,22 @@ def _grpc_fields(request: Any, ctx: RequestContext) -> dict[str, Any]:
 
 def _text(value: Optional[bytes]) -> Optional[str]:
     return value.decode("latin-1") if value is not None else None
+
+
+def _releasing(plugins: Any, hooks: Any) -> Any:
+    """The plugins' ``on_request`` filter on a cache miss: when it answers instead of going
+    on, the cache's ``hooks`` are released (nothing will be stored; waiters look again)."""
+
+    def run(request: Any, ctx: RequestContext) -> Any:
+        result = plugins(request, ctx)
+        if isinstance(result, Deferred):
+            return result.addCallback(_release_if_answered, hooks)
+        return _release_if_answered(result, hooks)
+
+    return run
+
+
+def _release_if_answered(result: Any, hooks: Any) -> Any:
+    if result is not None:
+        hooks.release()
+    return result

@@ -72,7 +72,7 @@ class RequestPolicies:
         self._transform(request, ctx, proceed)
 
     def _transform(self, request: Any, ctx: Any, proceed: Proceed) -> None:
-        # Plugins may have changed the target (``request.target`` in on_request).
+        # The target as routed (and stripped of an API key); the plugins run after this.
         rules = self.rules
         if rules is not None:
             try:

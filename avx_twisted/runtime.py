@@ -67,6 +67,9 @@ class RuntimeRoute:
         self.cors: CorsFilter | None = None
         #: The route's plugins (``[plugins] global`` and its own), or None: no plugin runs.
         self.plugins: PluginChain | None = None
+        #: Their ``on_request`` phases as a filter (``(chain,)``; empty: none implements it),
+        #: run after the policies and the cache lookup, just before the upstream or resource.
+        self.plugin_filters: tuple[Filter, ...] = ()
         #: Serves the route instead of an upstream (``resource = "module:attribute"``), or None.
         self.responder: Any = None
         #: The route's response cache (``response_cache.RouteCache``), None: not cached.
@@ -418,7 +421,8 @@ class Runtime:
         )
 
     def _route_filters(self, runtime_route: RuntimeRoute, route: RouteConfig) -> None:
-        """The route's filter chain: CORS, auth, rate limit, body limit, then its plugins."""
+        """The route's filter chain: CORS, auth, rate limit, body limit; and its plugins (their
+        ``on_request`` runs later, after the policies and the cache lookup)."""
         metrics = self.metrics.route(route.name) if self.metrics is not None else None
         runtime_route.metrics = metrics
         filters = runtime_route.filters
@@ -466,7 +470,7 @@ class Runtime:
             chain = PluginChain(refs, route.name, self.reactor, self.clients, self.metrics)
             runtime_route.plugins = chain
             if chain.request:
-                filters.append(chain)
+                runtime_route.plugin_filters = (chain,)
 
 
 def _query_stripper(api_key: ApiKeyAuthenticator) -> Callable[[bytes], bytes]:

@@ -11,7 +11,7 @@ import pytest
 import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 from twisted.internet.task import deferLater
 from twisted.logger import globalLogPublisher
 from twisted.web.resource import Resource
@@ -524,6 +524,135 @@ async def test_plugins_run_before_a_resource_route_answers(closer):
     assert SeenResource.calls == ["/res/a"]
     # As documented, the resource's own answer skips on_response; the short-circuit does not.
     assert SEEN == [("request", "first"), ("request", "first"), ("response", "first")]
+
+
+class Tag:
+    """Records the X-T values each request reaches it with, then adds its own; ``deny``: answers
+    403 instead (after ``delay`` seconds); its response phase marks what went through it."""
+
+    api_version = 1
+    calls: list[tuple[str, list[str]]] = []
+
+    def __init__(self, config: plugins.PluginConfig) -> None:
+        self.deny = config.bool("deny", False)
+        self.delay = config.float("delay", 0.0)
+
+    def on_request(self, request: Any, ctx: Any) -> Any:
+        Tag.calls.append((request.path, request.headers.get_all("X-T")))
+        request.headers.add("X-T", "plugin")
+        if not self.deny:
+            return None
+        answer = plugins.error(403, "denied by the plugin", ctx)
+        return deferLater(reactor, self.delay, lambda: answer)
+
+    def on_response(self, response: Any, ctx: Any) -> None:
+        response.headers.set("X-Tagged", "yes")
+
+
+def ordered_gateway(closer, url: str, tmp_path, **route: Any):
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps({"type": "object", "required": ["name"]}))
+    return closer.add(
+        gateway(
+            {
+                "server": {"host": "127.0.0.1", "port": 0},
+                "routes": [
+                    {
+                        "name": "ordered",
+                        "path": "/o/*",
+                        "plugins": [{"name": "tag", "config": route.pop("tag", {})}],
+                        "validate": {"request_schema": str(schema)},
+                        "request": {"set_headers": {"X-T": "transform"}},
+                        "upstream": {"urls": [url]},
+                        **route,
+                    }
+                ],
+            }
+        )
+    )
+
+
+@ensure
+async def test_validation_and_request_transforms_run_before_the_plugins(closer, tmp_path):
+    """The order on a route: filters, validation, request transforms, cache lookup, plugins."""
+    up = closer.add(upstream(EchoResource("svc")))
+    plugins.register("tag", Tag)
+    Tag.calls.clear()
+    try:
+        gw = ordered_gateway(closer, up.url, tmp_path)
+        json_type = {"Content-Type": "application/json"}
+        response, body = await call(gw, "POST", "/o/a", data=b'{"x": 1}', headers=json_type)
+        assert response.code == 400, body  # refused by the schema: the plugin never saw it
+        assert Tag.calls == []
+        assert response.headers.getRawHeaders("x-tagged") == [
+            "yes"
+        ]  # the answer went out through it
+        response, body = await call(gw, "POST", "/o/b", data=b'{"name": "n"}', headers=json_type)
+        assert response.code == 200, body
+        # The transform's value was set before the plugin saw the request and added its own.
+        assert Tag.calls == [("/o/b", ["transform"])]
+        assert json.loads(body)["headers"]["X-T"] == ["transform", "plugin"]
+    finally:
+        plugins.unregister("tag")
+
+
+@ensure
+async def test_a_cache_hit_never_reaches_the_plugins(closer, tmp_path):
+    origin = FnResource(lambda request: _cacheable(request, b"stored"))
+    up = closer.add(upstream(origin))
+    plugins.register("tag", Tag)
+    Tag.calls.clear()
+    try:
+        gw = ordered_gateway(closer, up.url, tmp_path, cache={})
+        first, body = await call(gw, "GET", "/o/c")
+        assert first.code == 200 and body == b"stored"
+        assert first.headers.getRawHeaders("cache-status")[0].endswith("stored")
+        second, body = await call(gw, "GET", "/o/c")
+        assert second.code == 200 and body == b"stored"
+        assert second.headers.getRawHeaders("cache-status")[0].startswith("avx; hit")
+        assert Tag.calls == [("/o/c", ["transform"])]  # the miss only
+        assert len(origin.seen) == 1
+        # What the plugins' response phases did to the answer is what the cache keeps.
+        assert second.headers.getRawHeaders("x-tagged") == ["yes"]
+    finally:
+        plugins.unregister("tag")
+
+
+@ensure
+async def test_a_plugin_answer_on_a_cache_miss_is_not_stored_and_frees_the_waiters(
+    closer, tmp_path
+):
+    """Requests collapsed behind a miss whose plugin answers go on at once (not after the
+    route's 30 s lock timeout), each through the plugins itself; nothing is stored."""
+    origin = FnResource(lambda request: _cacheable(request, b"never"))
+    up = closer.add(upstream(origin))
+    plugins.register("tag", Tag)
+    Tag.calls.clear()
+    try:
+        gw = ordered_gateway(
+            closer,
+            up.url,
+            tmp_path,
+            tag={"deny": True, "delay": 0.3},
+            cache={"lock_timeout_ms": 30000},
+        )
+        started = reactor.seconds()
+        answers = await gatherResults([ensureDeferred(call(gw, "GET", "/o/d")) for _ in range(5)])
+        assert [r.code for r, _ in answers] == [403] * 5
+        assert all(json.loads(b)["error"] == "denied by the plugin" for _, b in answers)
+        assert reactor.seconds() - started < 10  # the waiters did not sit out the lock timeout
+        assert len(Tag.calls) == 5 and origin.seen == []
+        response, _ = await call(gw, "GET", "/o/d")
+        assert response.code == 403  # not answered from the cache
+        assert len(Tag.calls) == 6
+    finally:
+        plugins.unregister("tag")
+
+
+def _cacheable(request: Any, body: bytes) -> bytes:
+    request.setHeader(b"Cache-Control", b"max-age=600")
+    request.setHeader(b"Content-Type", b"text/plain")
+    return body
 
 
 @ensure
