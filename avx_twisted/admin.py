@@ -214,7 +214,12 @@ class AdminResource(Resource):
             key = cache.primary_key(
                 parsed.scheme.encode(), parsed.netloc.encode("idna"), target.encode(), (), []
             )
-            d = store.delete(key)
+            routes = self.service.runtime.routes
+            if any(r.cache is not None and r.cache.policy.key_headers for r in routes):
+                # A route keys on request headers too: every key of this URI goes.
+                d = store.purge_uri(key, (parsed.path or "/").encode())
+            else:
+                d = store.delete(key)
         elif kind == "prefix":
             if not value.startswith("/"):
                 return 400, "prefix must be a path starting with /"

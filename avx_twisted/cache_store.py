@@ -125,6 +125,11 @@ class ICacheStore(Interface):
     def purge_prefix(path_prefix: bytes) -> Deferred[int]:
         """Remove every entry whose path starts with ``path_prefix`` (any host); the count."""
 
+    def purge_uri(uri: bytes, path: bytes) -> Deferred[int]:
+        """Remove every entry of the URI ``uri`` (a primary key without key headers), whatever
+        its key header values, ``path`` being the URI's path; the count. A store that cannot
+        tell the URIs of one path apart removes every entry of ``path`` (more, never less)."""
+
     def purge_route(route: str) -> Deferred[int]:
         """Remove every entry of route ``route``; the count."""
 
@@ -221,6 +226,10 @@ class MemoryStore:
 
     def purge_prefix(self, path_prefix: bytes) -> Deferred[int]:
         return defer.succeed(self._purge(lambda e: e.path.startswith(path_prefix)))
+
+    def purge_uri(self, uri: bytes, path: bytes) -> Deferred[int]:
+        with_headers = uri + b"\n"
+        return defer.succeed(self._purge(lambda e: e.key == uri or e.key.startswith(with_headers)))
 
     def purge_route(self, route: str) -> Deferred[int]:
         return defer.succeed(self._purge(lambda e: e.route == route))
@@ -540,6 +549,11 @@ class RedisStore:
 
     def purge_prefix(self, path_prefix: bytes) -> Deferred[int]:
         return self._guard(lambda: self._purge(_PURGE_PREFIX_LUA, path_prefix), 0)
+
+    def purge_uri(self, uri: bytes, path: bytes) -> Deferred[int]:
+        # Keys are digests here, and the paths index knows no host or query: every entry of
+        # exactly this path goes (its members are "path NUL kvi").
+        return self._guard(lambda: self._purge(_PURGE_PREFIX_LUA, path + b"\0"), 0)
 
     def purge_route(self, route: str) -> Deferred[int]:
         return self._guard(lambda: self._purge(_PURGE_ROUTE_LUA, route.encode()), 0)

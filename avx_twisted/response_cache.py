@@ -483,12 +483,12 @@ class _Invalidation(CacheHooks):
             scheme = b"https" if request.secure else b"http"
             store = self.cache.store
             for target in cache.invalidated_targets(host, request.target, response.fields.pairs):
+                uri = cache.primary_key(scheme, host, target, (), [])
                 if self.cache.policy.key_headers:
-                    # Keys carry header values no one can list: every entry under the path
-                    # goes (more than needed, never less).
-                    store.purge_prefix(target.partition(b"?")[0])
+                    # Keys carry header values no one can list: every key of the URI goes.
+                    store.purge_uri(uri, target.partition(b"?")[0])
                 else:
-                    store.delete(cache.primary_key(scheme, host, target, (), []))
+                    store.delete(uri)
             if self.cache.metrics is not None:
                 self.cache.metrics.cache_request("invalidated").inc()
         return False

@@ -350,6 +350,27 @@ async def test_admin_purge_by_url_prefix_and_route(closer):
 
 
 @ensure
+async def test_admin_purge_by_url_reaches_every_key_of_a_key_headers_route(closer):
+    """With ``key_headers`` the keys carry header values no one can list: a URL purge takes
+    every key of that URI (each tenant's copy), not the ones of its neighbours."""
+    origin = Origin()
+    up = closer.add(upstream(origin.resource))
+    digest = hashlib.sha256(TOKEN.encode()).hexdigest()
+    admin = {"listen": "tcp:0:interface=127.0.0.1", "token_sha256": digest}
+    service, base = _gateway_with(closer, up.port, {"key_headers": ["X-Tenant"]}, admin=admin)
+    host = base.split("//")[1]
+    url = f"{base}/k?cc=max-age%3D60"
+    for tenant in ("a", "b"):
+        await get(url, x_tenant=tenant)
+    await get(url)
+    await get(f"{base}/kk?cc=max-age%3D60", x_tenant="a")
+    assert (await get(url, x_tenant="a"))[2] == b"/k #1 lang=-"  # stored per tenant
+    assert await purge(service, {"url": f"http://{host}/k?cc=max-age%3D60"}) == (200, {"purged": 3})
+    assert (await get(url, x_tenant="b"))[2] == b"/k #4 lang=-"  # fetched again
+    assert (await get(f"{base}/kk?cc=max-age%3D60", x_tenant="a"))[2] == b"/kk #1 lang=-"
+
+
+@ensure
 async def test_status_header_can_be_turned_off(closer):
     origin = Origin()
     up = closer.add(upstream(origin.resource))

@@ -144,6 +144,21 @@ class StoreContract:
         assert await store.purge_prefix(b"/") == 3
 
     @ensure
+    async def test_purge_uri_takes_every_key_of_one_uri(self, store: Any) -> None:
+        for key in [b"http://h/a", b"http://h/a\nx-tenant=1", b"http://h/a\nx-tenant=2"]:
+            await store.put(entry(key=key, path=b"/a"), 4)
+        await store.put(entry(key=b"http://h/a\nx-tenant=1", path=b"/a", variant=b"gzip"), 4)
+        await store.put(entry(key=b"http://h/ab\nx-tenant=1", path=b"/ab"), 4)
+        await store.put(entry(key=b"http://h/a/b", path=b"/a/b"), 4)
+        purged = await store.purge_uri(b"http://h/a", b"/a")
+        assert purged == 4
+        for key in [b"http://h/a", b"http://h/a\nx-tenant=1", b"http://h/a\nx-tenant=2"]:
+            assert await store.get(key) == []
+        assert len(await store.get(b"http://h/ab\nx-tenant=1")) == 1  # another path
+        assert len(await store.get(b"http://h/a/b")) == 1
+        assert await store.purge_uri(b"http://h/a", b"/a") == 0
+
+    @ensure
     async def test_purge_prefix_of_many_entries(self, store: Any) -> None:
         for n in range(600):  # more than one batch of the Redis store
             await store.put(entry(key=b"http://h/p/%d" % n, path=b"/p/%d" % n), 4)
