@@ -173,7 +173,14 @@ class RouteMetrics:
 class GatewayMetrics:
     """Every metric of one gateway process, on its own registry (not the global default)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None, process: bool = True) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        process: bool = True,
+        shared_cache: bool = False,
+    ) -> None:
+        """``shared_cache``: the response cache is one store for every worker (``[cache]
+        backend = "redis"``), so with workers its size is taken once, not summed."""
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
         #: With worker processes, every worker writes to this shared directory and any of them
@@ -320,18 +327,22 @@ class GatewayMetrics:
             ["route"],
             registry=r,
         )
+        # Each worker's memory store adds up; a shared Redis store reads the same in each.
+        cache_size_mode = "livemax" if shared_cache else "livesum"
         self.cache_stored_bytes = Gauge(
             "avx_cache_stored_bytes",
-            "Bytes in the response cache (the memory store of this process, or Redis's count).",
+            "Bytes in the response cache (the memory stores of the workers, or Redis's count).",
             registry=r,
-            multiprocess_mode="livesum",
+            multiprocess_mode=cache_size_mode,
         )
         self.cache_entries = Gauge(
             "avx_cache_entries",
             "Entries (response variants) in the response cache.",
             registry=r,
-            multiprocess_mode="livesum",
+            multiprocess_mode=cache_size_mode,
         )
+        #: The cache store whose stats refresh_targets copies (workers only), or None.
+        self._cache_store: Any = None
         self.cache_evictions = Gauge(
             "avx_cache_evictions",
             "Entries evicted from the memory store to stay under [cache] max_bytes (a count).",
@@ -497,9 +508,30 @@ class GatewayMetrics:
             self.circuit_state.remove(*key)
         self.refresh_targets()
 
+    def watch_cache(self, store: Any) -> None:
+        """Export ``store``'s size and evictions (None: no route is cached): read at scrape
+        time in one process; with workers, copied by :meth:`refresh_targets` in every worker
+        (each second and at each scrape), as the scrape reads the workers' files."""
+        gauges = (
+            (self.cache_stored_bytes, "bytes"),
+            (self.cache_entries, "entries"),
+            (self.cache_evictions, "evictions"),
+        )
+        if self.multiprocess_dir is not None:
+            self._cache_store = store
+            if store is None:
+                for gauge, _ in gauges:
+                    gauge.set(0)
+            return
+        for gauge, name in gauges:
+            if store is None:
+                gauge.set_function(lambda: 0)
+            else:
+                gauge.set_function(lambda name=name: store.stats().get(name, 0))
+
     def refresh_targets(self) -> None:
-        """Set the health and circuit gauges from every watched target's state now, and the
-        certificates' time left."""
+        """Set the health and circuit gauges from every watched target's state now, the
+        certificates' time left, and (with workers) the cache store's stats."""
         for target, healthy, circuit in self._targets.values():
             healthy.set(1 if target.healthy else 0)
             breaker = target.breaker
@@ -508,6 +540,12 @@ class GatewayMetrics:
             now = time.time()
             for child, not_after in self._certificates.values():
                 child.set(round(not_after - now))
+        store = self._cache_store
+        if store is not None:
+            stats = store.stats()
+            self.cache_stored_bytes.set(stats.get("bytes", 0))
+            self.cache_entries.set(stats.get("entries", 0))
+            self.cache_evictions.set(stats.get("evictions", 0))
 
     def watch_certificates(self, source: str, entries: Iterable[tuple[str, str, float]]) -> None:
         """Export ``avx_tls_certificate_expiry_seconds`` for ``entries`` of (listener,

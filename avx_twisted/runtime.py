@@ -244,6 +244,8 @@ class Runtime:
                 self.cache_store = kept
             else:
                 self.cache_store = self._cache_store(config)
+        if self.metrics is not None:
+            self.metrics.watch_cache(self.cache_store)
         self.routes = tuple(self._build_route(r) for r in config.routes)
         self.table = RouteTable(
             [
@@ -289,12 +291,6 @@ class Runtime:
             store = RedisStore(self.reactor, settings.redis_url)
         else:
             store = MemoryStore(self.reactor, settings.max_bytes)
-        metrics = self.metrics
-        if metrics is not None and metrics.multiprocess_dir is None:
-            # Read at scrape time (with workers each process would report its own: left out).
-            metrics.cache_stored_bytes.set_function(lambda: store.stats().get("bytes", 0))
-            metrics.cache_entries.set_function(lambda: store.stats().get("entries", 0))
-            metrics.cache_evictions.set_function(lambda: store.stats().get("evictions", 0))
         return store
 
     def _rate_store(self, config: GatewayConfig) -> IRateLimitStore:

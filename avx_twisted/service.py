@@ -81,7 +81,11 @@ class GatewayService(MultiService):
         self.reactor = reactor
         self.config = config
         middleware = config.middleware
-        self.metrics = GatewayMetrics() if middleware.enable_metrics else None
+        self.metrics = (
+            GatewayMetrics(shared_cache=config.cache.backend == "redis")
+            if middleware.enable_metrics
+            else None
+        )
         self.runtime = Runtime(config, reactor, metrics=self.metrics)
         #: OpenTelemetry tracing (``[tracing]``), one per process; None when off.
         self.tracing: Any = None

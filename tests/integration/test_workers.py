@@ -7,6 +7,7 @@ import subprocess
 import textwrap
 import time
 
+import pytest
 import pytest_twisted
 import treq
 from prometheus_client.parser import text_string_to_metric_families
@@ -16,6 +17,7 @@ from twisted.web.client import HTTPConnectionPool
 from twisted.web.server import NOT_DONE_YET
 
 from tests.support.process import GatewayProcess, children, free_port, twistd
+from tests.support.redis import RedisServer
 from tests.support.servers import FnResource, upstream
 
 ensure = pytest_twisted.ensureDeferred
@@ -99,6 +101,61 @@ async def test_workers_share_the_port_and_metrics_sum_over_all(tmp_path, closer)
     finally:
         assert await gw.stop() == 0
     assert children(gw.pid) == []
+
+
+def gauge(text: str, name: str) -> float:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                return sample.value
+    return -1.0
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+@ensure
+async def test_cache_size_metrics_count_every_worker_once(tmp_path, closer, backend):
+    """20 URLs stored through two workers: ``avx_cache_entries`` says 20 whichever worker
+    answers the scrape, summing the workers' memory stores, or reading the shared Redis store
+    once (not once per worker)."""
+    up = closer.add(upstream(FnResource(lambda r: _cacheable(r))))
+    extra = "[routes.cache]\n"
+    server = None
+    if backend == "redis":
+        server = RedisServer(tmp_path).start()
+        extra += f'[cache]\nbackend = "redis"\nredis_url = "{server.url}"\n'
+    try:
+        path, port = write_config(tmp_path, up.url, extra=extra)
+        gw = await GatewayProcess(path, port).start()
+        try:
+            assert await wait_for(lambda: len(children(gw.pid)) == 2)
+            for n in range(20):
+                response, _ = await get(gw, f"/c/{n}")
+                assert response.code == 200
+            texts: list[str] = []
+
+            async def scraped() -> bool:
+                _, metrics = await get(gw, "/metrics")
+                texts.append(metrics.decode())
+                return gauge(texts[-1], "avx_cache_entries") == 20
+
+            deadline = time.monotonic() + 15
+            while not await scraped() and time.monotonic() < deadline:
+                await sleep(0.5)
+            assert gauge(texts[-1], "avx_cache_entries") == 20, texts[-1]
+            assert gauge(texts[-1], "avx_cache_stored_bytes") > 0
+            for _ in range(3):  # the same from either worker
+                _, metrics = await get(gw, "/metrics")
+                assert gauge(metrics.decode(), "avx_cache_entries") == 20
+        finally:
+            assert await gw.stop() == 0
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _cacheable(request) -> bytes:
+    request.setHeader(b"Cache-Control", b"max-age=600")
+    return b"cached " + request.path
 
 
 @ensure
