@@ -11,6 +11,7 @@ is tested on its own. The store is :mod:`avx_twisted.cache_store`.
 from __future__ import annotations
 
 import email.utils
+import functools
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -88,6 +89,8 @@ def parse_cache_control(values: Sequence[bytes]) -> Directives:
 
 def _split_commas(value: bytes) -> List[bytes]:
     """Split on commas outside quoted strings."""
+    if b'"' not in value:
+        return [p.strip() for p in value.split(b",") if p.strip()]
     parts: List[bytes] = []
     start = 0
     quoted = False
@@ -116,6 +119,12 @@ def http_date(value: Optional[bytes]) -> Optional[float]:
     """An HTTP-date as epoch seconds (None: absent or invalid, e.g. ``Expires: 0``)."""
     if not value:
         return None
+    return _http_date(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _http_date(value: bytes) -> Optional[float]:
+    # Memoised: every hit of an entry reads its same Date (and Expires) again.
     try:
         parsed = email.utils.parsedate_to_datetime(value.decode("latin-1"))
     except (TypeError, ValueError, IndexError):
