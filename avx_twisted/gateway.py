@@ -188,19 +188,20 @@ class GatewayHandler:
         upstream: a cache hit never reaches them, and an answer of theirs is never stored (it
         releases the requests collapsed behind this one at once)."""
 
-        def proceed() -> None:
-            if route.responder is not None:
-                route.responder.serve(request, ctx, ctx.upstream_target)
-            else:
-                self.runtime.forwarder.forward(request, route, ctx.upstream_target, ctx, hooks)
-
         plugin_filters = route.plugin_filters
         if not plugin_filters:
-            proceed()
-        elif hooks is None:
-            run_filters(plugin_filters, request, ctx, proceed)
+            self._serve(request, ctx, route, hooks)
+            return
+        if hooks is not None:
+            plugin_filters = (_releasing(plugin_filters[0], hooks),)
+        run_filters(plugin_filters, request, ctx, lambda: self._serve(request, ctx, route, hooks))
+
+    def _serve(self, request: Any, ctx: RequestContext, route: Any, hooks: Any) -> None:
+        """The end of the way in: the route's resource, or the forwarder."""
+        if route.responder is not None:
+            route.responder.serve(request, ctx, ctx.upstream_target)
         else:
-            run_filters((_releasing(plugin_filters[0], hooks),), request, ctx, proceed)
+            self.runtime.forwarder.forward(request, route, ctx.upstream_target, ctx, hooks)
 
     def refused(self, request: Any, status: int, message: str) -> None:
         """The HTTP core refuses a request (framing, limits, timeouts): counted and logged
