@@ -207,6 +207,9 @@ class GatewayHandler:
         """The HTTP core refuses a request (framing, limits, timeouts): counted and logged
         like every other answer."""
         ctx = self._begin(request, self.runtime)
+        since = getattr(request.refusal, "since", None)
+        if since is not None:
+            ctx.started = min(ctx.started, since)  # e.g. a 408 took the whole header timeout
         ctx.error = message
         refuse(request, ctx, status, REFUSALS.get(status, message))
 

@@ -27,6 +27,9 @@ class ProtocolViolation(Exception):
         self.reason = reason
         #: The request head it concerns, when it got that far.
         self.head: Optional[RequestHead] = None
+        #: When the connection began waiting for that head (the clock's seconds), if known:
+        #: where the answer's duration starts (a 408 lasted the whole header timeout).
+        self.since: Optional[float] = None
 
 
 #: RFC 9112 3.2 / RFC 3986 3.2.2: reg-name, IPv4 or a bracketed IPv6 literal, optional port.

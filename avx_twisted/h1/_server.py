@@ -303,6 +303,8 @@ class ServerProtocol(Protocol):
         self._reading: Optional[ServerRequest] = None
         self._paused: Set[str] = set()
         self._head_timer: Optional[IDelayedCall] = None
+        #: When the connection began waiting for the current head (see ProtocolViolation.since).
+        self._head_since = 0.0
         self._body_timer: Optional[IDelayedCall] = None
         self._idle_timer: Optional[IDelayedCall] = None
         self._linger_timer: Optional[IDelayedCall] = None
@@ -335,6 +337,7 @@ class ServerProtocol(Protocol):
         transport = self.transport
         self.secure = ISSLTransport.providedBy(transport)
         factory.connection_made(self)
+        self._head_since = self.clock.seconds()
         self._head_timer = self.clock.callLater(self.limits.header_timeout_s, self._head_timeout)
         if factory.h2_protocol is not None and (self.secure or self.h2c_allowed):
             self._undecided = b""
@@ -396,6 +399,7 @@ class ServerProtocol(Protocol):
             and self._head_timer is None
             and self.state is ConnectionState.ACTIVE
         ):
+            self._head_since = self.clock.seconds()
             self._head_timer = self.clock.callLater(
                 self.limits.header_timeout_s, self._head_timeout
             )
@@ -614,6 +618,8 @@ class ServerProtocol(Protocol):
             self._cancel(timer)
         self._head_timer = self._body_timer = self._idle_timer = None
         self._log_refusal(violation)
+        if violation.since is None:
+            violation.since = self._head_since
         if head is None:
             head = RequestHead(b"-", b"-", b"1.1", Fields(), keep_alive=False)
         head.keep_alive = False

@@ -137,6 +137,8 @@ async def test_connection_level_refusals_are_counted_and_logged(closer, tmp_path
         ("-", "-", 414),
         ("-", "-", 431),
     ]
+    # The 408 lasted the header timeout (300 ms), counted from the connection's start.
+    assert lines[2]["duration_ms"] >= 290, lines[2]
     assert [r["error"] for r in lines[2:]] == [
         "request head not received in time",
         "request line too long",

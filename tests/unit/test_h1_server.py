@@ -753,6 +753,8 @@ class TimeoutTests(SynchronousTestCase):
         conn.clock.advance(0.1)
         self.assertEqual(conn.statuses(), [408])
         self.assertEqual(conn.handler.refusals, [(408, "request head not received in time")])
+        # It waited from the connection's start: the answer's duration counts from there.
+        self.assertEqual(conn.handler.refused_requests[0].refusal.since, 0.0)
         self.assertTrue(conn.transport.disconnecting)
         conn.lose()
         self.assertEqual(conn.clock.getDelayedCalls(), [])
@@ -774,6 +776,7 @@ class TimeoutTests(SynchronousTestCase):
         self.assertEqual(conn.statuses(), [200])
         conn.clock.advance(1)
         self.assertEqual(conn.statuses(), [200, 408])
+        self.assertEqual(conn.handler.refused_requests[0].refusal.since, 25.0)  # its first byte
 
     def test_head_clock_waits_for_earlier_answers(self) -> None:
         conn = Connection(FakeHandler(None))
