@@ -19,7 +19,7 @@ import re
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 Json = Dict[str, Any]
 
@@ -639,6 +639,22 @@ def write_overhead_section(results: Json, doc: Path) -> None:
     replace_section(doc, OVERHEAD_HEADING, overhead_section(results, partial=True))
 
 
+def ran_any(results: Json, ids: Sequence[str]) -> bool:
+    """Whether ``results`` ran (or tried) any of the rows ``ids``."""
+    return any(
+        (row_by_id(results, i) or {}).get("status", "unselected") != "unselected" for i in ids
+    )
+
+
+def rows_of(results: Json, ids: Sequence[str]) -> List[Json]:
+    """The rows ``ids`` of ``results`` that ran (or tried), in that order."""
+    return [
+        row
+        for row in (row_by_id(results, i) for i in ids)
+        if row is not None and row.get("status") != "unselected"
+    ]
+
+
 # --------------------------------------------------------------------------- TLS
 
 TLS_HEADING = "## TLS"
@@ -685,17 +701,7 @@ TLS_TEXT_COLUMNS = [
 
 def has_tls_rows(results: Json) -> bool:
     """Whether ``results`` ran (or tried) any TLS row."""
-    return any(
-        (row_by_id(results, i) or {}).get("status", "unselected") != "unselected" for i in TLS_IDS
-    )
-
-
-def _tls_shown(results: Json) -> List[Json]:
-    return [
-        row
-        for row in (row_by_id(results, i) for i in TLS_IDS)
-        if row is not None and row.get("status") != "unselected"
-    ]
+    return ran_any(results, TLS_IDS)
 
 
 def _tls_ratios(results: Json, row: Json) -> Dict[str, Optional[float]]:
@@ -722,7 +728,7 @@ def _label(row: Json) -> str:
 
 def tls_rows(results: Json) -> List[List[str]]:
     out = []
-    for row in _tls_shown(results):
+    for row in rows_of(results, TLS_IDS):
         ok = measured(row)
         out.append(
             [
@@ -746,7 +752,7 @@ def tls_rows(results: Json) -> List[List[str]]:
 
 def tls_ratio_rows(results: Json) -> List[List[str]]:
     out = []
-    for row in _tls_shown(results):
+    for row in rows_of(results, TLS_IDS):
         r = _tls_ratios(results, row)
         mine = row.get("id") != "nginx-tls"
 
@@ -772,7 +778,7 @@ def tls_ratio_rows(results: Json) -> List[List[str]]:
 
 def tls_text_rows(results: Json) -> List[List[str]]:
     out = []
-    for row in _tls_shown(results):
+    for row in rows_of(results, TLS_IDS):
         r = _tls_ratios(results, row)
         mine = row.get("id") != "nginx-tls"
         vs_nginx = ""
@@ -879,7 +885,7 @@ def tls_section(results: Json, partial: bool = False) -> str:
     add(markdown_table(TLS_COLUMNS, tls_rows(results)))
     add(markdown_table(TLS_RATIO_COLUMNS, tls_ratio_rows(results)))
     notes = []
-    for row in _tls_shown(results):
+    for row in rows_of(results, TLS_IDS):
         parts = []
         check = _tls_check_text(row)
         if check:
@@ -900,7 +906,7 @@ def tls_section(results: Json, partial: bool = False) -> str:
             notes.append(f"- {row['label']} ({row.get('runtime')}): {text.strip()}")
     if notes:
         add("\n".join(notes) + "\n")
-    commands = [r for r in _tls_shown(results) if r.get("command")]
+    commands = [r for r in rows_of(results, TLS_IDS) if r.get("command")]
     if commands:
         add("Commands of this run:\n")
         add("```sh")
@@ -981,17 +987,7 @@ H2_TEXT_COLUMNS = [
 
 def has_h2_rows(results: Json) -> bool:
     """Whether ``results`` ran (or tried) any HTTP/2 row."""
-    return any(
-        (row_by_id(results, i) or {}).get("status", "unselected") != "unselected" for i in H2_IDS
-    )
-
-
-def _h2_shown(results: Json) -> List[Json]:
-    return [
-        row
-        for row in (row_by_id(results, i) for i in H2_IDS)
-        if row is not None and row.get("status") != "unselected"
-    ]
+    return ran_any(results, H2_IDS)
 
 
 def _h2_ratios(results: Json, row: Json) -> Dict[str, Optional[float]]:
@@ -1011,7 +1007,7 @@ def _h2_ratios(results: Json, row: Json) -> Dict[str, Optional[float]]:
 
 def h2_rows(results: Json) -> List[List[str]]:
     out = []
-    for row in _h2_shown(results):
+    for row in rows_of(results, H2_IDS):
         ok = measured(row)
         out.append(
             [
@@ -1036,7 +1032,7 @@ def h2_rows(results: Json) -> List[List[str]]:
 
 def h2_ratio_rows(results: Json) -> List[List[str]]:
     out = []
-    for row in _h2_shown(results):
+    for row in rows_of(results, H2_IDS):
         r = _h2_ratios(results, row)
         mine = row.get("id") != "nginx-h2"
 
@@ -1061,7 +1057,7 @@ def h2_ratio_rows(results: Json) -> List[List[str]]:
 
 def h2_text_rows(results: Json) -> List[List[str]]:
     out = []
-    for row in _h2_shown(results):
+    for row in rows_of(results, H2_IDS):
         r = _h2_ratios(results, row)
         mine = row.get("id") != "nginx-h2"
         vs_nginx = f"{f_ratio(r['tiny_vs_nginx'])}/{f_ratio(r['big_vs_nginx'])}" if mine else ""
@@ -1151,7 +1147,7 @@ def h2_section(results: Json, partial: bool = False) -> str:
     add(markdown_table(H2_COLUMNS, h2_rows(results)))
     add(markdown_table(H2_RATIO_COLUMNS, h2_ratio_rows(results)))
     notes = []
-    for row in _h2_shown(results):
+    for row in rows_of(results, H2_IDS):
         text = ""
         checks = row.get("h2_checks") or {}
         if checks:
@@ -1174,7 +1170,7 @@ def h2_section(results: Json, partial: bool = False) -> str:
             notes.append(f"- {row['label']} ({row.get('runtime')}): {text.strip()}")
     if notes:
         add("\n".join(notes) + "\n")
-    commands = [r for r in _h2_shown(results) if r.get("command")]
+    commands = [r for r in rows_of(results, H2_IDS) if r.get("command")]
     if commands:
         add("Commands of this run:\n")
         add("```sh")
@@ -1250,17 +1246,7 @@ CACHE_TEXT_COLUMNS = [
 
 def has_cache_rows(results: Json) -> bool:
     """Whether ``results`` ran (or tried) any cache row."""
-    return any(
-        (row_by_id(results, i) or {}).get("status", "unselected") != "unselected" for i in CACHE_IDS
-    )
-
-
-def _cache_shown(results: Json) -> List[Json]:
-    return [
-        row
-        for row in (row_by_id(results, i) for i in CACHE_IDS)
-        if row is not None and row.get("status") != "unselected"
-    ]
+    return ran_any(results, CACHE_IDS)
 
 
 def _cache_ratios(results: Json, row: Json) -> Dict[str, Optional[float]]:
@@ -1276,7 +1262,7 @@ def _cache_ratios(results: Json, row: Json) -> Dict[str, Optional[float]]:
 
 def cache_rows(results: Json) -> List[List[str]]:
     out = []
-    for row in _cache_shown(results):
+    for row in rows_of(results, CACHE_IDS):
         ok = measured(row)
         r = _cache_ratios(results, row)
         mine = row.get("id") != "nginx-cache"
@@ -1313,7 +1299,7 @@ def _probe_text(probe: Optional[Json], header: str) -> str:
 
 def cache_check_rows(results: Json) -> List[List[str]]:
     out = []
-    for row in _cache_shown(results):
+    for row in rows_of(results, CACHE_IDS):
         checks = row.get("cache_checks") or {}
         header = checks.get("header", "")
         keys = ("origin_requests_storing", "origin_requests_warmup", "origin_requests_load")
@@ -1340,7 +1326,7 @@ def cache_check_rows(results: Json) -> List[List[str]]:
 
 def cache_text_rows(results: Json) -> List[List[str]]:
     out = []
-    for row in _cache_shown(results):
+    for row in rows_of(results, CACHE_IDS):
         r = _cache_ratios(results, row)
         mine = row.get("id") != "nginx-cache"
         out.append(
@@ -1459,7 +1445,7 @@ def cache_section(results: Json, partial: bool = False) -> str:
         + ".\n"
     )
     notes = []
-    for row in _cache_shown(results):
+    for row in rows_of(results, CACHE_IDS):
         text = row.get("note", "")
         checks = row.get("stack_checks")
         if checks:
@@ -1495,7 +1481,7 @@ def cache_section(results: Json, partial: bool = False) -> str:
             notes.append(f"- {row['label']} ({row.get('runtime')}): {text.strip()}")
     if notes:
         add("\n".join(notes) + "\n")
-    commands = [r for r in _cache_shown(results) if r.get("command")]
+    commands = [r for r in rows_of(results, CACHE_IDS) if r.get("command")]
     if commands:
         add("Commands of this run:\n")
         add("```sh")
@@ -1575,17 +1561,13 @@ POLICY_TEXT_COLUMNS = [
 
 def has_policy_rows(results: Json) -> bool:
     """Whether ``results`` ran (or tried) any policy row."""
-    return any(
-        (row_by_id(results, i) or {}).get("status", "unselected") != "unselected"
-        for i in POLICY_IDS
-    )
+    return ran_any(results, POLICY_IDS)
 
 
 def _policy_shown(results: Json) -> List[Json]:
     """The full-stack rows the policy rows are compared with, then the policy rows."""
     ids = [FULL_OF_RUNTIME["CPython"], *POLICY_IDS[:4], FULL_OF_RUNTIME["PyPy"], *POLICY_IDS[4:]]
-    rows = [row_by_id(results, i) for i in ids]
-    shown = [r for r in rows if r is not None and r.get("status") != "unselected"]
+    shown = rows_of(results, ids)
     if not any(r.get("id") in POLICY_IDS for r in shown):
         return []
     return shown

@@ -128,6 +128,11 @@ Json = Dict[str, Any]
 # --------------------------------------------------------------------------- checks
 
 
+def add_note(row: Json, text: str) -> None:
+    """Append ``text`` to the row's note (what the results table says under it)."""
+    row["note"] = (row.get("note", "") + " " + text).strip()
+
+
 def _fetch(url: str, headers: Dict[str, str], context: Optional[ssl.SSLContext] = None) -> Any:
     req = urllib.request.Request(url, headers=headers)
     try:
@@ -551,7 +556,7 @@ class Bench:
             cells = [row[c] for c in ("tiny", "big", "handshake") if c in row]
             errors = sum(errors_of(cell) for cell in cells)
             if errors:
-                row["note"] = (row.get("note", "") + f" {errors} wrk errors/non-2xx").strip()
+                add_note(row, f"{errors} wrk errors/non-2xx")
             handshakes = ""
             if "handshake" in row:
                 handshakes = f", {row['handshake']['rps']:.0f} new TLS connections/s"
@@ -664,13 +669,13 @@ class Bench:
             row["status"] = "ok"
             errors = errors_of(row["cached"])
             if errors:
-                row["note"] = (row.get("note", "") + f" {errors} wrk errors/non-2xx").strip()
+                add_note(row, f"{errors} wrk errors/non-2xx")
             if checks["origin_requests_load"]:
-                row["note"] = (
-                    row.get("note", "")
-                    + f" {checks['origin_requests_load']} requests reached the origin during the "
-                    "measured run: not all hits."
-                ).strip()
+                add_note(
+                    row,
+                    f"{checks['origin_requests_load']} requests reached the origin during the "
+                    "measured run: not all hits.",
+                )
             cell = row["cached"]
             log(
                 f"{row['label']}: cached {cell['rps']:.0f} req/s (p50 {cell['p50_ms']:.2f} ms, "
@@ -828,7 +833,7 @@ class Bench:
             row["status"] = "ok"
             errors = errors_of(row["load"])
             if errors:
-                row["note"] = (row.get("note", "") + f" {errors} wrk errors/non-2xx").strip()
+                add_note(row, f"{errors} wrk errors/non-2xx")
             cell = row["load"]
             log(
                 f"{row['label']}: {cell['rps']:.0f} req/s, {cell['mbps']:.1f} MB/s (p50 "
@@ -898,17 +903,17 @@ class Bench:
             row["status"] = "ok"
             errors = sum(h2load_errors(row[c]) for c in ("tiny", "big"))
             if errors:
-                row["note"] = (row.get("note", "") + f" {errors} h2load failed/non-2xx").strip()
+                add_note(row, f"{errors} h2load failed/non-2xx")
             for path in ("tiny", "big"):
                 cell = row[path]
                 if not cell.get("requests"):  # answers begun, none finished: a stalled transfer
                     begun = sum((cell.get("status_codes") or {}).values())
-                    row["note"] = (
-                        row.get("note", "")
-                        + f" `/{path}`: no request completed in {args.duration:g} s ({begun:,} "
+                    add_note(
+                        row,
+                        f"`/{path}`: no request completed in {args.duration:g} s ({begun:,} "
                         f"answers begun, {cell.get('traffic_bytes') or 0:,} bytes received in all, "
-                        "then nothing: stalled)."
-                    ).strip()
+                        "then nothing: stalled).",
+                    )
             tiny = row["tiny"]
             log(
                 f"{row['label']}: tiny {tiny['rps']:.0f} req/s (mean {tiny.get('avg_ms', 0):.2f} "
