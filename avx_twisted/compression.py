@@ -24,7 +24,8 @@ Pair = Tuple[bytes, bytes]
 
 ENCODINGS = ("br", "gzip")
 #: Statuses without a body to compress (206: a range of the uncompressed bytes).
-_NO_BODY = frozenset([204, 206, 304])
+#: Statuses whose answers have no body to change.
+NO_BODY = frozenset([204, 206, 304])
 _GZIP_LEVEL = 5
 _BROTLI_QUALITY = 4
 
@@ -59,7 +60,7 @@ class CompressionPolicy:
         length: Optional[int],
     ) -> Tuple[Optional[bytes], List[Pair]]:
         """The encoding to use for this response (None: sent as it is) and its fields."""
-        if method == b"HEAD" or status in _NO_BODY or status < 200 or length == 0:
+        if method == b"HEAD" or status in NO_BODY or status < 200 or length == 0:
             return None, fields
         content_type = None
         for name, value in fields:
@@ -78,16 +79,23 @@ class CompressionPolicy:
         encoding = choose(request_fields.get_all(b"accept-encoding"), self.encodings)
         if encoding is None:
             return None, fields
-        out: List[Pair] = []
-        for name, value in fields:
-            lower = name.lower()
-            if lower == b"content-length":
-                continue
-            if lower == b"etag" and not value.startswith(b"W/"):
-                value = b"W/" + value
-            out.append((name, value))
+        out = reframed(fields, (b"content-length",))
         out.append((b"Content-Encoding", encoding))
         return encoding, out
+
+
+def reframed(fields: List[Pair], dropped: Sequence[bytes]) -> List[Pair]:
+    """``fields`` for a body the gateway changes: without the (lower-case) names ``dropped``
+    (its length, its old encoding), and a strong ETag weakened (RFC 9110 8.8.1)."""
+    out: List[Pair] = []
+    for name, value in fields:
+        lower = name.lower()
+        if lower in dropped:
+            continue
+        if lower == b"etag" and not value.startswith(b"W/"):
+            value = b"W/" + value
+        out.append((name, value))
+    return out
 
 
 def choose(accept: Sequence[bytes], offered: Sequence[bytes]) -> Optional[bytes]:

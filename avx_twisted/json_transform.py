@@ -17,7 +17,8 @@ import json
 import zlib
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
-from .compression import _brotli
+from .compression import NO_BODY, _brotli, reframed
+from .request_body import read_whole, replace
 
 Path = Tuple[str, ...]
 Pair = Tuple[bytes, bytes]
@@ -110,7 +111,9 @@ def _set(parent: dict, key: str, value: Any) -> None:
 class _Decoder:
     def __init__(self, encoding: bytes) -> None:
         if encoding == b"br":
-            self._brotli: Any = _brotli.Decompressor()
+            brotli = _brotli.Decompressor()
+            # brotli's Decompressor has process(), brotlicffi's (PyPy) decompress().
+            self._brotli: Any = getattr(brotli, "process", None) or brotli.decompress
             self._zlib: Any = None
         else:
             self._brotli = None
@@ -119,8 +122,7 @@ class _Decoder:
     def data(self, data: bytes) -> bytes:
         if self._zlib is not None:
             return self._zlib.decompress(data)  # type: ignore[no-any-return]
-        process = getattr(self._brotli, "process", None) or self._brotli.decompress
-        return process(data)  # type: ignore[no-any-return]
+        return self._brotli(data)  # type: ignore[no-any-return]
 
     def end(self) -> bytes:
         if self._zlib is not None:
@@ -175,7 +177,7 @@ def plan_response(
 ) -> Tuple[Optional[ResponseBodyTransform], List[Pair]]:
     """Whether a response body is transformed, and its fields if so (no Content-Length, no
     Content-Encoding once decoded, a strong ETag weakened)."""
-    if method == b"HEAD" or status in (204, 206, 304) or status < 200:
+    if method == b"HEAD" or status in NO_BODY or status < 200:
         return None, fields
     content_type = None
     encoding = None
@@ -191,14 +193,7 @@ def plan_response(
         encoding = None
     if encoding is not None and encoding not in _DECODABLE:
         return None, fields
-    out: List[Pair] = []
-    for name, value in fields:
-        lower = name.lower()
-        if lower == b"content-length" or lower == b"content-encoding":
-            continue
-        if lower == b"etag" and not value.startswith(b"W/"):
-            value = b"W/" + value
-        out.append((name, value))
+    out = reframed(fields, (b"content-length", b"content-encoding"))
     return ResponseBodyTransform(rules, encoding), out
 
 
@@ -207,7 +202,6 @@ def transform_request_body(request: Any, rules: JsonRules) -> Any:
     body in its place: a Deferred firing with ``(None, skipped)`` (go on; ``skipped`` says
     when the body was left as it was: ``not_json``) or ``(status, None)`` to answer (413 for a
     larger body, or the body's own failure)."""
-    from .request_body import read_whole, replace
 
     def changed(result: Tuple[Optional[int], bytes]) -> Tuple[Optional[int], Optional[str]]:
         status, body = result
