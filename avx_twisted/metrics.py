@@ -72,6 +72,8 @@ class RouteMetrics:
         self._upstream_status: dict[tuple[str, int], Any] = {}
         self._websocket: Any = None
         self._grpc: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        #: The (service, method) pairs of ``_grpc``'s keys ("other" not counted).
+        self._grpc_methods: set[tuple[str, str]] = set()
 
     def grpc(self, service: str, method: str, code: str) -> tuple[Any, Any]:
         """The ``avx_grpc_requests_total`` and ``avx_grpc_request_duration_seconds`` children
@@ -80,9 +82,11 @@ class RouteMetrics:
         key = (service, method, code)
         children = self._grpc.get(key)
         if children is None:
-            methods = {(s, m) for s, m, _ in self._grpc}
-            if (service, method) not in methods and len(methods) >= _MAX_GRPC_METHODS:
-                return self.grpc("other", "other", code)
+            pair = (service, method)
+            if pair != ("other", "other") and pair not in self._grpc_methods:
+                if len(self._grpc_methods) >= _MAX_GRPC_METHODS:
+                    return self.grpc("other", "other", code)
+                self._grpc_methods.add(pair)
             m = self._metrics
             children = (
                 m.grpc_requests.labels(self.route, service, method, code),

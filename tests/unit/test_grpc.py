@@ -99,3 +99,25 @@ def test_health_messages():
         b"\x00\x00\x00\x00\x01\x0f",
     ):
         assert grpc.health_status(bad) is None, bad
+
+
+def test_method_labels_past_the_cap_count_as_other():
+    """The client names the methods: past 256 per route new ones are ``other`` (never an
+    error: the 257th once recursed until RecursionError)."""
+    from prometheus_client import CollectorRegistry
+
+    from avx_twisted.metrics import GatewayMetrics
+
+    route = GatewayMetrics(CollectorRegistry()).route("r")
+    for n in range(256):
+        route.grpc("svc", f"M{n}", "OK")[0].inc()
+    route.grpc("svc", "M0", "INTERNAL")[0].inc()  # a known method, another status
+    route.grpc("svc", "M256", "OK")[0].inc()
+    route.grpc("svc", "M257", "UNAVAILABLE")[0].inc()
+    other_ok, other_unavailable = (
+        route.grpc("other", "other", "OK"),
+        route.grpc("other", "other", "UNAVAILABLE"),
+    )
+    assert other_ok[0]._value.get() == 1
+    assert other_unavailable[0]._value.get() == 1
+    assert route.grpc("svc", "M0", "INTERNAL")[0]._value.get() == 1
