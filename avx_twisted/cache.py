@@ -15,6 +15,8 @@ import functools
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+from .h1 import HOP_BY_HOP, Fields, connection_tokens
+
 Pair = Tuple[bytes, bytes]
 Directives = Dict[bytes, Optional[bytes]]
 
@@ -37,20 +39,6 @@ _KEEP_ON_UPDATE = frozenset(
         b"content-range",
         b"content-md5",
         b"etag",
-    ]
-)
-#: Fields never stored (hop-by-hop, and those about one exchange).
-_NOT_STORED = frozenset(
-    [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-authenticate",
-        b"proxy-authorization",
     ]
 )
 
@@ -199,22 +187,21 @@ def stored_fields(response_fields: Iterable[Pair]) -> List[Pair]:
     """The fields kept with an entry: hop-by-hop ones and those the Connection field names
     left out (RFC 9111 3.1)."""
     pairs = list(response_fields)
-    named = {
-        token.strip().lower()
-        for value in get_all(pairs, b"connection")
-        for token in value.split(b",")
-        if token.strip()
-    }
-    return [(n, v) for n, v in pairs if n.lower() not in _NOT_STORED and n.lower() not in named]
+    named = connection_tokens(Fields(pairs))
+    return [(n, v) for n, v in pairs if n.lower() not in HOP_BY_HOP and n.lower() not in named]
 
 
 # -- freshness and age (RFC 9111 4.2) ----------------------------------------------------------
 
 
-def freshness_lifetime(fields: Sequence[Pair], policy: Policy) -> float:
+def freshness_lifetime(
+    fields: Sequence[Pair], policy: Policy, cc: Optional[Directives] = None
+) -> float:
     """How long a response is fresh: ``s-maxage``, else ``max-age``, else ``Expires - Date``,
-    else the route's ``default_ttl_s`` (heuristic freshness, when it allows any)."""
-    cc = parse_cache_control(get_all(fields, b"cache-control"))
+    else the route's ``default_ttl_s`` (heuristic freshness, when it allows any). ``cc``: its
+    Cache-Control directives, when the caller has parsed them already."""
+    if cc is None:
+        cc = parse_cache_control(get_all(fields, b"cache-control"))
     s_maxage = delta_seconds(cc, b"s-maxage")
     if s_maxage is not None:
         return float(s_maxage)
@@ -336,13 +323,16 @@ def evaluate(
     request_fields: Sequence[Pair],
     policy: Policy,
     now: float,
+    request_cc: Optional[Directives] = None,
 ) -> Verdict:
-    """Whether a stored response may answer a request now, given both parties' directives."""
+    """Whether a stored response may answer a request now, given both parties' directives
+    (``request_cc``: the request's, when the caller has parsed them already)."""
     age = current_age(fields, request_time, response_time, now)
-    lifetime = freshness_lifetime(fields, policy)
-    ttl = lifetime - age
-    request_cc = parse_cache_control(get_all(request_fields, b"cache-control"))
     response_cc = parse_cache_control(get_all(fields, b"cache-control"))
+    lifetime = freshness_lifetime(fields, policy, response_cc)
+    ttl = lifetime - age
+    if request_cc is None:
+        request_cc = parse_cache_control(get_all(request_fields, b"cache-control"))
     if b"no-cache" in request_cc or b"no-cache" in response_cc:
         return Verdict(REVALIDATE, age, ttl)
     pragma = get(request_fields, b"pragma")
@@ -407,7 +397,7 @@ def store_for(fields: Sequence[Pair], policy: Policy) -> float:
     """How long the store keeps an entry: its freshness plus the longest stale window (and a
     minute for revalidation when it has a validator)."""
     cc = parse_cache_control(get_all(fields, b"cache-control"))
-    lifetime = freshness_lifetime(fields, policy)
+    lifetime = freshness_lifetime(fields, policy, cc)
     extra = 0.0
     if not never_stale(cc):
         extra = max(

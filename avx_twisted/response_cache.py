@@ -44,6 +44,8 @@ _HEAD = b"HEAD"
 _CONDITIONALS = frozenset([b"if-none-match", b"if-modified-since"])
 _RANGE = re.compile(rb"^bytes=(\d*)-(\d*)$")
 _CACHE_STATUS = b"Cache-Status"
+#: Stored fields an answer from the cache sets itself (its Age, its framing).
+_NOT_SERVED = (b"age", b"content-length", b"transfer-encoding")
 
 
 class RouteCache:
@@ -143,6 +145,7 @@ class RouteCache:
                 request.fields.pairs,
                 self.policy,
                 now,
+                request_cc,
             )
             if verdict.use == FRESH:
                 self._count(ctx, "hit")
@@ -229,7 +232,7 @@ class RouteCache:
         range as 206, else the whole stored response (its Date kept, Age set)."""
         if ctx is not None:
             ctx.upstream_status = None
-        fields = [(n, v) for n, v in entry.fields if n.lower() != b"age"]
+        fields = [(n, v) for n, v in entry.fields if n.lower() not in _NOT_SERVED]
         fields.append((b"Age", b"%d" % int(age)))
         if self.status_header:
             fields.append((_CACHE_STATUS, status_value))
@@ -252,17 +255,16 @@ class RouteCache:
             chosen = _one_range(wanted, len(body))
             if chosen is None:
                 fields.append((b"Content-Range", b"bytes */%d" % len(body)))
-                request.start(416, _without_length(fields), 0)
+                request.start(416, fields, 0)
                 request.finish()
                 return
             if chosen != (0, len(body) - 1):
                 first, last = chosen
-                fields = _without_length(fields)
                 fields.append((b"Content-Range", b"bytes %d-%d/%d" % (first, last, len(body))))
                 body = body[first : last + 1]
                 status = 206
         length = len(body)
-        request.start(status, _without_length(fields), length)
+        request.start(status, fields, length)
         if body and request.method != _HEAD:
             request.write(body)
         request.finish()
@@ -382,7 +384,6 @@ class CacheHooks:
         """The client's response head is about to go: decide whether to keep the body, and
         add Cache-Status."""
         request = self.request
-        why = None
         if not self.may_store:
             why = "request-no-store"
         else:
@@ -448,7 +449,7 @@ class CacheHooks:
             return False
         window = cache.stale_if_error(response_cc, self.request.fields.pairs, self.cache.policy)
         age = cache.current_age(stored.fields, stored.request_time, stored.response_time, now)
-        stale_for = age - cache.freshness_lifetime(stored.fields, self.cache.policy)
+        stale_for = age - cache.freshness_lifetime(stored.fields, self.cache.policy, response_cc)
         if window <= 0 or stale_for > window:
             return False
         self.release()
@@ -515,10 +516,6 @@ def _with(
         response_time=response_time,
         expires_at=entry.expires_at,
     )
-
-
-def _without_length(fields: List[Pair]) -> List[Pair]:
-    return [(n, v) for n, v in fields if n.lower() not in (b"content-length", b"transfer-encoding")]
 
 
 def _one_range(value: bytes, size: int) -> Optional[Tuple[int, int]]:
