@@ -410,9 +410,14 @@ class Parser:
     def error(self, path: str, message: str) -> None:
         self.errors.append(f"{path}: {message}")
 
-    def error_line(self, line: str) -> None:
-        """A problem already phrased with its key path (from a loader's ConfigError)."""
-        self.errors.append(line)
+    def load(self, loader: Callable[[str, str], Any], path: str, key: str) -> Any:
+        """``loader(path, key)`` (a file the config names: a schema, an allowlist), or None
+        with its problems (already phrased with their key paths) added to the errors."""
+        try:
+            return loader(path, key)
+        except ConfigError as e:
+            self.errors.extend(e.errors)
+            return None
 
     def file(self, path: str) -> str:
         return path if os.path.isabs(path) else os.path.join(self.base_dir, path)
@@ -1435,11 +1440,7 @@ class Parser:
             if value is None:
                 continue
             paths[key] = self.file(value)
-            try:
-                compiled[key] = load_schema(paths[key], t.key(key))
-            except ConfigError as e:
-                for line in e.errors:
-                    self.error_line(line)
+            compiled[key] = self.load(load_schema, paths[key], t.key(key))
         if not paths:
             self.error(t.key("request_schema"), "is required (or response_schema): a schema file")
         methods = t.get("methods", "list[str]", d.methods, _each(_token))
@@ -1460,11 +1461,7 @@ class Parser:
         schema = None
         if schema_file is not None:
             schema_file = self.file(schema_file)
-            try:
-                schema = load_schema_sdl(schema_file, t.key("schema_file"))
-            except ConfigError as e:
-                for line in e.errors:
-                    self.error_line(line)
+            schema = self.load(load_schema_sdl, schema_file, t.key("schema_file"))
         mode = t.get(
             "persisted_queries", "str", d.persisted_queries, _one_of(PERSISTED_QUERY_MODES)
         )
@@ -1472,11 +1469,7 @@ class Parser:
         allowlist = None
         if allowlist_file is not None:
             allowlist_file = self.file(allowlist_file)
-            try:
-                allowlist = load_allowlist(allowlist_file, t.key("allowlist_file"))
-            except ConfigError as e:
-                for line in e.errors:
-                    self.error_line(line)
+            allowlist = self.load(load_allowlist, allowlist_file, t.key("allowlist_file"))
         if mode == "only" and allowlist_file is None:
             self.error(t.key("allowlist_file"), "is required with persisted_queries = 'only'")
         return GraphQLConfig(

@@ -239,6 +239,9 @@ def _no_mixed_algorithms() -> dict[str, Any]:
 
 #: What the parser checks beyond the type, by key path, as schema keywords (merged into the
 #: generated ones; ``items`` into the items' schema).
+#: The token rule without its anchors, to build patterns of tokens.
+_TOKEN_BODY = _configparse._TOKEN.pattern[1:-1]
+
 _RULES: dict[str, dict[str, Any]] = {
     "routes": {"minItems": 1},
     "server.host": {"minLength": 1},
@@ -278,7 +281,7 @@ _RULES: dict[str, dict[str, Any]] = {
     "routes[].cache.stale_if_error_s": {"minimum": 0},
     "routes[].cache.lock_timeout_ms": {"minimum": 1},
     "routes[].cache.max_variants": {"minimum": 1},
-    "routes[].cache.key_headers": {"items": {"pattern": "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"}},
+    "routes[].cache.key_headers": {"items": {"pattern": _configparse._TOKEN.pattern}},
     "cache.max_bytes": {"minimum": 1},
     "routes[].compression.encodings": {
         "items": {"enum": list(COMPRESSION_ENCODINGS)},
@@ -294,10 +297,10 @@ _RULES: dict[str, dict[str, Any]] = {
     "routes[].graphql.max_complexity": {"minimum": 1},
     "routes[].graphql.max_batch": {"minimum": 0},
     "routes[].validate.max_bytes": {"minimum": 1},
-    "routes[].validate.methods": {"items": {"pattern": "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"}},
+    "routes[].validate.methods": {"items": {"pattern": _configparse._TOKEN.pattern}},
     "routes[].response.max_json_bytes": {"minimum": 1},
     "routes[].compression.content_types": {
-        "items": {"pattern": "^[!#$%&'*+.^_`|~0-9A-Za-z-]+/([!#$%&'*+.^_`|~0-9A-Za-z-]+|\\*)$"},
+        "items": {"pattern": f"^{_TOKEN_BODY}/({_TOKEN_BODY}|\\*)$"},
         "minItems": 1,
     },
     "routes[].resource": {"pattern": _RESOURCE},
@@ -374,7 +377,7 @@ _RULES: dict[str, dict[str, Any]] = {
     "tracing.service_name": {"minLength": 1},
     "tracing.sample_ratio": {"minimum": 0, "maximum": 1},
     # "" (no header) or a header name.
-    "tracing.response_header": {"pattern": f"^({_configparse._TOKEN.pattern[1:-1]})?$"},
+    "tracing.response_header": {"pattern": f"^({_TOKEN_BODY})?$"},
 }
 
 

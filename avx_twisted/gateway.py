@@ -177,7 +177,7 @@ class GatewayHandler:
     def _send(self, request: Any, ctx: RequestContext, route: Any) -> None:
         """After the route's filters and policies: its cache answers, or the request goes on
         through the plugins (:meth:`_onward`)."""
-        if route.cache is not None and route.responder is None:
+        if route.cache is not None:  # never on a resource route (the config refuses both)
             route.cache.handle(request, ctx, lambda hooks: self._onward(request, ctx, route, hooks))
         else:
             self._onward(request, ctx, route, None)

@@ -72,6 +72,7 @@ class RouteMetrics:
         self._upstream_status: dict[tuple[str, int], Any] = {}
         self._websocket: Any = None
         self._grpc: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._cache_results: dict[str, Any] = {}
         #: The (service, method) pairs of ``_grpc``'s keys ("other" not counted).
         self._grpc_methods: set[tuple[str, str]] = set()
 
@@ -159,8 +160,13 @@ class RouteMetrics:
         return self._metrics.json_skipped.labels(self.route, direction, reason)
 
     def cache_request(self, result: str) -> Any:
-        """The ``avx_cache_requests_total`` child of one result."""
-        return self._metrics.cache_requests.labels(self.route, result)
+        """The ``avx_cache_requests_total`` child of one result (bound on first use: every
+        request of a cached route counts one)."""
+        child = self._cache_results.get(result)
+        if child is None:
+            child = self._metrics.cache_requests.labels(self.route, result)
+            self._cache_results[result] = child
+        return child
 
     def cache_collapsed(self) -> Any:
         return self._metrics.cache_collapsed_waits.labels(self.route)
