@@ -186,12 +186,7 @@ class AccessLogWriter:
         """Open the target and start the writer thread."""
         if self._thread is not None:
             return
-        if self.target == "-":
-            # The process's real stdout: twistd points sys.stdout at its own log, which would
-            # wrap every line in a log prefix (and is not ours to call from a thread).
-            self._file = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
-        else:
-            self._file = open(self.target, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+        self._file = self._open()
         self._thread = threading.Thread(target=self._run, name="avx-access-log", daemon=True)
         self._thread.start()
         if self.pending:
@@ -233,12 +228,8 @@ class AccessLogWriter:
                     pass  # those lines were counted as dropped when their write failed
                 return
             if batch is _REOPEN:
-                try:
-                    reopened = open(self.target, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
-                except OSError:
-                    continue  # keep writing where we were: better than losing lines
-                out.close()
-                out = self._file = reopened
+                # Kept where it was when the path cannot be opened: better than losing lines.
+                out = self._file = self._fresh(out)
                 continue
             lines = [self.format(event) for event in batch]
             try:
@@ -251,17 +242,22 @@ class AccessLogWriter:
                 out = self._file = self._fresh(out)
             self.queued -= len(batch)
 
-    def _fresh(self, failed: Any) -> Any:
-        """After a failed write: the same target opened again, so the lines counted as dropped
-        do not sit in the old file's buffer to come out later (kept when it cannot be opened)."""
+    def _open(self) -> Any:
+        if self.target == "-":
+            # The process's real stdout: twistd points sys.stdout at its own log, which would
+            # wrap every line in a log prefix (and is not ours to call from a thread).
+            return os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
+        return open(self.target, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+
+    def _fresh(self, old: Any) -> Any:
+        """The same target opened again, the old file closed: on a reopen (logrotate), and
+        after a failed write, so the lines counted as dropped do not sit in the old file's
+        buffer to come out later. ``old`` is kept when the target cannot be opened."""
         try:
-            if self.target == "-":
-                fresh = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
-            else:
-                fresh = open(self.target, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+            fresh = self._open()
         except OSError:
-            return failed
-        _close_quietly(failed)
+            return old
+        _close_quietly(old)
         return fresh
 
 
